@@ -1,0 +1,74 @@
+# tierflow — `make run` brings the pipeline up on embedded servers, `make test` tests it.
+# Everything installs from the lockfile on first use: a bootstrap venv gets uv, uv builds .venv.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install run migrate topics test test-unit test-integration lint format schemas bench bench-quick validate-churn clean help
+
+help:
+	@echo "make run      - start PostgreSQL, broker, migrations, topics and the three services"
+	@echo "make test     - lint, type-check and run every test (unit, integration, end to end)"
+	@echo "make migrate  - apply database migrations"
+	@echo "make lint     - ruff + mypy (strict)"
+	@echo "make schemas  - regenerate the JSON Schemas under docs/schemas"
+	@echo "make bench    - benchmarks against raw broker/database baselines (<10 min); bench-quick <2 min"
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/tierflow run
+
+migrate: install
+	$(VENV)/bin/tierflow migrate
+
+topics: install
+	$(VENV)/bin/tierflow topics
+
+schemas: install
+	$(VENV)/bin/tierflow schemas --out docs/schemas
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs/common/src services/ingest/src services/classifier/src services/notifier/src tests bench scripts
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install lint
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest tests/unit
+
+test-integration: install
+	$(VENV)/bin/pytest tests/integration tests/e2e
+
+validate-churn: install
+	$(VENV)/bin/python scripts/churn_validation.py
+
+bench: install
+	$(VENV)/bin/python -m bench
+
+bench-quick: install
+	$(VENV)/bin/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

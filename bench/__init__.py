@@ -1,0 +1,1 @@
+"""tierflow benchmarks: `python -m bench [--quick]` (see docs/benchmarks.md)."""

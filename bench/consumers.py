@@ -1,0 +1,88 @@
+"""Classifier and notifier: sustained records/s draining a pre-loaded topic.
+
+The topic is filled first by raw producer processes (nothing else running), then one service
+process starts on a fresh database and the clock runs from its first committed batch until every
+record is applied *and* its outbox is published (or the time box ends: then the rate is over the
+part drained, and the table says so).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.baselines import raw_consume
+from bench.kafka_io import preload
+from bench.progress import Profile, service_costs, watch_drain
+from bench.stack import Stack
+from tierflow_common.embedded.process import tail
+
+
+@dataclass(frozen=True)
+class DrainPlan:
+    name: str  # classifier | notifier
+    events: int
+    customers: int
+    max_seconds: float
+    consume_baseline: bool = False
+    profile_dir: Path | None = None
+    profile_seconds: int = 15
+
+
+def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
+    scenario = stack.scenario(plan.name[:3])
+    classifier = plan.name == "classifier"
+    topic = (
+        scenario.topics.customer_events if classifier else scenario.topics.classification_changed
+    )
+    prefix = f"{plan.name[:3]}-{uuid.uuid4().hex[:6]}"
+    preload_s = preload(
+        stack.kafka.bootstrap_servers,
+        topic,
+        kind="purchase" if classifier else "change",
+        count=plan.events,
+        prefix=prefix,
+        customers=plan.customers,
+    )
+    result: dict[str, Any] = {
+        "events": plan.events,
+        "customers": plan.customers if classifier else plan.events,
+        "preload_s": round(preload_s, 2),
+        "preload_records_per_s": round(plan.events / preload_s, 1),
+    }
+    if plan.consume_baseline:
+        result["raw_consume"] = raw_consume(
+            stack.kafka.bootstrap_servers, topic, limit=plan.events, max_seconds=20
+        )
+    infra0 = stack.infra_cpu()
+    wall0 = time.monotonic()
+    svc = stack.start_service(plan.name, scenario)
+    try:
+        prof = None
+        if plan.profile_dir is not None and svc.pid is not None:
+            out = plan.profile_dir / f"{plan.name}-{plan.customers}.txt"
+            prof = Profile(svc.pid, plan.profile_seconds, out)
+        drain = watch_drain(
+            scenario.dsn,
+            group=scenario.env["CLASSIFIER_GROUP_ID" if classifier else "NOTIFIER_GROUP_ID"],
+            producer=plan.name,
+            table="customers" if classifier else "care_actions",
+            total=plan.events,
+            max_seconds=plan.max_seconds,
+        )
+        result.update(drain.summary())
+        if svc.proc is not None and (svc.proc.poll() is not None or not result["consumed"]):
+            # It died or never committed a batch: keep the reason with the figure.
+            result["log_tail"] = tail(svc.log_file, 15)[-1500:]
+        if prof is not None:
+            result["profile"] = prof.top()
+    finally:
+        wall = time.monotonic() - wall0
+        used = stack.stop_service(svc)
+    consumed = int(result["consumed"])
+    result["completed"] = result["drained_after_s"] is not None
+    result.update(service_costs(plan.name, used, (infra0, stack.infra_cpu()), consumed, wall))
+    return result

@@ -1,0 +1,258 @@
+"""The servers a benchmark run needs: embedded PostgreSQL and Tansu in a temp dir, fresh databases
+and topic sets, and the services as processes whose CPU time and peak RSS are sampled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tierflow_common.db.migrate import upgrade_head
+from tierflow_common.embedded import EmbeddedPostgres, EmbeddedTansu, free_port
+from tierflow_common.embedded.process import spawn, stop_process, tail
+from tierflow_common.kafka import ensure_topics, wait_for_broker
+from tierflow_common.keys import create_key_sync
+from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 12  # the TOPIC_PARTITIONS default: what a fresh `make run` creates
+
+
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds of a process, its live children and the children it already reaped."""
+    if pid is None:
+        return 0.0
+    try:
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            try:
+                c = child.cpu_times()
+                total += c.user + c.system
+            except psutil.NoSuchProcess:
+                continue
+        return float(total)
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def tree_rss(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        proc = psutil.Process(pid)
+        total = int(proc.memory_info().rss)
+        for child in proc.children(recursive=True):
+            try:
+                total += int(child.memory_info().rss)
+            except psutil.NoSuchProcess:
+                continue
+        return total
+    except psutil.NoSuchProcess:
+        return 0
+
+
+class Sampled:
+    """Peak RSS sampled every 100 ms and CPU seconds of one process since `start()`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_rss = 0
+        self._cpu0 = tree_cpu_seconds(pid)
+        self._cpu_last = self._cpu0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, tree_rss(self.pid))
+            cpu = tree_cpu_seconds(self.pid)
+            if cpu > 0:
+                self._cpu_last = cpu
+            self._stop.wait(0.1)
+
+    def cpu_seconds(self) -> float:
+        cpu = tree_cpu_seconds(self.pid)
+        if cpu > 0:
+            self._cpu_last = cpu
+        return self._cpu_last - self._cpu0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+
+
+class ServiceProc:
+    """One tierflow service (or the trivial app) as an OS process, as `make run` starts it."""
+
+    def __init__(
+        self, name: str, module: str, env: Mapping[str, str], log_dir: Path, port_var: str
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.port = free_port()
+        self.env = {**os.environ, **env, port_var: str(self.port), "LOG_LEVEL": "WARNING"}
+        self.log_file = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sampled: Sampled | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        self.proc = spawn(
+            [sys.executable, "-m", self.module], log_file=self.log_file, env=self.env, cwd=ROOT
+        )
+        self.sampled = Sampled(self.proc.pid)
+
+    def wait_ready(self, timeout: float = 60.0, path: str = "/readyz") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{tail(self.log_file, 40)}")
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready in {timeout:.0f}s:\n{tail(self.log_file, 40)}")
+
+    def usage(self) -> dict[str, float]:
+        """CPU seconds since start and peak RSS (MiB) so far."""
+        s = self.sampled
+        if s is None:
+            return {"cpu_s": 0.0, "peak_rss_mib": 0.0}
+        return {"cpu_s": round(s.cpu_seconds(), 3), "peak_rss_mib": round(s.peak_rss / 2**20, 1)}
+
+    def stop(self) -> dict[str, float]:
+        used = self.usage()
+        if self.sampled is not None:
+            self.sampled.close()
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, 20)
+            self.proc = None
+        return used
+
+
+def service(name: str, env: Mapping[str, str], log_dir: Path) -> ServiceProc:
+    return ServiceProc(name, f"tierflow_{name}", env, log_dir, f"{name.upper()}_PORT")
+
+
+@dataclass
+class Scenario:
+    """A fresh database and a fresh topic set: what one measured phase runs on."""
+
+    tag: str
+    database: DatabaseSettings
+    topics: TopicSettings
+    env: dict[str, str]
+    api_key: str | None = None
+
+    @property
+    def dsn(self) -> str:
+        """Plain libpq URL for asyncpg."""
+        return self.database.async_url().replace("postgresql+asyncpg://", "postgresql://")
+
+
+def _api_key(database: DatabaseSettings) -> str:
+    """An ingest API key for source `bench`."""
+    return create_key_sync(database, name="bench", sources=["bench"])[1]
+
+
+class Stack:
+    """Embedded PostgreSQL + Tansu on free ports under a temp dir; removed by `close()`."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-"))
+        self.dir.chmod(0o755)  # PostgreSQL runs as an unprivileged user when we are root
+        self.log_dir = self.dir / "log"
+        self.log_dir.mkdir()
+        self.postgres = EmbeddedPostgres(
+            self.dir / "pgdata", port=free_port(), log_file=self.log_dir / "postgres.log"
+        )
+        self.tansu = EmbeddedTansu(port=free_port(), log_file=self.log_dir / "tansu.log")
+        self.kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+        self.services: list[ServiceProc] = []
+
+    def start(self) -> None:
+        self.postgres.start()
+        self.tansu.start()
+        self.kafka = KafkaSettings(bootstrap_servers=self.tansu.bootstrap_servers)
+        asyncio.run(wait_for_broker(self.kafka))
+
+    def scenario(self, tag: str) -> Scenario:
+        name = f"bench_{tag}_{uuid.uuid4().hex[:6]}"
+        database = DatabaseSettings(database_url=self.postgres.create_database(name))
+        upgrade_head(database)
+        suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
+        topics = TopicSettings(
+            customer_events=f"customer-events-{suffix}",
+            classification_changed=f"customer-classification-changed-{suffix}",
+            tier_changed=f"customer-tier-changed-{suffix}",
+            care_actions=f"care-actions-{suffix}",
+            classifier_dlq=f"customer-events.classifier.dlq-{suffix}",
+            notifier_dlq=f"customer-classification-changed.notifier.dlq-{suffix}",
+            partitions=PARTITIONS,
+        )
+        asyncio.run(ensure_topics(self.kafka, topics))
+        env = {
+            "DATABASE_URL": database.database_url.get_secret_value(),
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "CLASSIFIER_RULES_FILE": str(ROOT / "config" / "classifier.yaml"),
+            "NOTIFIER_PLAYBOOKS_FILE": str(ROOT / "config" / "notifier.yaml"),
+            "CLASSIFIER_GROUP_ID": f"bench-classifier-{suffix}",
+            "NOTIFIER_GROUP_ID": f"bench-notifier-{suffix}",
+            **topics.as_env(),
+        }
+        return Scenario(tag, database, topics, env, _api_key(database))
+
+    def start_service(self, name: str, scenario: Scenario) -> ServiceProc:
+        svc = service(name, scenario.env, self.log_dir)
+        self.services.append(svc)
+        svc.start()
+        return svc
+
+    def stop_service(self, svc: ServiceProc) -> dict[str, float]:
+        used = svc.stop()
+        if svc in self.services:
+            self.services.remove(svc)
+        return used
+
+    def infra_cpu(self) -> dict[str, float]:
+        return {
+            "postgres": tree_cpu_seconds(self.postgres.pid),
+            "tansu": tree_cpu_seconds(self.tansu.pid),
+        }
+
+    def close(self) -> None:
+        for svc in list(self.services):
+            try:
+                svc.stop()
+            except Exception as exc:  # keep tearing down the rest
+                print(f"bench | stopping {svc.name} failed: {exc}", file=sys.stderr)
+        self.services.clear()
+        self.tansu.stop()
+        self.postgres.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

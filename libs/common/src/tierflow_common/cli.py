@@ -1,0 +1,246 @@
+"""The `tierflow` command: run the pipeline, migrate, create topics, manage API keys, schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tierflow_common.settings import DatabaseSettings
+
+app = typer.Typer(help="tierflow: real-time customer classification pipeline", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of upstream sources (stored hashed)", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+deliveries_app = typer.Typer(
+    help="Webhook deliveries of care actions: list them, retry dead ones (via the notifier API)",
+    no_args_is_help=True,
+)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+@contextmanager
+def _database() -> Iterator[DatabaseSettings]:
+    """DATABASE_URL if set; otherwise the embedded server, started for the command if needed."""
+    from tierflow_common.settings import EmbeddedSettings  # noqa: PLC0415
+
+    if os.environ.get("DATABASE_URL"):
+        yield DatabaseSettings()
+        return
+    from tierflow_common.embedded import EmbeddedPostgres  # noqa: PLC0415
+    from tierflow_common.embedded.ports import port_is_free  # noqa: PLC0415
+
+    embedded = EmbeddedSettings()
+    var = embedded.var_dir.resolve()
+    pg = EmbeddedPostgres(
+        var / "pgdata", port=embedded.embedded_postgres_port, log_file=var / "log" / "postgres.log"
+    )
+    if not port_is_free(pg.host, pg.port):
+        # `make run` is up: use its server rather than starting a second one.
+        yield DatabaseSettings(database_url=pg.url)
+        return
+    pg.start()
+    try:
+        yield DatabaseSettings(database_url=pg.url)
+    finally:
+        pg.stop()
+
+
+@app.command()
+def run() -> None:
+    """Start PostgreSQL, the broker (embedded unless URLs are set), migrations, topics, services."""
+    from tierflow_common.devstack import run_stack  # noqa: PLC0415 - keep CLI start fast
+
+    raise typer.Exit(run_stack())
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (to DATABASE_URL, or to the embedded server)."""
+    from tierflow_common.db.migrate import upgrade_head  # noqa: PLC0415
+
+    with _database() as db:
+        upgrade_head(db)
+    typer.echo("migrations applied")
+
+
+@app.command()
+def topics() -> None:
+    """Create the pipeline's topics on KAFKA_BOOTSTRAP_SERVERS (idempotent)."""
+    from tierflow_common.kafka import ensure_topics  # noqa: PLC0415
+    from tierflow_common.settings import KafkaSettings, TopicSettings  # noqa: PLC0415
+
+    created = asyncio.run(ensure_topics(KafkaSettings(), TopicSettings()))
+    typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who the key is for, e.g. 'shop production'")],
+    source: Annotated[
+        list[str], typer.Option(help="A CloudEvents source this key may send ('*' = any)")
+    ],
+) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from tierflow_common.keys import create_key_sync  # noqa: PLC0415
+
+    with _database() as db:
+        key_id, key = create_key_sync(db, name=name, sources=source)
+    typer.echo(f"key id: {key_id}\nsources: {', '.join(sorted(set(source)))}\nkey: {key}")
+    typer.echo("Store the key now: it cannot be shown again.", err=True)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id (takes effect within INGEST_KEYS_REFRESH_S)."""
+    from tierflow_common.keys import revoke_key_sync  # noqa: PLC0415
+
+    with _database() as db:
+        revoked = revoke_key_sync(db, key_id)
+    if not revoked:
+        typer.echo(f"no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (ids, names, sources, state) — never the keys themselves."""
+    from tierflow_common.keys import list_keys_sync  # noqa: PLC0415
+
+    with _database() as db:
+        rows = list_keys_sync(db)
+    for r in rows:
+        state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+        typer.echo(f"{r['key_id']}  {state:<18} {','.join(r['sources']):<20} {r['name']}")
+
+
+def _notifier_url(url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    if os.environ.get("NOTIFIER_URL"):
+        return os.environ["NOTIFIER_URL"].rstrip("/")
+    return f"http://127.0.0.1:{os.environ.get('NOTIFIER_PORT', '8082')}"
+
+
+def _call(method: str, url: str, body: object | None = None) -> tuple[int, Any]:
+    """One JSON request to the notifier API: (status, decoded body). Exits if unreachable."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(  # noqa: S310 - the operator's own notifier URL
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            return int(resp.status), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read() or b"null")
+    except (urllib.error.URLError, OSError) as exc:
+        typer.echo(f"cannot reach the notifier at {url}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="Notifier base URL (default: $NOTIFIER_URL, else 127.0.0.1:$NOTIFIER_PORT)"
+    ),
+]
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    state: Annotated[
+        str | None, typer.Option(help="pending, delivered or dead (default: every state)")
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Only this endpoint")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this care action's deliveries")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows")] = 1000,
+    url: UrlOption = None,
+) -> None:
+    """List deliveries (id, endpoint, state, attempts, action, last error), oldest id first.
+
+    Like every `deliveries` command this talks to the notifier's API rather than the database:
+    tierflow_common cannot import the notifier's service layer (the notifier depends on it, not
+    the reverse); the API wakes the endpoint's sender so a retry goes out at once instead of at
+    its next poll; and an operator needs only the notifier's URL, not database credentials — a
+    retry is only ever sent by a running notifier anyway.
+    """
+    from urllib.parse import urlencode  # noqa: PLC0415
+
+    base = _notifier_url(url)
+    after: str | None = None
+    shown = 0
+    while shown < limit:
+        query = {"state": state, "endpoint": endpoint, "action": action, "after": after}
+        params = {k: v for k, v in query.items() if v is not None}
+        params["limit"] = str(min(1000, limit - shown))
+        status, page = _call("GET", f"{base}/v1/deliveries?{urlencode(params)}")
+        if status != 200:
+            typer.echo(f"notifier answered {status}: {page}", err=True)
+            raise typer.Exit(1)
+        for d in page["items"]:
+            error = (d.get("last_error") or "")[:60]
+            typer.echo(
+                f"{d['delivery_id']}  {d['endpoint']:<16} {d['state']:<9} {d['attempts']:>3}  "
+                f"{d['action_id']}  {error}"
+            )
+        shown += len(page["items"])
+        after = page.get("next")
+        if not after:
+            break
+    typer.echo(f"{shown} deliveries", err=True)
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Delivery ids (default: every dead delivery)")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Only dead deliveries to this endpoint")
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Send dead deliveries again with a fresh attempt budget (same webhook-id, so receivers
+    that dedupe see each action once). Without ids: every dead delivery (of --endpoint)."""
+    base = _notifier_url(url)
+    if not ids:
+        status, body = _call("POST", f"{base}/v1/deliveries:retry-dead", {"endpoint": endpoint})
+        if status != 200:
+            typer.echo(f"notifier answered {status}: {body}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"retried {body['retried']} dead deliveries")
+        return
+    failed = 0
+    for delivery_id in ids:
+        status, body = _call("POST", f"{base}/v1/deliveries/{delivery_id}/retry")
+        if status == 200:
+            typer.echo(f"retried {delivery_id}")
+        else:
+            failed += 1
+            typer.echo(f"{delivery_id}: {body.get('detail', body) if body else status}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def schemas(
+    out: Annotated[Path, typer.Option(help="Directory to write into")] = Path("docs/schemas"),
+) -> None:
+    """Write the JSON Schemas of the event contract."""
+    from tierflow_common.contract.schemas import write_schemas  # noqa: PLC0415
+
+    for path in write_schemas(out):
+        typer.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,376 @@
+"""A Kafka consumer whose offsets of record live in PostgreSQL beside the state they produced.
+
+Each polled batch is applied by a handler inside one database transaction that also stores the
+next offsets and enqueues every outgoing record (outbox). A crash at any point therefore either
+keeps the whole batch (state + offsets + outputs) or none of it; on partition assignment the
+consumer seeks to the stored offsets. Records the handler cannot apply go to the dead-letter
+topic with the reason, through the same outbox, so a poison record never blocks its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tierflow_common.backoff import Backoff
+from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord
+from tierflow_common.db.offsets import load_offsets, store_offsets
+from tierflow_common.kafka import make_consumer
+from tierflow_common.metrics import ASSIGNED_PARTITIONS, BATCH_SECONDS, CONSUMED, DEAD_LETTERED
+from tierflow_common.outbox import enqueue
+from tierflow_common.settings import ConsumerSettings, KafkaSettings
+from tierflow_common.transient import is_transient
+
+log = structlog.get_logger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: Record
+    reason: str
+    field: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """What a handler decided for a batch: records to emit and records to dead-letter."""
+
+    emit: list[tuple[str, EmittedEvent | KafkaRecord]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+
+
+Handler = Callable[[AsyncConnection, Sequence[Record]], Awaitable[BatchOutcome]]
+
+
+def dead_letter_record(dead: DeadLetter, group_id: str) -> KafkaRecord:
+    """The original key, value and headers, plus `dlq_*` headers: where it came from and why."""
+    rec = dead.record
+    headers = [(k, bytes(v)) for k, v in (rec.headers or ())]
+    headers += [
+        ("dlq_reason", dead.reason.encode()),
+        ("dlq_field", (dead.field or "").encode()),
+        ("dlq_consumer_group", group_id.encode()),
+        ("dlq_source_topic", rec.topic.encode()),
+        ("dlq_source_partition", str(rec.partition).encode()),
+        ("dlq_source_offset", str(rec.offset).encode()),
+    ]
+    return KafkaRecord(key=rec.key or b"", value=rec.value or b"", headers=headers)
+
+
+def drop_redelivered(
+    batch: dict[TopicPartition, list[Record]], expected: dict[TopicPartition, int]
+) -> tuple[dict[TopicPartition, list[Record]], list[Record]]:
+    """Split a polled batch into records not yet seen (offset at or past the partition's
+    expected next offset, each once) and copies of records already handed out."""
+    fresh: dict[TopicPartition, list[Record]] = {}
+    skipped: list[Record] = []
+    for tp, records in batch.items():
+        nxt = expected.get(tp, 0)
+        kept: list[Record] = []
+        for record in records:
+            if record.offset < nxt:
+                skipped.append(record)
+                continue
+            kept.append(record)
+            nxt = record.offset + 1
+        if kept:
+            fresh[tp] = kept
+    return fresh, skipped
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: StatefulConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Let the in-flight batch commit before the partitions move to another member.
+        async with self._owner.batch_lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Read the stored offsets only after an in-flight batch has committed its own: read
+        # before, they would send the consumer back over records it has just applied.
+        async with self._owner.batch_lock:
+            await self._owner.seek_to_stored(assigned)
+
+
+class StatefulConsumer:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        kafka: KafkaSettings,
+        settings: ConsumerSettings,
+        group_id: str,
+        topics: Sequence[str],
+        dlq_topic: str,
+        producer_name: str,
+        handler: Handler,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._kafka = kafka
+        self._settings = settings
+        self.group_id = group_id
+        self._topics = list(topics)
+        self._dlq_topic = dlq_topic
+        self._producer_name = producer_name
+        self._handler = handler
+        self._on_committed = on_committed
+        self.batch_lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self.assigned: frozenset[TopicPartition] = frozenset()
+        # The next offset each partition expects. Tansu has been seen to hand a record out
+        # twice (overlapping batches in one fetch); a second copy must not be applied again —
+        # for a poison record that would be a second dead letter.
+        self._expected: dict[TopicPartition, int] = {}
+        # Bumped by every seek. aiokafka starts fetching a new assignment before our listener
+        # has sought to the stored offsets, so a batch polled before a seek is stale: applying
+        # it could skip or repeat records. It is dropped and read again from the new position.
+        self._seeks = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._consumer is not None and bool(self.assigned)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until stop() is called; the in-flight batch is committed or abandoned whole."""
+        consumer = make_consumer(
+            self._kafka,
+            group_id=self.group_id,
+            max_poll_records=self._settings.max_batch,
+            max_partition_fetch_bytes=self._settings.max_partition_fetch_bytes,
+        )
+        consumer.subscribe(self._topics, listener=_Rebalance(self))
+        # Set before start(): the first rebalance callback may fire while start() runs.
+        self._consumer = consumer
+        await self._start(consumer)
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch
+                )
+                polled_at_seek = self._seeks
+                self.assigned = frozenset(consumer.assignment())
+                ASSIGNED_PARTITIONS.labels(group=self.group_id).set(len(self.assigned))
+                if batch:
+                    await self._process_until_done(batch, polled_at_seek)
+                else:
+                    await self._rewind_past_log_end(consumer)
+        finally:
+            self._consumer = None
+            self.assigned = frozenset()
+            await consumer.stop()
+
+    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+        backoff = Backoff(first=0.2)
+        while True:
+            try:
+                await consumer.start()
+                return
+            except KafkaError as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning(
+                    "broker_unreachable",
+                    group=self.group_id,
+                    error=str(exc),
+                    retry_in=backoff.delay,
+                )
+                await backoff.wait()
+
+    async def seek_to_stored(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer_or_raise()
+        if not assigned:
+            self.assigned = frozenset()
+            return
+        async with self._engine.connect() as conn:
+            stored = await load_offsets(conn, self.group_id)
+        # Seek to the offsets of record. An empty partition under a stored offset means the
+        # broker lost its log (the in-memory broker restarted): read from the start, the ledger
+        # makes that safe. A non-empty one is judged later from fetch high watermarks, because
+        # some brokers (Tansu) answer ListOffsets with the start of the last batch.
+        ends = await consumer.end_offsets(list(assigned))
+        begins = await consumer.beginning_offsets(list(assigned))
+        for tp in sorted(assigned):
+            offset = stored.get(tp)
+            if offset is not None and offset > 0 and ends[tp] == 0:
+                log.warning(
+                    "stored_offset_beyond_empty_log",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    stored=offset,
+                )
+                offset = None
+            start = begins[tp] if offset is None else offset
+            consumer.seek(tp, start)
+            self._expected[tp] = start
+        self._seeks += 1
+        self.assigned = frozenset(assigned)
+        log.info("partitions_assigned", group=self.group_id, count=len(assigned))
+
+    async def _rewind_past_log_end(self, consumer: AIOKafkaConsumer) -> None:
+        """A position past the partition's high watermark means the broker lost its log (the
+        in-memory broker restarted): read it again from the start; the ledger makes that safe.
+        (Apache Kafka answers OffsetOutOfRange instead, and auto_offset_reset does the same.)"""
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await consumer.position(tp)
+            if position > high:
+                log.warning(
+                    "position_beyond_log_end",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    position=position,
+                    log_end=high,
+                )
+                await consumer.seek_to_beginning(tp)
+                self._expected.pop(tp, None)
+                self._seeks += 1
+
+    def _consumer_or_raise(self) -> AIOKafkaConsumer:
+        # The listener runs only after subscribe(), so the consumer exists by then.
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("consumer not started")
+        return consumer
+
+    async def _process_until_done(
+        self, batch: dict[TopicPartition, list[Record]], polled_at_seek: int
+    ) -> None:
+        backoff = Backoff()
+        while True:
+            committed: dict[TopicPartition, int] | None = None
+            async with self.batch_lock:
+                consumer = self._consumer_or_raise()
+                if self._seeks != polled_at_seek:
+                    log.info("stale_batch_dropped", group=self.group_id, seeks=self._seeks)
+                    return
+                owned = self._fresh(
+                    {tp: recs for tp, recs in batch.items() if tp in consumer.assignment()}
+                )
+                if not owned:
+                    return
+                try:
+                    committed = await self._commit_batch(owned)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        log.exception("batch_failed_isolating_records", group=self.group_id)
+                        committed = await self._commit_one_by_one(owned)
+                    else:
+                        log.warning(
+                            "batch_retry",
+                            group=self.group_id,
+                            error=str(exc),
+                            retry_in=backoff.delay,
+                        )
+            if committed is not None:
+                # Outside the lock: a Kafka commit may wait on a rebalance that waits on the lock.
+                await self._commit_to_kafka(committed)
+                return
+            if self._stopping.is_set():
+                # Abandon without committing: the stored offsets make the next owner redo it.
+                return
+            await backoff.wait()
+
+    def _fresh(
+        self, batch: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        fresh, skipped = drop_redelivered(batch, self._expected)
+        for record in skipped:
+            log.warning(
+                "redelivered_record_skipped",
+                group=self.group_id,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        return fresh
+
+    async def _commit_one_by_one(
+        self, batch: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, int]:
+        """Find the record(s) a handler chokes on and dead-letter only those."""
+        committed: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            for record in records:
+                single = {tp: [record]}
+                try:
+                    committed.update(await self._commit_batch(single))
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    log.exception("record_dead_lettered_on_error", offset=record.offset)
+                    committed.update(
+                        await self._commit_batch(
+                            single, forced_dead=[DeadLetter(record, f"unhandled error: {exc!r}")]
+                        )
+                    )
+        return committed
+
+    async def _commit_batch(
+        self,
+        batch: dict[TopicPartition, list[Record]],
+        forced_dead: list[DeadLetter] | None = None,
+    ) -> dict[TopicPartition, int]:
+        records = [r for tp in sorted(batch) for r in batch[tp]]
+        with BATCH_SECONDS.labels(group=self.group_id).time():
+            async with self._engine.begin() as conn:
+                if forced_dead is None:
+                    outcome = await self._handler(conn, records)
+                else:
+                    outcome = BatchOutcome(dead=forced_dead)
+                dlq = [
+                    (self._dlq_topic, dead_letter_record(d, self.group_id)) for d in outcome.dead
+                ]
+                await enqueue(conn, self._producer_name, [*outcome.emit, *dlq])
+                next_offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+                await store_offsets(conn, self.group_id, next_offsets)
+        self._expected.update(next_offsets)
+        for d in outcome.dead:
+            DEAD_LETTERED.labels(group=self.group_id, reason=d.field or "record").inc()
+            log.warning(
+                "dead_lettered",
+                topic=d.record.topic,
+                partition=d.record.partition,
+                offset=d.record.offset,
+                reason=d.reason,
+                field=d.field,
+            )
+        CONSUMED.labels(group=self.group_id, outcome="applied").inc(outcome.applied)
+        CONSUMED.labels(group=self.group_id, outcome="duplicate").inc(outcome.duplicates)
+        CONSUMED.labels(group=self.group_id, outcome="dead_lettered").inc(len(outcome.dead))
+        if self._on_committed is not None:
+            self._on_committed()
+        return next_offsets
+
+    async def _commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:
+        # Only so lag shows in standard Kafka tooling; PostgreSQL holds the offsets of record.
+        consumer = self._consumer
+        if consumer is None:
+            return
+        owned = {tp: off for tp, off in offsets.items() if tp in consumer.assignment()}
+        if not owned:
+            return
+        try:
+            await asyncio.wait_for(consumer.commit(owned), timeout=5.0)
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("kafka_commit_skipped", error=str(exc))

@@ -1,0 +1,186 @@
+"""CloudEvents 1.0 models for every event tierflow accepts or emits.
+
+Amounts are `Decimal` end to end and travel as decimal strings, never floats.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from tierflow_common.contract.customer_events import (
+    EVENT_MODELS,
+    EVENT_TYPES,
+    CloudEventEnvelope,
+    CurrencyCode,
+    CustomerEvent,
+    CustomerId,
+    DecimalString,
+    EventType,
+    FeedbackData,
+    FeedbackEvent,
+    InteractionData,
+    InteractionEvent,
+    NonNegativeAmount,
+    ProfileData,
+    ProfileEvent,
+    PurchaseData,
+    PurchaseEvent,
+    RefundData,
+    RefundEvent,
+)
+
+CLASSIFICATION_CHANGED_TYPE = "tierflow.classification.changed"
+TIER_CHANGED_TYPE = "tierflow.tier.changed"
+CARE_ACTION_TYPE = "tierflow.care_action.created"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_CUSTOMER_EVENT: TypeAdapter[CustomerEvent] = TypeAdapter(CustomerEvent)
+
+
+def parse_customer_event(obj: Any) -> CustomerEvent:
+    """Validate a decoded JSON object as a customer event (raises pydantic.ValidationError)."""
+    return _CUSTOMER_EVENT.validate_python(obj)
+
+
+def customer_event_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    return _CUSTOMER_EVENT.json_schema(ref_template=ref_template)
+
+
+def customer_event_openapi_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(schema, component schemas) with references into an OpenAPI document's components."""
+    schema = customer_event_json_schema("#/components/schemas/{model}")
+    return schema, schema.pop("$defs", {})
+
+
+class ClassificationChangedData(_Strict):
+    """One dimension of one customer moved from one label to another."""
+
+    customer_id: CustomerId
+    dimension: str
+    from_label: str | None = Field(alias="from", description="null for the first assignment")
+    to_label: str = Field(alias="to")
+    reason: str = Field(description="Human-readable explanation of the rule that matched")
+    explanation: dict[str, Any] = Field(
+        default_factory=dict, description="Rule id, feature values and thresholds involved"
+    )
+    cause: str = Field(
+        description="Why it changed: 'event:<source>/<id>' (that event), 'time:<instant>' (a "
+        "deadline passed), 'rules:<version>' (a new rule set) or 'population:<version>' (a new "
+        "population snapshot moved a population-relative class)"
+    )
+    effective_at: datetime
+    rule_set_version: str
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+CareActionKind = Literal[
+    "revisit", "follow_up", "coupon", "care_message", "escalation", "account_manager_assignment"
+]
+CarePriorityClass = Literal["critical", "service", "marketing"]
+
+
+class CouponDetails(_Strict):
+    """The coupon a `coupon` action offers (value by the customer's value tier)."""
+
+    code: str = Field(description="Unique per action, e.g. TF-1A2B3C4D5E6F")
+    value: DecimalString | None = Field(
+        description="Amount off, in `currency`, as a decimal string; null when the playbook "
+        "offers the customer's tier none (the action is then suppressed, not delivered)"
+    )
+    currency: CurrencyCode
+    expires_at: datetime
+
+
+class CareActionDetails(BaseModel):
+    """What the action is about, beyond its kind; rules may add further keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    template: str | None = Field(default=None, description="Message template (care messages)")
+    tier: str | None = Field(default=None, description="The customer's value tier when created")
+    complaint_id: str | None = Field(
+        default=None, description="The complaint an SLA escalation is about"
+    )
+    coupon: CouponDetails | None = Field(default=None, description="Only for kind coupon")
+
+
+class CareActionData(_Strict):
+    """A care action the notifier decided on for a customer: published on `care-actions` and
+    POSTed (same fields) to every webhook endpoint."""
+
+    action_id: str = Field(description="Stable id; also the webhook-id of every delivery")
+    customer_id: CustomerId
+    rule_id: str = Field(description="The playbook rule that fired")
+    kind: CareActionKind = Field(description="What to do")
+    priority: int = Field(ge=0, description="0 = most urgent")
+    priority_class: CarePriorityClass = Field(
+        description="critical actions are never capped, deferred or suppressed; marketing "
+        "ones are subject to caps, quiet hours and consent"
+    )
+    reason: str = Field(
+        description="Why, in words: the change (dimension: from → to, with the classifier's "
+        "reason) or the schedule (cadence, follow-up, birthday, complaint SLA)"
+    )
+    explanation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Why, as data: trigger kind and its facts (for a change: dimension, from, "
+        "to and the classifier's explanation; for a schedule: when it was due)",
+    )
+    trigger_event_id: str = Field(
+        description="The trigger's key; with rule_id unique, so an action exists at most once"
+    )
+    owner: str | None = Field(
+        default=None, description="Person, queue or role a task is assigned to, e.g. queue:care"
+    )
+    channel: str | None = Field(
+        default=None, description="Channel for customer-facing kinds (consent and preference)"
+    )
+    due_at: datetime | None = Field(default=None, description="Deadline to carry it out")
+    deliver_at: datetime | None = Field(
+        default=None, description="Not before (quiet hours, the scheduled time)"
+    )
+    details: CareActionDetails = Field(default_factory=CareActionDetails)
+    created_at: datetime
+
+
+__all__ = [
+    "CARE_ACTION_TYPE",
+    "CLASSIFICATION_CHANGED_TYPE",
+    "EVENT_MODELS",
+    "EVENT_TYPES",
+    "TIER_CHANGED_TYPE",
+    "CareActionData",
+    "CareActionDetails",
+    "CareActionKind",
+    "CarePriorityClass",
+    "ClassificationChangedData",
+    "CloudEventEnvelope",
+    "CouponDetails",
+    "CurrencyCode",
+    "CustomerEvent",
+    "CustomerId",
+    "DecimalString",
+    "EventType",
+    "FeedbackData",
+    "FeedbackEvent",
+    "InteractionData",
+    "InteractionEvent",
+    "NonNegativeAmount",
+    "ProfileData",
+    "ProfileEvent",
+    "PurchaseData",
+    "PurchaseEvent",
+    "RefundData",
+    "RefundEvent",
+    "customer_event_json_schema",
+    "customer_event_openapi_schema",
+    "parse_customer_event",
+]

@@ -1,0 +1,1 @@
+"""PostgreSQL plumbing shared by the services: engine, shared tables, offsets and outbox."""

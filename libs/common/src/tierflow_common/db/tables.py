@@ -1,0 +1,302 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations create them; code reads them here.
+
+One metadata for the one database the pipeline uses; each table says which service owns it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+metadata = MetaData()
+
+# Shared plumbing --------------------------------------------------------------------------
+
+# A consumer group's position, written in the same transaction as the state it produced.
+consumer_offsets = Table(
+    "consumer_offsets",
+    metadata,
+    Column("group_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("group_id", "topic", "partition"),
+)
+
+# Transactional outbox: records to publish, written with the state change that caused them.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("producer", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("key", LargeBinary, nullable=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("headers", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_outbox_producer_id", "producer", "id"),
+)
+
+# Ingest -----------------------------------------------------------------------------------
+
+# API keys are stored as SHA-256 of a 256-bit random secret: a slow KDF adds nothing for
+# keys with that much entropy, and a fast lookup keeps authentication off the hot path.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("key_hash", LargeBinary, nullable=False, unique=True),
+    Column("sources", ARRAY(Text), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# One row per (source, id) the broker acknowledged: lets the ingest report resends as duplicates.
+ingest_receipts = Table(
+    "ingest_receipts",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("source", "event_id"),
+)
+
+# Classifier -------------------------------------------------------------------------------
+
+# The event-id ledger: one row per applied event; its primary key makes application at-most-once.
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("source", "event_id"),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_id", Text, primary_key=True),
+    Column("purchases_lifetime", BigInteger, nullable=False),
+    Column("net_spend_lifetime", Numeric(30, 6), nullable=False),
+    Column("first_purchase_at", DateTime(timezone=True), nullable=True),
+    Column("last_purchase_at", DateTime(timezone=True), nullable=True),
+    Column("refunds_lifetime", BigInteger, nullable=False, server_default="0"),
+    Column("refunded_lifetime", Numeric(30, 6), nullable=False, server_default="0"),
+    Column("value_tier", Text, nullable=False),
+    Column("dimensions", JSONB, nullable=False),
+    Column("features", JSONB, nullable=False, server_default="{}"),
+    Column("profile", JSONB, nullable=False, server_default="{}"),
+    Column("first_seen_at", DateTime(timezone=True), nullable=True),
+    Column("recent_purchases", ARRAY(DateTime(timezone=True)), nullable=False, server_default="{}"),
+    Column("next_review_at", DateTime(timezone=True), nullable=True),
+    Column("rule_set_version", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_customers_value_tier", "value_tier"),
+)
+
+# Current label per (customer, dimension): segment membership and distributions by index.
+customer_labels = Table(
+    "customer_labels",
+    metadata,
+    Column("customer_id", Text, nullable=False),
+    Column("dimension", Text, nullable=False),
+    Column("label", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("customer_id", "dimension"),
+    Index("ix_customer_labels_segment", "dimension", "label", "customer_id"),
+)
+
+# Replay mode's clock: the highest event time applied so far.
+classifier_clock = Table(
+    "classifier_clock",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("watermark", DateTime(timezone=True), nullable=False),
+)
+
+classification_changes = Table(
+    "classification_changes",
+    metadata,
+    Column("change_id", Text, primary_key=True),
+    Column("customer_id", Text, nullable=False),
+    Column("dimension", Text, nullable=False),
+    Column("from_label", Text, nullable=True),
+    Column("to_label", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("explanation", JSONB, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("effective_at", DateTime(timezone=True), nullable=False),
+    Column("rule_set_version", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_changes_customer_dimension_time", "customer_id", "dimension", "effective_at"),
+)
+
+# RFM / ABC population statistics: derived cut points and the KLL sketches they came from.
+population_stats = Table(
+    "population_stats",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("payload", JSONB, nullable=False),
+    Column("recency", LargeBinary, nullable=False),
+    Column("frequency", LargeBinary, nullable=False),
+    Column("monetary", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Fitted churn models; the classifier scores with the one marked current.
+churn_models = Table(
+    "churn_models",
+    metadata,
+    Column("version", Text, primary_key=True),
+    Column("fitted_at", DateTime(timezone=True), nullable=False),
+    Column("data_as_of", DateTime(timezone=True), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("summary", JSONB, nullable=False),
+    Column("is_current", Boolean, nullable=False, server_default="false"),
+)
+
+# Notifier ---------------------------------------------------------------------------------
+
+# status: open -> acked -> done, or suppressed (never delivered; suppressed_reason says why).
+care_actions = Table(
+    "care_actions",
+    metadata,
+    Column("action_id", Text, primary_key=True),
+    Column("trigger_event_id", Text, nullable=False),
+    Column("rule_id", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="open"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("priority_class", Text, nullable=False, server_default="service"),
+    Column("owner", Text, nullable=True),
+    Column("channel", Text, nullable=True),
+    Column("due_at", DateTime(timezone=True), nullable=True),
+    Column("deliver_at", DateTime(timezone=True), nullable=True),
+    Column("explanation", JSONB, nullable=False, server_default="{}"),
+    Column("details", JSONB, nullable=False, server_default="{}"),
+    Column("suppressed_reason", Text, nullable=True),
+    Column("acked_at", DateTime(timezone=True), nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("outcome", Text, nullable=True),
+    # Exactly one action per (trigger, rule), whatever redelivery or rebalancing does.
+    UniqueConstraint("trigger_event_id", "rule_id", name="uq_care_actions_trigger_rule"),
+    Index("ix_care_actions_customer", "customer_id", "created_at"),
+    Index("ix_care_actions_status_created", "status", "created_at"),
+)
+
+# What the notifier knows about a customer's reachability, projected from customer-events and
+# classification changes; the notifier never reads the classifier's tables.
+notifier_contacts = Table(
+    "notifier_contacts",
+    metadata,
+    Column("customer_id", Text, primary_key=True),
+    Column("timezone", Text, nullable=True),
+    Column("birthday", Date, nullable=True),
+    Column("preferred_channel", Text, nullable=True),
+    Column("marketing_consent", Boolean, nullable=True),
+    Column("channel_consent", JSONB, nullable=False, server_default="{}"),
+    Column("labels", JSONB, nullable=False, server_default="{}"),
+    Column("first_purchase_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+notifier_complaints = Table(
+    "notifier_complaints",
+    metadata,
+    Column("customer_id", Text, nullable=False),
+    Column("complaint_id", Text, nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("customer_id", "complaint_id"),
+)
+
+# Durable due times: one row per pending (customer, scheduled rule[, complaint]); the scheduler
+# fires due rows with FOR UPDATE SKIP LOCKED, so restarts and several processes are safe.
+notifier_schedules = Table(
+    "notifier_schedules",
+    metadata,
+    Column("schedule_id", Text, primary_key=True),
+    Column("rule_id", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("anchor_at", DateTime(timezone=True), nullable=False),
+    Column("period", Integer, nullable=False, server_default="1"),
+    Column("ref", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_notifier_schedules_due", "due_at"),
+    Index("ix_notifier_schedules_customer", "customer_id"),
+)
+
+# The contact-pressure ledger: one row per action that reaches (or occupies) a customer, across
+# every playbook and channel; caps count these rows.
+contact_ledger = Table(
+    "contact_ledger",
+    metadata,
+    Column("action_id", Text, primary_key=True),
+    Column("customer_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("priority_class", Text, nullable=False),
+    Column("channel", Text, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_contact_ledger_customer_at", "customer_id", "at"),
+)
+
+# One row per (action, endpoint): pending -> delivered, or dead after N attempts (operator retry
+# puts it back to pending). The lease keeps two workers from sending the same row at once.
+care_deliveries = Table(
+    "care_deliveries",
+    metadata,
+    Column("delivery_id", Text, primary_key=True),
+    Column("action_id", Text, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("action_id", "endpoint", name="uq_care_deliveries_action_endpoint"),
+    Index(
+        "ix_care_deliveries_pending",
+        "endpoint",
+        "next_attempt_at",
+        postgresql_where=text("state = 'pending'"),
+    ),
+    Index("ix_care_deliveries_state", "state", "delivery_id"),
+    # Leasing reads due rows most urgent first (migration 0006).
+    Index(
+        "ix_care_deliveries_claim",
+        "endpoint",
+        "priority",
+        "next_attempt_at",
+        postgresql_where=text("state = 'pending'"),
+    ),
+)

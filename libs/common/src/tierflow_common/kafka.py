@@ -1,0 +1,86 @@
+"""aiokafka clients configured for this pipeline's delivery rules.
+
+Producers use acks=all and never the idempotent/transactional protocol: the embedded broker
+rejects InitProducerId, and exactness comes from the database (ledger, offsets, outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from tierflow_common.settings import KafkaSettings, TopicSettings
+
+log = structlog.get_logger(__name__)
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    kwargs: dict[str, Any] = {
+        **settings.client_kwargs(),
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": settings.linger_ms,
+        "max_batch_size": 256 * 1024,
+        **overrides,
+    }
+    return AIOKafkaProducer(**kwargs)
+
+
+def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
+    kwargs: dict[str, Any] = {
+        **settings.client_kwargs(),
+        "group_id": group_id,
+        # Offsets of record live in PostgreSQL; Kafka commits are only for lag dashboards.
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        **overrides,
+    }
+    return AIOKafkaConsumer(**kwargs)
+
+
+async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
+    """Create every pipeline topic that does not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics.all_topics() if t not in existing]
+        created: list[str] = []
+        for name in wanted:
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, topics.partitions, topics.replication_factor)]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("topics_created", topics=created, partitions=topics.partitions)
+        return created
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(kafka: KafkaSettings, *, timeout: float = 30.0) -> None:
+    """Block until the broker answers a metadata request, or raise TimeoutError."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(**{**kafka.client_kwargs(), "request_timeout_ms": 2_000})
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:
+            last = exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"broker {kafka.bootstrap_servers} not reachable: {last}")

@@ -1,0 +1,199 @@
+"""Transactional outbox: enqueue records with the state change, relay them to Kafka afterwards.
+
+At-least-once on the wire: a crash between the broker's ack and the delete re-sends a batch.
+Every record carries a stable CloudEvents id, so consumers dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import Sequence
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from sqlalchemy import Text, bindparam, cast, delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tierflow_common.backoff import Backoff
+from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord, encode_event
+from tierflow_common.db.raw import raw_connection
+from tierflow_common.db.tables import outbox
+from tierflow_common.kafka import make_producer
+from tierflow_common.metrics import OUTBOX_PUBLISHED
+from tierflow_common.settings import KafkaSettings
+
+log = structlog.get_logger(__name__)
+
+
+_ENQUEUE = (
+    "INSERT INTO outbox (producer, topic, key, value, headers) "
+    "SELECT $1, u.topic, u.key, u.value, u.headers::jsonb "
+    "FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[]) "
+    "WITH ORDINALITY AS u(topic, key, value, headers, n) ORDER BY u.n"
+)
+
+
+async def enqueue(
+    conn: AsyncConnection, producer: str, items: Sequence[tuple[str, EmittedEvent | KafkaRecord]]
+) -> None:
+    """Write (topic, event-or-record) pairs to the outbox inside the caller's transaction.
+
+    One array-parameter statement per batch; rows get ids in the order given (ORDER BY the
+    ordinality), which is the order the relay publishes them in.
+    """
+    if not items:
+        return
+    topics: list[str] = []
+    keys: list[bytes | None] = []
+    values: list[bytes] = []
+    headers: list[str] = []
+    for topic, item in items:
+        record = encode_event(item) if isinstance(item, EmittedEvent) else item
+        topics.append(topic)
+        keys.append(record.key)
+        values.append(record.value)
+        headers.append(
+            orjson.dumps(
+                [[k, v.decode("utf-8", "backslashreplace")] for k, v in record.headers]
+            ).decode()
+        )
+    raw = await raw_connection(conn)
+    await raw.execute(_ENQUEUE, producer, topics, keys, values, headers)
+
+
+class OutboxRelay:
+    """Publishes one producer's outbox rows in id order and deletes them once acked.
+
+    A transaction-scoped advisory lock elects one relay per producer name across processes,
+    which keeps per-customer order on the wire.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        kafka: KafkaSettings,
+        *,
+        producer: str,
+        batch: int = 2_000,
+        poll_interval: float = 0.2,
+    ) -> None:
+        self._engine = engine
+        self._kafka_settings = kafka
+        # aiokafka clients bind to the running loop, so the producer is created in run().
+        self.kafka_producer: AIOKafkaProducer | None = None
+        self._producer = producer
+        self._batch = batch
+        self._poll = poll_interval
+        self._lock_key = zlib.crc32(f"tierflow-outbox:{producer}".encode())
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.kafka_producer is not None
+
+    async def _connect(self) -> AIOKafkaProducer | None:
+        backoff = Backoff(first=0.2)
+        while not self._stopping:
+            producer = make_producer(self._kafka_settings)
+            try:
+                await producer.start()
+                return producer
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning(
+                    "broker_unreachable",
+                    producer=self._producer,
+                    error=str(exc),
+                    retry_in=backoff.delay,
+                )
+                await backoff.wait()
+        return None
+
+    async def run(self) -> None:
+        """Relay until stop(); then drain what is already committed, once, and disconnect."""
+        producer = await self._connect()
+        if producer is None:
+            return
+        self.kafka_producer = producer
+        try:
+            await self._loop()
+            try:
+                await self.relay_once()
+            except Exception:
+                log.warning("outbox_final_drain_failed", producer=self._producer)
+        finally:
+            self.kafka_producer = None
+            await producer.stop()
+
+    async def _loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                sent = await self.relay_once()
+                backoff = 0.1
+            except Exception:
+                log.exception("outbox_relay_failed", producer=self._producer, retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if sent < self._batch:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._poll)
+
+    async def relay_once(self) -> int:
+        """Publish up to one batch; return how many records were acknowledged and removed."""
+        kafka = self.kafka_producer
+        if kafka is None:
+            return 0
+        async with self._engine.begin() as conn:
+            got = await conn.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self._lock_key}
+            )
+            if not got:
+                return 0
+            rows = (
+                await conn.execute(
+                    select(
+                        outbox.c.id,
+                        outbox.c.topic,
+                        outbox.c.key,
+                        outbox.c.value,
+                        # As text, decoded by orjson below (the driver's json.loads is slower).
+                        cast(outbox.c.headers, Text).label("headers"),
+                    )
+                    .where(outbox.c.producer == self._producer)
+                    .order_by(outbox.c.id)
+                    .limit(self._batch)
+                )
+            ).all()
+            if not rows:
+                return 0
+            futures = [
+                await kafka.send(
+                    row.topic,
+                    value=row.value,
+                    key=row.key,
+                    headers=[(k, v.encode()) for k, v in orjson.loads(row.headers)],
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute(
+                delete(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))),
+                {"ids": [row.id for row in rows]},
+            )
+        OUTBOX_PUBLISHED.labels(producer=self._producer).inc(len(rows))
+        return len(rows)

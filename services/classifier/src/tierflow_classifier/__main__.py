@@ -1,0 +1,3 @@
+from tierflow_classifier.bootstrap import main
+
+main()

@@ -1,0 +1,350 @@
+"""Customer state, event ledger and change history in PostgreSQL (SQLAlchemy Core, asyncpg)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tierflow_classifier.domain.model import Assignment, Change, CustomerState
+from tierflow_common.db.raw import raw_connection
+from tierflow_common.db.tables import (
+    classifier_clock,
+    customers,
+    processed_events,
+)
+
+VALUE_TIER = "value_tier"
+
+
+def _assignment_to_json(a: Assignment) -> dict[str, Any]:
+    return {
+        "label": a.label,
+        "since": a.since.isoformat(),
+        "rule": a.rule,
+        "reason": a.reason,
+        "explanation": dict(a.explanation),
+        "rule_set_version": a.rule_set_version,
+    }
+
+
+def _assignment_from_json(d: dict[str, Any]) -> Assignment:
+    return Assignment(
+        label=d["label"],
+        since=datetime.fromisoformat(d["since"]),
+        rule=d["rule"],
+        reason=d["reason"],
+        explanation=d.get("explanation", {}),
+        rule_set_version=d["rule_set_version"],
+    )
+
+
+_CLAIM = text(
+    "INSERT INTO processed_events (source, event_id, customer_id) "
+    "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]), "
+    "CAST(:customers AS text[])) "
+    "ON CONFLICT DO NOTHING RETURNING source, event_id"
+)
+
+
+async def claim_events(
+    conn: AsyncConnection, keys: Sequence[tuple[str, str, str]]
+) -> set[tuple[str, str]]:
+    """Insert (source, event_id, customer_id) into the ledger; return the keys that were new.
+
+    A key already present belongs to an event applied before: the caller skips it. One
+    statement with array parameters, so its text (and plan) is the same for every batch.
+    """
+    if not keys:
+        return set()
+    rows = await conn.execute(
+        _CLAIM,
+        {
+            "sources": [k[0] for k in keys],
+            "ids": [k[1] for k in keys],
+            "customers": [k[2] for k in keys],
+        },
+    )
+    return {(r.source, r.event_id) for r in rows}
+
+
+async def release_events(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> None:
+    """Forget ledger entries of events that were dead-lettered, so a fixed resend applies."""
+    keys = list(keys)
+    if keys:
+        await conn.execute(
+            delete(processed_events).where(
+                tuple_(processed_events.c.source, processed_events.c.event_id).in_(keys)
+            )
+        )
+
+
+async def lock_customers(conn: AsyncConnection, customer_ids: Sequence[str]) -> None:
+    """Serialise writers per customer (also for customers without a row yet), deadlock-free."""
+    await conn.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM ("
+            " SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(:ids AS text[])) AS x"
+            " ORDER BY k) AS keys"
+        ),
+        {"ids": list(customer_ids)},
+    )
+
+
+_LOAD = (
+    "SELECT customer_id, purchases_lifetime, net_spend_lifetime, refunds_lifetime, "
+    "refunded_lifetime, features::text AS features, profile::text AS profile, first_seen_at, "
+    "recent_purchases, next_review_at, rule_set_version, first_purchase_at, last_purchase_at, "
+    "dimensions::text AS dimensions FROM customers WHERE customer_id = ANY($1::text[])"
+)
+
+
+async def load_states(
+    conn: AsyncConnection, customer_ids: Sequence[str]
+) -> dict[str, CustomerState]:
+    raw = await raw_connection(conn)
+    rows = await raw.fetch(_LOAD, list(customer_ids))
+    return {r["customer_id"]: _raw_to_state(r) for r in rows}
+
+
+def _raw_to_state(row: Any) -> CustomerState:
+    """A row whose JSONB columns were read as text (decoded here, with orjson)."""
+    return _row_to_state(row, orjson.loads)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _row_to_state(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerState:
+    """A row from either driver; `json` decodes its JSONB columns when they came as text."""
+    return CustomerState(
+        customer_id=row["customer_id"],
+        purchases_lifetime=row["purchases_lifetime"],
+        net_spend_lifetime=Decimal(row["net_spend_lifetime"]),
+        refunds_lifetime=row["refunds_lifetime"],
+        refunded_lifetime=Decimal(row["refunded_lifetime"]),
+        features=json(row["features"]),
+        profile=json(row["profile"]),
+        first_seen_at=row["first_seen_at"],
+        recent_purchases=tuple(row["recent_purchases"] or ()),
+        next_review_at=row["next_review_at"],
+        rule_set_version=row["rule_set_version"],
+        first_purchase_at=row["first_purchase_at"],
+        last_purchase_at=row["last_purchase_at"],
+        dimensions={k: _assignment_from_json(v) for k, v in json(row["dimensions"]).items()},
+    )
+
+
+# One statement per batch with one array per column (recent_purchases, at most two instants,
+# as two columns), so the text and plan are the same for every batch.
+_SAVE = (
+    "INSERT INTO customers (customer_id, purchases_lifetime, net_spend_lifetime, "
+    "refunds_lifetime, refunded_lifetime, features, profile, first_seen_at, recent_purchases, "
+    "next_review_at, rule_set_version, first_purchase_at, last_purchase_at, dimensions, "
+    "value_tier) "
+    "SELECT u.id, u.n, u.spend, u.refunds, u.refunded, u.features::jsonb, u.profile::jsonb, "
+    "u.seen, array_remove(ARRAY[u.r0, u.r1], NULL), u.review, u.version, u.first_p, u.last_p, "
+    "u.dims::jsonb, u.tier FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::bigint[], "
+    "$5::numeric[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], "
+    "$10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], "
+    "$14::timestamptz[], $15::text[], $16::text[]) AS u(id, n, spend, refunds, refunded, "
+    "features, profile, seen, r0, r1, review, version, first_p, last_p, dims, tier) "
+    "ON CONFLICT (customer_id) DO UPDATE SET "
+    "purchases_lifetime = excluded.purchases_lifetime, "
+    "net_spend_lifetime = excluded.net_spend_lifetime, "
+    "refunds_lifetime = excluded.refunds_lifetime, "
+    "refunded_lifetime = excluded.refunded_lifetime, features = excluded.features, "
+    "profile = excluded.profile, first_seen_at = excluded.first_seen_at, "
+    "recent_purchases = excluded.recent_purchases, next_review_at = excluded.next_review_at, "
+    "rule_set_version = excluded.rule_set_version, "
+    "first_purchase_at = excluded.first_purchase_at, "
+    "last_purchase_at = excluded.last_purchase_at, value_tier = excluded.value_tier, "
+    "dimensions = excluded.dimensions, updated_at = now()"
+)
+
+
+def _dimensions_json(s: CustomerState) -> str:
+    """orjson writes an Assignment dataclass as the object _assignment_to_json builds. A
+    default label's explanation (the list of the dimension's rules, none of which matched) is
+    implied by its rule set and left out: it is most of a customer's row otherwise; the API
+    shows it again (entrypoints/api.py)."""
+    dims: dict[str, Any] = {}
+    for name, a in s.dimensions.items():
+        if a.rule.endswith(".default") and set(a.explanation) <= {"evaluated"}:
+            dims[name] = {
+                "label": a.label,
+                "since": a.since,
+                "rule": a.rule,
+                "reason": a.reason,
+                "rule_set_version": a.rule_set_version,
+            }
+        else:
+            dims[name] = a
+    return orjson.dumps(dims).decode()
+
+
+# customers' columns in the order of state_record(): for COPY (bench/timelag.py) and saves.
+STATE_COLUMNS = (
+    "customer_id",
+    "purchases_lifetime",
+    "net_spend_lifetime",
+    "refunds_lifetime",
+    "refunded_lifetime",
+    "features",
+    "profile",
+    "first_seen_at",
+    "recent_purchases",
+    "next_review_at",
+    "rule_set_version",
+    "first_purchase_at",
+    "last_purchase_at",
+    "dimensions",
+    "value_tier",
+)
+
+
+def state_record(s: CustomerState) -> tuple[Any, ...]:
+    """A customer's row as stored, JSONB columns as JSON text (STATE_COLUMNS order)."""
+    return (
+        s.customer_id,
+        s.purchases_lifetime,
+        s.net_spend_lifetime,
+        s.refunds_lifetime,
+        s.refunded_lifetime,
+        orjson.dumps(dict(s.features)).decode(),
+        orjson.dumps(dict(s.profile)).decode(),
+        s.first_seen_at,
+        list(s.recent_purchases),
+        s.next_review_at,
+        s.rule_set_version,
+        s.first_purchase_at,
+        s.last_purchase_at,
+        _dimensions_json(s),
+        s.dimensions[VALUE_TIER].label if VALUE_TIER in s.dimensions else "",
+    )
+
+
+async def save_states(conn: AsyncConnection, states: Sequence[CustomerState]) -> None:
+    if not states:
+        return
+    records = [state_record(s) for s in states]
+    columns = list(zip(*records, strict=True))
+    recent: list[list[datetime]] = [r[8] for r in records]
+    raw = await raw_connection(conn)
+    await raw.execute(
+        _SAVE,
+        *columns[:8],
+        [r[0] if r else None for r in recent],
+        [r[1] if len(r) > 1 else None for r in recent],
+        *columns[9:],
+    )
+
+
+_LABELS = (
+    "INSERT INTO customer_labels (customer_id, dimension, label, since) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) "
+    "ON CONFLICT (customer_id, dimension) DO UPDATE "
+    "SET label = excluded.label, since = excluded.since"
+)
+_HISTORY = (
+    "INSERT INTO classification_changes (change_id, customer_id, dimension, from_label, "
+    "to_label, reason, explanation, cause, effective_at, rule_set_version) "
+    "SELECT u.id, u.customer, u.dim, u.from_label, u.to_label, u.reason, u.explanation::jsonb, "
+    "u.cause, u.at, u.version FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+    "$5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[]) "
+    "AS u(id, customer, dim, from_label, to_label, reason, explanation, cause, at, version) "
+    "ON CONFLICT (change_id) DO NOTHING RETURNING change_id"
+)
+
+
+async def record_changes(conn: AsyncConnection, changes: Sequence[tuple[str, Change]]) -> set[str]:
+    """Store (change_id, change) pairs in the history, and the latest label per dimension.
+
+    Returns the ids actually recorded: a change id already in the history (the same cause,
+    customer and dimension computed again) is a duplicate, kept out of the history and off
+    the wire, so one logical change is published once.
+    """
+    if not changes:
+        return set()
+    latest: dict[tuple[str, str], Change] = {}
+    for _, c in changes:
+        latest[(c.customer_id, c.dimension)] = c
+    raw = await raw_connection(conn)
+    last = list(latest.values())
+    await raw.execute(
+        _LABELS,
+        [c.customer_id for c in last],
+        [c.dimension for c in last],
+        [c.to.label for c in last],
+        [c.effective_at for c in last],
+    )
+    unique = list({change_id: c for change_id, c in changes}.items())
+    rows = await raw.fetch(
+        _HISTORY,
+        [i for i, _ in unique],
+        [c.customer_id for _, c in unique],
+        [c.dimension for _, c in unique],
+        [c.from_label for _, c in unique],
+        [c.to.label for _, c in unique],
+        [c.to.reason for _, c in unique],
+        [orjson.dumps(dict(c.to.explanation)).decode() for _, c in unique],
+        [c.cause for _, c in unique],
+        [c.effective_at for _, c in unique],
+        [c.to.rule_set_version for _, c in unique],
+    )
+    return {row["change_id"] for row in rows}
+
+
+async def get_state(conn: AsyncConnection, customer_id: str) -> CustomerState | None:
+    row = (
+        await conn.execute(select(customers).where(customers.c.customer_id == customer_id))
+    ).first()
+    return _row_to_state(row._mapping) if row is not None else None
+
+
+async def due_customers(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+    rows = await conn.execute(
+        select(customers.c.customer_id)
+        .where(customers.c.next_review_at <= now)
+        .order_by(customers.c.next_review_at)
+        .limit(limit)
+    )
+    return [r.customer_id for r in rows]
+
+
+async def next_deadline(conn: AsyncConnection) -> datetime | None:
+    value: datetime | None = await conn.scalar(select(func.min(customers.c.next_review_at)))
+    return value
+
+
+async def read_watermark(conn: AsyncConnection) -> datetime | None:
+    """Replay's "now": the slowest partition's latest event time (a partition's events are in
+    order, so no event still to come on any partition is older than this)."""
+    value: datetime | None = await conn.scalar(select(func.min(classifier_clock.c.watermark)))
+    return value
+
+
+async def advance_watermark(conn: AsyncConnection, partition: str, to: datetime) -> None:
+    stmt = pg_insert(classifier_clock).values(name=partition, watermark=to)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={
+                "watermark": func.greatest(classifier_clock.c.watermark, stmt.excluded.watermark)
+            },
+        )
+    )
+
+
+async def stale_rule_set(conn: AsyncConnection, version: str, limit: int) -> list[str]:
+    rows = await conn.execute(
+        select(customers.c.customer_id).where(customers.c.rule_set_version != version).limit(limit)
+    )
+    return [r.customer_id for r in rows]

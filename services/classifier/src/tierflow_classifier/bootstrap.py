@@ -1,0 +1,184 @@
+"""Wires the classifier: rules, engine, consumer, outbox relay, read API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI
+
+from tierflow_classifier.adapters.churn_store import ChurnModelHolder, model_loop
+from tierflow_classifier.adapters.clock import make_clock
+from tierflow_classifier.adapters.population_store import PopulationHolder
+from tierflow_classifier.adapters.rules_file import load_rules
+from tierflow_classifier.domain.population import RefreshPolicy
+from tierflow_classifier.entrypoints.api import build_router
+from tierflow_classifier.service_layer.handler import ClassifierHandler
+from tierflow_classifier.service_layer.population_refresh import PopulationRefresher
+from tierflow_classifier.service_layer.scheduler import ReviewScheduler
+from tierflow_classifier.settings import ClassifierSettings
+from tierflow_common.checks import broker_check, database_check
+from tierflow_common.consumer import StatefulConsumer
+from tierflow_common.db.engine import create_engine
+from tierflow_common.errors_http import install_database_error_handler
+from tierflow_common.exceptions import BrokerUnavailable
+from tierflow_common.health import ops_router
+from tierflow_common.logging import configure_logging
+from tierflow_common.outbox import OutboxRelay
+from tierflow_common.settings import (
+    ConsumerSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    LogSettings,
+    TopicSettings,
+)
+from tierflow_common.tasks import finish
+
+PRODUCER_NAME = "classifier"
+
+
+def create_app(
+    *,
+    kafka: KafkaSettings | None = None,
+    database: DatabaseSettings | None = None,
+    topics: TopicSettings | None = None,
+    consumer: ConsumerSettings | None = None,
+    settings: ClassifierSettings | None = None,
+) -> FastAPI:
+    kafka = kafka or KafkaSettings()
+    database = database or DatabaseSettings()
+    topics = topics or TopicSettings()
+    consumer_settings = consumer or ConsumerSettings()
+    settings = settings or ClassifierSettings()
+    rules = load_rules(settings.rules_file)  # fails start-up with file:line on a bad rule set
+    engine = create_engine(database)
+    clock = make_clock(settings.clock)
+    population = PopulationHolder()
+    churn = ChurnModelHolder()
+    population_stop = asyncio.Event()
+    relay = OutboxRelay(
+        engine,
+        kafka,
+        producer=PRODUCER_NAME,
+        batch=consumer_settings.outbox_batch,
+        poll_interval=consumer_settings.outbox_poll_ms / 1000,
+    )
+    stateful = StatefulConsumer(
+        engine=engine,
+        kafka=kafka,
+        settings=consumer_settings,
+        group_id=settings.group_id,
+        topics=[topics.customer_events],
+        dlq_topic=topics.classifier_dlq,
+        producer_name=PRODUCER_NAME,
+        handler=ClassifierHandler(
+            rules=rules, topics=topics, clock=clock, population=population, churn=churn
+        ),
+        on_committed=relay.wake,
+    )
+
+    scheduler = ReviewScheduler(
+        engine,
+        rules=rules,
+        topics=topics,
+        clock=clock,
+        producer_name=PRODUCER_NAME,
+        on_committed=relay.wake,
+        population=population,
+        churn=churn,
+        batch=settings.review_batch,
+        reevaluate_batch=settings.reevaluate_batch,
+        poll_s=settings.review_poll_s,
+    )
+
+    refresher = PopulationRefresher(
+        engine,
+        rules,
+        clock,
+        topics,
+        PRODUCER_NAME,
+        RefreshPolicy(
+            mode=settings.clock,
+            every=timedelta(seconds=settings.population_refresh_s),
+            step=timedelta(days=settings.population_refresh_event_days),
+            settle_s=settings.population_settle_s,
+        ),
+        population,
+        churn,
+        on_committed=relay.wake,
+        poll_s=settings.population_poll_s,
+        sweep_batch=settings.population_sweep_batch,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(stateful.run()),
+            asyncio.create_task(relay.run()),
+            asyncio.create_task(scheduler.run()),
+            asyncio.create_task(refresher.run()),
+            asyncio.create_task(
+                model_loop(
+                    engine,
+                    clock,
+                    churn,
+                    fit_every_s=settings.churn_fit_interval_s,
+                    reload_every_s=settings.churn_reload_s,
+                    stopping=population_stop,
+                )
+            ),
+        ]
+        try:
+            yield
+        finally:
+            # Consumer and scheduler first: they commit or abandon their batch; then the relay.
+            stateful.stop()
+            scheduler.stop()
+            population_stop.set()
+            refresher.stop()
+            await finish(tasks[3], timeout=15)
+            await finish(tasks[4], timeout=15)
+            await finish(tasks[0], timeout=15)
+            await finish(tasks[2], timeout=15)
+            relay.stop()
+            await finish(tasks[1], timeout=15)
+            await engine.dispose()
+
+    async def broker_ready() -> None:
+        producer = relay.kafka_producer
+        if producer is None:
+            raise BrokerUnavailable("producer not connected")
+        await broker_check(producer)()
+
+    async def partitions_ready() -> None:
+        if not stateful.ready:
+            raise BrokerUnavailable("no partitions assigned yet")
+
+    app = FastAPI(
+        title="tierflow classifier",
+        version="1.0.0",
+        description="Keeps every customer classified; publishes each change.",
+        lifespan=lifespan,
+    )
+    app.include_router(build_router(engine, rules, churn=churn, clock=clock))
+    install_database_error_handler(app)
+    app.include_router(
+        ops_router(
+            {
+                "database": database_check(engine),
+                "broker": broker_ready,
+                "partitions": partitions_ready,
+            }
+        )
+    )
+    return app
+
+
+def main() -> None:
+    from tierflow_common.serve import serve  # noqa: PLC0415
+    from tierflow_common.settings import ClassifierHttpSettings  # noqa: PLC0415
+
+    configure_logging(LogSettings(), service="classifier")
+    serve(create_app(), ClassifierHttpSettings())

@@ -1,0 +1,213 @@
+"""`apply(state, event) -> (state, changes)`: the whole classification step, pure.
+
+Every update is a merge of facts keyed by event time (sums, min/max, per-id records, per-field
+latest value), so replaying the same events in any order yields the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from tierflow_classifier.domain.classify import NOTHING, Outside, classify
+from tierflow_classifier.domain.features import month_key
+from tierflow_classifier.domain.model import (
+    Change,
+    CustomerEvent,
+    CustomerState,
+    Feedback,
+    Interaction,
+    ProfilePatch,
+    Purchase,
+    Refund,
+)
+from tierflow_classifier.domain.rules import RuleSet
+from tierflow_classifier.exceptions import UnprocessableEvent
+
+VALUE_TIER = "value_tier"
+
+
+def to_base_currency(amount: Decimal, currency: str, rules: RuleSet) -> Decimal:
+    rate = rules.rates.get(currency)
+    if rate is None:
+        raise UnprocessableEvent(
+            f"no exchange rate for {currency} to {rules.base_currency} in rule set {rules.version}",
+            field="data.currency",
+        )
+    return amount * rate
+
+
+def _later(a: str | None, b: datetime) -> str:
+    iso = b.isoformat()
+    return iso if a is None or datetime.fromisoformat(a) < b else a
+
+
+def _count(features: Mapping[str, Any], name: str, by: int = 1) -> dict[str, Any]:
+    return {**features, name: int(features.get(name, 0)) + by}
+
+
+def _add_to_month(
+    features: dict[str, Any], t: datetime, spend: Decimal, orders: int
+) -> dict[str, Any]:
+    months = dict(features.get("months", {}))
+    key = month_key(t)
+    bucket = months.get(key, {"spend": "0", "orders": 0})
+    months[key] = {
+        "spend": format(Decimal(bucket["spend"]) + spend, "f"),
+        "orders": int(bucket["orders"]) + orders,
+    }
+    return {**features, "months": months}
+
+
+def _apply_purchase(state: CustomerState, e: Purchase, rules: RuleSet) -> CustomerState:
+    amount = to_base_currency(e.amount, e.currency, rules)
+    t = e.meta.time
+    features: dict[str, Any] = _add_to_month(dict(state.features), t, amount, 1)
+    # Order amounts, so a refund can be checked against what the order cost.
+    orders = dict(features.get("orders", {}))
+    orders[e.order_id] = format(Decimal(orders.get(e.order_id, "0")) + amount, "f")
+    features["orders"] = orders
+    if e.discounted:
+        features = _count(features, "discounted_purchases")
+    recent = tuple(sorted({*state.recent_purchases, t}, reverse=True)[:2])
+    return replace(
+        state,
+        recent_purchases=recent,
+        purchases_lifetime=state.purchases_lifetime + 1,
+        net_spend_lifetime=state.net_spend_lifetime + amount,
+        first_purchase_at=t if state.first_purchase_at is None else min(state.first_purchase_at, t),
+        last_purchase_at=t if state.last_purchase_at is None else max(state.last_purchase_at, t),
+        features=features,
+    )
+
+
+def _apply_refund(state: CustomerState, e: Refund, rules: RuleSet) -> CustomerState:
+    amount = to_base_currency(e.amount, e.currency, rules)
+    orders: Mapping[str, str] = state.features.get("orders", {})
+    refunded = dict(state.features.get("refunded_orders", {}))
+    already = Decimal(refunded.get(e.order_id, "0"))
+    policy = rules.refunds
+    if e.order_id not in orders:
+        if policy.unknown_order == "dead_letter":
+            raise UnprocessableEvent(
+                f"refund for unknown order {e.order_id!r} (policy refunds.unknown_order)",
+                field="data.order_id",
+            )
+    elif policy.over_refund == "dead_letter" and already + amount > Decimal(orders[e.order_id]):
+        raise UnprocessableEvent(
+            f"refunds of order {e.order_id!r} would total {already + amount:f} "
+            f"{rules.base_currency}, more than its {Decimal(orders[e.order_id]):f} "
+            "(policy refunds.over_refund)",
+            field="data.amount",
+        )
+    refunded[e.order_id] = format(already + amount, "f")
+    features = _add_to_month(dict(state.features), e.meta.time, -amount, 0)
+    features["refunded_orders"] = refunded
+    return replace(
+        state,
+        features=features,
+        refunds_lifetime=state.refunds_lifetime + 1,
+        refunded_lifetime=state.refunded_lifetime + amount,
+        net_spend_lifetime=state.net_spend_lifetime - amount,
+    )
+
+
+def _apply_interaction(state: CustomerState, e: Interaction) -> CustomerState:
+    features: dict[str, Any] = dict(state.features)
+    kinds = dict(features.get("interactions", {}))
+    kinds[e.kind] = int(kinds.get(e.kind, 0)) + 1
+    features["interactions"] = kinds
+    features["last_interaction_at"] = _later(features.get("last_interaction_at"), e.meta.time)
+    if e.complaint_id is not None and e.kind in ("complaint", "complaint_resolved"):
+        complaints = dict(features.get("complaints", {}))
+        record = dict(complaints.get(e.complaint_id, {}))
+        field = "opened_at" if e.kind == "complaint" else "resolved_at"
+        record[field] = _earlier(record.get(field), e.meta.time)
+        complaints[e.complaint_id] = record
+        features["complaints"] = complaints
+        features["open_complaints"] = sum(
+            1 for r in complaints.values() if "opened_at" in r and "resolved_at" not in r
+        )
+    if e.kind == "referral":
+        features = _count(features, "referrals")
+    return replace(state, features=features)
+
+
+def _earlier(a: str | None, b: datetime) -> str:
+    iso = b.isoformat()
+    return iso if a is None or datetime.fromisoformat(a) > b else a
+
+
+def _apply_feedback(state: CustomerState, e: Feedback) -> CustomerState:
+    features: dict[str, Any] = dict(state.features)
+    if e.satisfaction is not None:
+        features = _count(features, "satisfaction_count")
+        features = _count(features, "satisfaction_sum", e.satisfaction)
+        # Latest by event time; the event id breaks ties so delivery order never matters.
+        latest = features.get("satisfaction_latest_at")
+        mine = (e.meta.time, e.meta.cause)
+        if (
+            latest is None
+            or (
+                datetime.fromisoformat(latest),
+                str(features.get("satisfaction_latest_cause", "")),
+            )
+            < mine
+        ):
+            features["satisfaction_latest"] = e.satisfaction
+            features["satisfaction_latest_at"] = e.meta.time.isoformat()
+            features["satisfaction_latest_cause"] = e.meta.cause
+    if e.nps is not None:
+        features = _count(features, "nps_count")
+        features = _count(features, "nps_sum", e.nps)
+    return replace(state, features=features)
+
+
+def _apply_profile(state: CustomerState, e: ProfilePatch) -> CustomerState:
+    profile = dict(state.profile)
+    for name, value in e.fields.items():
+        current = profile.get(name)
+        # Latest event time wins per field; ties break on the value so order never matters.
+        candidate = {"value": value, "at": e.meta.time.isoformat()}
+        if current is None or _profile_key(candidate) > _profile_key(current):
+            profile[name] = candidate
+    return replace(state, profile=profile)
+
+
+def _profile_key(entry: Mapping[str, Any]) -> tuple[datetime, str]:
+    return datetime.fromisoformat(entry["at"]), repr(entry["value"])
+
+
+def apply(
+    state: CustomerState | None,
+    event: CustomerEvent,
+    rules: RuleSet,
+    *,
+    at: datetime | None = None,
+    outside: Outside = NOTHING,
+) -> tuple[CustomerState, list[Change]]:
+    """Fold the event into the state, then classify at `at` (default: the event's time).
+
+    In production `at` is the wall clock; in replay it is the event-time watermark.
+    """
+    current = state or CustomerState(customer_id=event.meta.customer_id)
+    t = event.meta.time
+    current = replace(
+        current,
+        first_seen_at=t if current.first_seen_at is None else min(current.first_seen_at, t),
+    )
+    match event:
+        case Purchase():
+            updated = _apply_purchase(current, event, rules)
+        case Refund():
+            updated = _apply_refund(current, event, rules)
+        case Interaction():
+            updated = _apply_interaction(current, event)
+        case Feedback():
+            updated = _apply_feedback(current, event)
+        case ProfilePatch():
+            updated = _apply_profile(current, event)
+    return classify(updated, rules, at=at or t, cause=event.meta.cause, outside=outside)

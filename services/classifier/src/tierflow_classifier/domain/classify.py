@@ -1,0 +1,246 @@
+"""Evaluate every dimension of a customer at an instant: labels, explanations, changes, and the
+next instant at which time alone could change a label (the customer's review deadline). Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from tierflow_classifier.domain.churn import FittedModel
+from tierflow_classifier.domain.churn.score import ChurnConfig
+from tierflow_classifier.domain.churn_features import churn_config, churn_features
+from tierflow_classifier.domain.features import (
+    compute_features,
+    month_start,
+    oldest_open_complaint,
+    window_sums,
+)
+from tierflow_classifier.domain.model import Assignment, Change, CustomerState
+from tierflow_classifier.domain.population import PopulationStats
+from tierflow_classifier.domain.rules import (
+    Dimension,
+    LazyContext,
+    RuleSet,
+    choose,
+    days,
+    explain,
+    holds,
+    later_than,
+    scaled,
+)
+
+
+def _anchor(state: CustomerState, name: str) -> datetime | None:
+    if name == "oldest_open_complaint_at":
+        return oldest_open_complaint(state)
+    value: datetime | None = getattr(state, name)
+    return value
+
+
+@dataclass(frozen=True)
+class Outside:
+    """What classes are relative to besides the customer: population statistics (RFM, ABC)
+    and the fitted churn model. Both change rarely and are versioned."""
+
+    population: PopulationStats | None = None
+    churn: FittedModel | None = None
+
+
+NOTHING = Outside()
+
+
+def effective_version(rules: RuleSet, outside: Outside) -> str:
+    """Classes depend on the rule set and the churn model: a new version of either re-evaluates
+    every customer. A new population only re-evaluates the customers whose population-relative
+    labels it changes (adapters/population_store.py), so it is not part of this version."""
+    version = rules.version
+    if outside.churn is not None:
+        version += f"+{outside.churn.version}"
+    return version
+
+
+def labelled_version(version: str, outside: Outside) -> str:
+    """What an assignment records: the effective version plus the population it was judged by."""
+    if outside.population is None:
+        return version
+    return f"{version}+pop{outside.population.version}"
+
+
+def variables_at(
+    state: CustomerState, rules: RuleSet, at: datetime, outside: Outside = NOTHING
+) -> tuple[dict[str, Any], list[datetime | None], Any]:
+    """Params + features + timer flags, the deadlines those timers imply, and a CEL context
+    holding the variables the rules read."""
+    variables, deadlines, lazy = _variables(state, rules, at, outside)
+    return variables, deadlines, lazy.get()
+
+
+_CHURN_CONFIGS: dict[int, tuple[RuleSet, ChurnConfig]] = {}
+
+
+def _churn_config(rules: RuleSet) -> ChurnConfig:
+    """churn_config of the rule set's params, built once per rule set (a handful per process)."""
+    cached = _CHURN_CONFIGS.get(id(rules))
+    if cached is None or cached[0] is not rules:
+        cached = _CHURN_CONFIGS[id(rules)] = (rules, churn_config(rules.params))
+    return cached[1]
+
+
+def _variables(
+    state: CustomerState, rules: RuleSet, at: datetime, outside: Outside = NOTHING
+) -> tuple[dict[str, Any], list[datetime | None], LazyContext]:
+    """variables_at() with the CEL context built only if a rule without a fast closure needs
+    it (building it converts every variable: CEL's main cost)."""
+    params = rules.params
+    population = outside.population
+    features = compute_features(state, at, params, population)
+    features.update(churn_features(state, at, outside.churn, _churn_config(rules)))
+    # CEL never coerces int and double: every number a rule sees is a double.
+    variables: dict[str, Any] = {
+        **params,
+        **{k: float(v) if type(v) is int else v for k, v in features.items()},
+    }
+    deadlines: list[datetime | None] = []
+    context = LazyContext(variables, rules.needed | {t.name for t in rules.timers})
+    for timer in rules.timers:
+        anchor = _anchor(state, timer.anchor)
+        if anchor is None:
+            variables[timer.name] = False
+        else:
+            fast = timer.fast
+            value = fast(variables) if fast is not None else timer.program.execute(context.get())
+            due = anchor + days(float(value))
+            variables[timer.name] = at >= due
+            deadlines.append(due)
+        context.set(timer.name, variables[timer.name])
+    _, _, oldest = window_sums(state.features.get("months", {}), at, rules.window_months)
+    if oldest is not None:
+        # The oldest month in the rolling window drops out then, changing the window sums.
+        deadlines.append(month_start(oldest + rules.window_months))
+    if population is not None and state.last_purchase_at is not None:
+        # Recency crosses a quintile boundary then, changing the R score.
+        deadlines.extend(state.last_purchase_at + days(c) for c in population.recency_cuts)
+    if outside.churn is not None and state.purchases_lifetime > 0:
+        # Risk rises while a customer stays quiet: re-score at a steady cadence.
+        deadlines.append(at + days(float(params.get("churn_review_days", 1.0))))
+    return variables, deadlines, context
+
+
+def _hysteresis_keeps(
+    dim: Dimension,
+    label: str,
+    current: Assignment | None,
+    variables: dict[str, Any],
+    rules: RuleSet,
+    at: datetime,
+    deadlines: list[datetime | None],
+) -> bool:
+    """Whether hysteresis keeps the current label although the rules now give `label`."""
+    h = dim.hysteresis
+    if h is None or current is None or current.label == label:
+        return False
+    current_rank, new_rank = dim.rank(current.label), dim.rank(label)
+    if new_rank <= current_rank:
+        return False  # upgrades (and moves between unranked labels) apply at once
+    # Downgrades wait out the minimum dwell in the current label ...
+    dwell_end = current.since + days(h.min_dwell_days)
+    if at < dwell_end:
+        deadlines.append(dwell_end)
+        return True
+    if current_rank < len(dim.rules):
+        # ... and the current rule must fail even with thresholds eased by the band.
+        eased = {**variables, **scaled(rules.params, 1.0 - h.band)}
+        if holds(dim.rules[current_rank], eased):
+            return True
+    return False
+
+
+# The value tier's first assignment is always a change: it is the contract downstream
+# services subscribe to (customer-tier-changed), and a first purchase must announce a tier.
+ALWAYS_ANNOUNCED = frozenset({"value_tier"})
+
+
+def silent_first(dim: Dimension, label: str) -> bool:
+    """A dimension's first assignment to its default label (`unknown`, `unscored`, `none`, ...)
+    says only "nothing known yet": it is part of the state (the API shows it, with its
+    explanation) but it is not a change, so it is neither stored in the history nor published."""
+    return label == dim.default and dim.name not in ALWAYS_ANNOUNCED
+
+
+def classify(
+    state: CustomerState,
+    rules: RuleSet,
+    *,
+    at: datetime,
+    cause: str,
+    outside: Outside = NOTHING,
+) -> tuple[CustomerState, list[Change]]:
+    variables, deadlines, context = _variables(state, rules, at, outside)
+    version = effective_version(rules, outside)
+    labelled = labelled_version(version, outside)
+    dimensions = dict(state.dimensions)
+    changes: list[Change] = []
+    for dim in rules.dimensions:
+        current = dimensions.get(dim.name)
+        label, index = choose(dim, variables, context)
+        if current is not None and (
+            current.label == label
+            or _hysteresis_keeps(dim, label, current, variables, rules, at, deadlines)
+        ):
+            continue
+        decision = explain(dim, index, variables)
+        assignment = Assignment(
+            label=decision.label,
+            since=at,
+            rule=decision.rule,
+            reason=decision.reason,
+            explanation=decision.explanation,
+            rule_set_version=labelled,
+        )
+        dimensions[dim.name] = assignment
+        if current is None and silent_first(dim, decision.label):
+            continue
+        changes.append(
+            Change(
+                customer_id=state.customer_id,
+                dimension=dim.name,
+                from_label=current.label if current else None,
+                to=assignment,
+                cause=cause,
+                effective_at=at,
+            )
+        )
+    return (
+        replace(
+            state,
+            dimensions=dimensions,
+            next_review_at=later_than(at, deadlines),
+            rule_set_version=version,
+        ),
+        changes,
+    )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def catch_up(
+    state: CustomerState,
+    rules: RuleSet,
+    *,
+    until: datetime,
+    outside: Outside = NOTHING,
+) -> tuple[CustomerState, list[Change]]:
+    """Fire every review deadline up to `until`, each at its own instant (cause "time:<t>"), so
+    transitions carry the time they happened, however late they are computed."""
+    changes: list[Change] = []
+    for _ in range(10_000):  # deadlines strictly increase; the bound only guards a bad rule set
+        due = state.next_review_at
+        if due is None or due > until:
+            break
+        state, fired = classify(
+            state, rules, at=due, cause=f"time:{due.isoformat()}", outside=outside
+        )
+        changes.extend(fired)
+    return state, changes

@@ -1,0 +1,108 @@
+"""The customer's classification state and the events that move it. Pure data, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A label on one dimension, with why and since when."""
+
+    label: str
+    since: datetime
+    rule: str
+    reason: str
+    explanation: Mapping[str, Any]
+    rule_set_version: str
+
+
+@dataclass(frozen=True)
+class CustomerState:
+    """Everything the rules read. `features` holds counters that are facts merged by event time
+    (so any delivery order gives the same state); `profile` holds each field with its time."""
+
+    customer_id: str
+    purchases_lifetime: int = 0
+    net_spend_lifetime: Decimal = Decimal(0)
+    refunds_lifetime: int = 0
+    refunded_lifetime: Decimal = Decimal(0)
+    first_purchase_at: datetime | None = None
+    last_purchase_at: datetime | None = None
+    first_seen_at: datetime | None = None
+    # The two latest distinct purchase times: the gap between them tells a reactivation.
+    recent_purchases: tuple[datetime, ...] = ()
+    dimensions: Mapping[str, Assignment] = field(default_factory=dict)
+    features: Mapping[str, Any] = field(default_factory=dict)
+    profile: Mapping[str, Any] = field(default_factory=dict)
+    next_review_at: datetime | None = None
+    rule_set_version: str = ""
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    source: str
+    event_id: str
+    customer_id: str
+    time: datetime
+
+    @property
+    def cause(self) -> str:
+        return f"event:{self.source}/{self.event_id}"
+
+
+@dataclass(frozen=True)
+class Purchase:
+    meta: EventMeta
+    order_id: str
+    amount: Decimal
+    currency: str
+    discounted: bool = False
+
+
+@dataclass(frozen=True)
+class Refund:
+    meta: EventMeta
+    order_id: str
+    amount: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class Interaction:
+    meta: EventMeta
+    kind: str
+    complaint_id: str | None = None
+    referred_customer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    meta: EventMeta
+    satisfaction: int | None
+    nps: int | None
+
+
+@dataclass(frozen=True)
+class ProfilePatch:
+    meta: EventMeta
+    fields: Mapping[str, Any]
+
+
+CustomerEvent = Purchase | Refund | Interaction | Feedback | ProfilePatch
+
+
+@dataclass(frozen=True)
+class Change:
+    """One dimension of one customer changed label; `to` carries the explanation."""
+
+    customer_id: str
+    dimension: str
+    from_label: str | None
+    to: Assignment
+    cause: str
+    effective_at: datetime

@@ -1,0 +1,259 @@
+"""Keeps the population statistics current and the customers' RFM and ABC labels consistent
+with them.
+
+When: `domain.population.refresh_due` on the classifier's clock — every
+CLASSIFIER_POPULATION_REFRESH_S of wall time in production; in replay (event-time clock)
+whenever the watermark advanced by CLASSIFIER_POPULATION_REFRESH_EVENT_DAYS, and once more when
+it stops moving, so a drained replay ends with the population as of its final watermark.
+
+Then: a sweep over the customers who bought, in id order, a batch per transaction (locked like
+the consumer's batches, so no event is applied in between): each customer whose RFM or ABC
+label the new statistics change is re-classified at the clock's "now" (or at its own latest
+instant if its partition runs ahead of the replay watermark), its changes published with
+cause "population:<version>"; a customer whose next recency-quintile crossing moved
+earlier gets its review deadline brought forward. The sweep's position is stored with the
+statistics, so a restart resumes it; a newer version supersedes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tierflow_classifier.adapters import population_store as store
+from tierflow_classifier.adapters import repository as repo
+from tierflow_classifier.adapters.churn_store import ChurnModelHolder
+from tierflow_classifier.adapters.clock import Clock
+from tierflow_classifier.adapters.population_store import PopulationHolder, SweepProgress
+from tierflow_classifier.domain.classify import Outside, catch_up, classify, effective_version
+from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_classifier.domain.population import (
+    PopulationStats,
+    RefreshPolicy,
+    population_dimensions,
+    refresh_due,
+)
+from tierflow_classifier.domain.population_review import after_refresh, outline_suffices
+from tierflow_classifier.domain.rules import RuleSet
+from tierflow_classifier.service_layer.handler import publish_changes
+from tierflow_common.outbox import enqueue
+from tierflow_common.settings import TopicSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Tally:
+    reclassified: int = 0
+    lowered: int = 0
+    spent: dict[str, float] = field(
+        default_factory=lambda: {"lock": 0.0, "read": 0.0, "judge": 0.0, "write": 0.0}
+    )
+
+
+@dataclass
+class PopulationRefresher:
+    engine: AsyncEngine
+    rules: RuleSet
+    clock: Clock
+    topics: TopicSettings
+    producer_name: str
+    policy: RefreshPolicy
+    population: PopulationHolder
+    churn: ChurnModelHolder
+    on_committed: Callable[[], None] | None = None
+    poll_s: float = 1.0
+    sweep_batch: int = 500
+    sweep_pause_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        resumed = False
+        last_attempt: float | None = None
+        seen: datetime | None = None
+        moved_at = loop.time()
+        while not self._stopping.is_set():
+            try:
+                if not resumed:
+                    stats, progress = await store.load_with_progress(self.engine)
+                    self.population.stats = stats
+                    if stats is not None and progress is not None and not progress.done:
+                        await self.sweep(stats, progress)
+                    resumed = True
+                async with self.engine.connect() as conn:
+                    now = await self.clock.now(conn)
+                wall = loop.time()
+                if now != seen:
+                    seen, moved_at = now, wall
+                current = self.population.stats
+                if refresh_due(
+                    self.policy,
+                    now=now,
+                    last_at=current.computed_at if current else None,
+                    since_attempt_s=None if last_attempt is None else wall - last_attempt,
+                    steady_s=wall - moved_at,
+                ):
+                    last_attempt = wall
+                    await self.refresh(now)
+            except Exception as exc:
+                log.warning("population_refresh_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.poll_s)
+
+    async def refresh(self, at: datetime | None) -> PopulationStats | None:
+        """Rebuild the statistics as of `at` and sweep the customers they re-classify."""
+        if at is None:
+            return None
+        began = time.monotonic()
+        fresh = await store.rebuild(self.engine, self.rules, at, self.population.stats)
+        if fresh is not None:
+            built = time.monotonic()
+            self.population.stats = fresh
+            await self.sweep(fresh, SweepProgress(fresh.version))
+            log.info(
+                "population_refresh_took",
+                version=fresh.version,
+                rebuild_s=round(built - began, 3),
+                sweep_s=round(time.monotonic() - built, 3),
+            )
+        return fresh
+
+    async def sweep(self, stats: PopulationStats, progress: SweepProgress) -> bool:
+        """Re-evaluate against `stats` from `progress` on; True once every customer is done.
+
+        Customers a consumer or review batch holds right now are not waited for (waiting for
+        a few hundred locks one after the other queues behind batch after batch): they are
+        deferred to the end of the pass, and the stored position never passes one of them.
+        """
+        tally = _Tally()
+        cursor = safe = progress.after
+        deferred: list[str] = []
+        while not self._stopping.is_set():
+            if self.population.stats is not stats:
+                return False  # superseded by a newer version, which sweeps everyone again
+            async with self.engine.begin() as conn:
+                ids = await store.customers_after(conn, cursor, self.sweep_batch)
+                if not ids:
+                    break
+                t0 = time.monotonic()
+                locked = set(await store.try_lock_customers(conn, ids))
+                tally.spent["lock"] += time.monotonic() - t0
+                changes = await self._judge(conn, stats, [c for c in ids if c in locked], tally)
+                for cid in ids:
+                    if cid not in locked:
+                        deferred.append(cid)
+                    elif not deferred:
+                        safe = cid
+                await store.save_progress(conn, SweepProgress(stats.version, safe))
+            cursor = ids[-1]
+            self._committed(changes)
+            # Let fetches, heartbeats and the relay run between batches.
+            await asyncio.sleep(self.sweep_pause_s)
+        while deferred and not self._stopping.is_set():
+            if self.population.stats is not stats:
+                return False
+            chunk, deferred = deferred[: self.sweep_batch], deferred[self.sweep_batch :]
+            async with self.engine.begin() as conn:
+                t0 = time.monotonic()
+                await repo.lock_customers(conn, chunk)  # few, now: wait for their batches
+                tally.spent["lock"] += time.monotonic() - t0
+                changes = await self._judge(conn, stats, chunk, tally)
+                if not deferred:
+                    await store.save_progress(conn, SweepProgress(stats.version, cursor))
+            self._committed(changes)
+            await asyncio.sleep(self.sweep_pause_s)
+        if self._stopping.is_set():
+            return False
+        async with self.engine.begin() as conn:
+            await store.save_progress(conn, SweepProgress(stats.version, cursor, True))
+        log.info(
+            "population_swept",
+            version=stats.version,
+            reclassified=tally.reclassified,
+            deadlines_lowered=tally.lowered,
+            **{f"{k}_s": round(v, 3) for k, v in tally.spent.items()},
+        )
+        return True
+
+    def _committed(self, changes: list[Change]) -> None:
+        if changes and self.on_committed is not None:
+            self.on_committed()
+
+    async def _judge(
+        self, conn: AsyncConnection, stats: PopulationStats, ids: list[str], tally: _Tally
+    ) -> list[Change]:
+        """Re-classify those of `ids` (locked) whose RFM/ABC label `stats` changes, bring
+        earlier recency crossings forward; return the changes (recorded, in the outbox)."""
+        if not ids:
+            return []
+        names = [d.name for d in population_dimensions(self.rules)]
+        cheap = outline_suffices(self.rules)
+        now = await self.clock.now(conn)
+        at = stats.computed_at if now is None else max(now, stats.computed_at)
+        outside = Outside(stats, self.churn.model)
+        version = effective_version(self.rules, outside)
+        t1 = time.monotonic()
+        # A customer of an older rule set or churn model is the review scheduler's to
+        # re-evaluate; it reads these statistics too.
+        current = [
+            o for o in await store.outlines(conn, ids, names) if o.rule_set_version == version
+        ]
+        earlier: list[tuple[str, datetime]] = []
+        t2 = time.monotonic()
+        tally.spent["read"] += t2 - t1
+        if cheap:
+            # Judge the outlines; load in full only those to re-classify.
+            candidates = []
+            for outline in current:
+                verdict = after_refresh(outline, self.rules, outside, at)
+                if verdict.reclassify_at is not None:
+                    candidates.append(outline.customer_id)
+                elif verdict.review_by is not None:
+                    earlier.append((outline.customer_id, verdict.review_by))
+        else:
+            candidates = [o.customer_id for o in current]
+        changed: list[CustomerState] = []
+        changes: list[Change] = []
+        if candidates:
+            states = await repo.load_states(conn, candidates)
+            for cid in candidates:
+                state = states.get(cid)
+                if state is None or state.rule_set_version != version:
+                    continue
+                verdict = after_refresh(state, self.rules, outside, at)
+                if verdict.reclassify_at is not None:
+                    when = verdict.reclassify_at
+                    new, fired = catch_up(state, self.rules, until=when, outside=outside)
+                    new, more = classify(
+                        new,
+                        self.rules,
+                        at=when,
+                        cause=f"population:{stats.version}",
+                        outside=outside,
+                    )
+                    changed.append(new)
+                    changes += fired + more
+                elif verdict.review_by is not None and not cheap:
+                    earlier.append((cid, verdict.review_by))
+        t3 = time.monotonic()
+        tally.spent["judge"] += t3 - t2
+        await repo.save_states(conn, changed)
+        await store.lower_reviews(conn, earlier)
+        await enqueue(conn, self.producer_name, await publish_changes(conn, changes, self.topics))
+        tally.spent["write"] += time.monotonic() - t3
+        tally.reclassified += len(changed)
+        tally.lowered += len(earlier)
+        return changes

@@ -1,0 +1,158 @@
+"""Time moves classes: a durable scheduler re-evaluates customers at their review deadlines.
+
+Each customer row carries `next_review_at` (indexed): the earliest instant at which time alone
+could change one of its labels (a timer expiring, a month leaving the rolling window, a dwell
+ending). The scheduler polls the index a few times a second, so a deadline fires within a
+second; it survives restarts because the queue is the table. It also re-evaluates, a batch at a
+time, customers classified by an older rule-set version (resumable: the version is per row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tierflow_classifier.adapters import repository as repo
+from tierflow_classifier.adapters.churn_store import ChurnModelHolder
+from tierflow_classifier.adapters.clock import Clock
+from tierflow_classifier.adapters.population_store import PopulationHolder
+from tierflow_classifier.domain.classify import Outside, catch_up, classify, effective_version
+from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_classifier.domain.population_review import judge_at
+from tierflow_classifier.domain.rules import RuleSet
+from tierflow_classifier.service_layer.handler import publish_changes
+from tierflow_common.outbox import enqueue
+from tierflow_common.settings import TopicSettings
+from tierflow_common.transient import is_transient
+
+log = structlog.get_logger(__name__)
+
+
+class ReviewScheduler:
+    RECHECK_S = 300.0  # look for customers on an older version at least this often
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        rules: RuleSet,
+        topics: TopicSettings,
+        clock: Clock,
+        producer_name: str,
+        on_committed: Callable[[], None] | None = None,
+        population: PopulationHolder | None = None,
+        churn: ChurnModelHolder | None = None,
+        batch: int = 200,
+        reevaluate_batch: int = 500,
+        poll_s: float = 0.2,
+    ) -> None:
+        self._engine = engine
+        self._rules = rules
+        self._topics = topics
+        self._clock = clock
+        self._producer = producer_name
+        self._on_committed = on_committed
+        self._population = population or PopulationHolder()
+        self._churn = churn or ChurnModelHolder()
+        self._batch = batch
+        self._reevaluate_batch = reevaluate_batch
+        self._poll_s = poll_s
+        self._stopping = asyncio.Event()
+        # The effective rule-set version every customer was last seen re-evaluated to.
+        self._current_version: str | None = None
+        self._recheck_at = 0.0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                done = await self.tick()
+                delay = 0.1
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("review_tick_failed")
+                else:
+                    log.warning("review_tick_retry", error=str(exc))
+                done = 0
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            await asyncio.sleep(0)  # let fetches, heartbeats and the relay run between rounds
+            if done < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), await self._idle_s())
+
+    async def _idle_s(self) -> float:
+        """How long to wait for the next round: until the earliest stored deadline on the wall
+        clock (so it fires on time, not up to a poll interval late), at most `poll_s` (a new
+        event may set an earlier one), and `poll_s` in replay, whose clock moves with events."""
+        if self._clock.mode != "wall":
+            return self._poll_s
+        try:
+            async with self._engine.connect() as conn:
+                nxt = await repo.next_deadline(conn)
+        except Exception:
+            return self._poll_s
+        if nxt is None:
+            return self._poll_s
+        return min(max((nxt - datetime.now(UTC)).total_seconds(), 0.0), self._poll_s)
+
+    async def tick(self) -> int:
+        """Fire due deadlines (or re-evaluate stale customers); return customers handled."""
+        async with self._engine.begin() as conn:
+            now = await self._clock.now(conn)
+            if now is None:
+                return 0
+            outside = Outside(self._population.stats, self._churn.model)
+            version = effective_version(self._rules, outside)
+            target = await repo.due_customers(conn, now, self._batch)
+            reason = "time"
+            loop_time = asyncio.get_running_loop().time()
+            if not target and (version != self._current_version or loop_time >= self._recheck_at):
+                target = await repo.stale_rule_set(conn, version, self._reevaluate_batch)
+                reason = "rules"
+                if not target:
+                    # Every customer is on this version (a version changes only with a new
+                    # rule set or churn model): stop looking until it changes. Looking costs a
+                    # scan of the whole customer table, which at 1,000,000 customers on every
+                    # idle round starved the deadlines themselves. (Look again now and then
+                    # anyway: during a rolling deploy an older process may still write.)
+                    self._current_version = version
+                    self._recheck_at = loop_time + self.RECHECK_S
+            if not target:
+                return 0
+            ids = sorted(target)
+            await repo.lock_customers(conn, ids)
+            states = await repo.load_states(conn, ids)
+            changed: list[CustomerState] = []
+            changes: list[Change] = []
+            for state in states.values():
+                new, fired = catch_up(state, self._rules, until=now, outside=outside)
+                if new.rule_set_version != version:
+                    # Never before the customer's own latest instant (in replay its partition
+                    # may run ahead of the watermark): its history must not go back in time.
+                    new, more = classify(
+                        new,
+                        self._rules,
+                        at=judge_at(new, now),
+                        cause=f"rules:{version}",
+                        outside=outside,
+                    )
+                    fired += more
+                if new != state:
+                    changed.append(new)
+                changes.extend(fired)
+            await repo.save_states(conn, changed)
+            await enqueue(conn, self._producer, await publish_changes(conn, changes, self._topics))
+        if changes and self._on_committed is not None:
+            self._on_committed()
+        if changes:
+            log.info("reviews_fired", reason=reason, customers=len(ids), changes=len(changes))
+        return len(ids)

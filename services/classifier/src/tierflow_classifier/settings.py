@@ -1,0 +1,35 @@
+"""Classifier settings (environment variables prefixed CLASSIFIER_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ClassifierSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore")
+
+    rules_file: Path = Path("config/classifier.yaml")
+    group_id: str = "tierflow-classifier"
+    # wall: production. event_time: replay/backtest, "now" is the latest event time applied.
+    clock: Literal["wall", "event_time"] = "wall"
+    # Small rounds keep the event loop (consumer fetches, heartbeats, relay) responsive.
+    review_batch: int = Field(default=200, ge=1)
+    review_poll_s: float = Field(default=0.2, gt=0)
+    reevaluate_batch: int = Field(default=500, ge=1)
+    # RFM quintiles and ABC cut points are rebuilt from quantile sketches this often (wall
+    # clock); customers whose RFM/ABC label a new version changes are then re-classified.
+    population_refresh_s: float = Field(default=600.0, gt=0)
+    # Event-time clock (replay): rebuilt whenever the watermark advanced this many days, and
+    # once the watermark has stood still for population_settle_s (the log is drained).
+    population_refresh_event_days: float = Field(default=7.0, gt=0)
+    population_settle_s: float = Field(default=3.0, gt=0)
+    population_poll_s: float = Field(default=1.0, gt=0)
+    # Customers re-evaluated per transaction after a new population version.
+    population_sweep_batch: int = Field(default=500, ge=1)
+    # The churn model is refitted on the store's own history this often (and by API/CLI).
+    churn_fit_interval_s: float = Field(default=86_400.0, gt=0)
+    churn_reload_s: float = Field(default=30.0, gt=0)

@@ -1,0 +1,3 @@
+from tierflow_ingest.bootstrap import main
+
+main()

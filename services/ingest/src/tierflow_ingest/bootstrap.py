@@ -1,0 +1,119 @@
+"""Wires the ingest: settings → producer, database, key cache, receipts → FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI
+
+from tierflow_common.checks import broker_check, database_check
+from tierflow_common.db.engine import create_engine
+from tierflow_common.exceptions import BrokerUnavailable
+from tierflow_common.health import ops_router
+from tierflow_common.kafka import make_producer
+from tierflow_common.logging import configure_logging
+from tierflow_common.settings import DatabaseSettings, KafkaSettings, LogSettings, TopicSettings
+from tierflow_ingest.adapters.api_keys import KeyCache
+from tierflow_ingest.adapters.publisher import KafkaPublisher
+from tierflow_ingest.adapters.receipts import ReceiptWriter
+from tierflow_ingest.entrypoints.bulk import build_bulk_router
+from tierflow_ingest.entrypoints.metrics import IN_FLIGHT
+from tierflow_ingest.entrypoints.routes import EVENT_COMPONENTS, build_router
+from tierflow_ingest.service_layer.intake import Intake, RateLimiter
+from tierflow_ingest.settings import IngestSettings
+
+
+def create_app(
+    *,
+    kafka: KafkaSettings | None = None,
+    database: DatabaseSettings | None = None,
+    topics: TopicSettings | None = None,
+    settings: IngestSettings | None = None,
+) -> FastAPI:
+    kafka = kafka or KafkaSettings()
+    database = database or DatabaseSettings()
+    topics = topics or TopicSettings()
+    settings = settings or IngestSettings()
+    engine = create_engine(database)
+    publisher = KafkaPublisher(
+        lambda: make_producer(kafka),
+        topic=topics.customer_events,
+        max_in_flight=settings.max_in_flight,
+        timeout_s=settings.publish_timeout_s,
+    )
+    IN_FLIGHT.set_function(lambda: publisher.in_flight)
+    keys = KeyCache(engine, refresh_s=settings.keys_refresh_s)
+    receipts = ReceiptWriter(engine)
+    intake = Intake(publisher, receipts)
+    limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(publisher.start()),
+            asyncio.create_task(keys.run()),
+            asyncio.create_task(receipts.run()),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
+            await publisher.stop()
+            await engine.dispose()
+
+    async def broker_ready() -> None:
+        if publisher.producer is None or not publisher.started:
+            raise BrokerUnavailable("producer not connected")
+        await broker_check(publisher.producer)()
+
+    async def keys_ready() -> None:
+        if settings.auth_required and not keys.loaded:
+            raise RuntimeError("API keys not loaded yet")
+
+    app = FastAPI(
+        title="tierflow ingest",
+        version="1.0.0",
+        description=(
+            "Accepts customer events (CloudEvents 1.0, structured JSON mode) from upstream "
+            "systems: purchases, refunds, interactions, feedback and profile updates."
+        ),
+        lifespan=lifespan,
+    )
+    app.include_router(build_router(intake, keys, limiter, settings))
+    _publish_event_components(app)
+    app.include_router(build_bulk_router(intake, keys, limiter, settings))
+    app.include_router(
+        ops_router(
+            {"broker": broker_ready, "database": database_check(engine), "api_keys": keys_ready}
+        )
+    )
+    return app
+
+
+def _publish_event_components(app: FastAPI) -> None:
+    """Add the event models the request bodies reference to the document's components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(EVENT_COMPONENTS)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def main() -> None:
+    from tierflow_common.serve import serve  # noqa: PLC0415
+    from tierflow_common.settings import IngestHttpSettings  # noqa: PLC0415
+
+    configure_logging(LogSettings(), service="ingest")
+    serve(create_app(), IngestHttpSettings())

@@ -1,0 +1,81 @@
+"""Pure validation of incoming events: every rejection names the field and the reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from tierflow_common.contract import CustomerEvent, parse_customer_event
+from tierflow_common.contract.events import EVENT_TYPES
+
+KNOWN_TYPES = EVENT_TYPES
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    reason: str
+    code: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "reason": self.reason, "code": self.code}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(body)"
+
+
+def _without_tag(loc: tuple[int | str, ...], tag: object) -> tuple[int | str, ...]:
+    # Discriminated-union errors start with the tag ("purchase", "data", ...): users know no tag.
+    return loc[1:] if loc and loc[0] == tag else loc
+
+
+def validate_event(
+    obj: Any, *, now: datetime, max_future_skew: timedelta, min_year: int = 1970
+) -> CustomerEvent | list[FieldError]:
+    """Return the parsed event, or the list of what is wrong with it."""
+    if not isinstance(obj, dict):
+        return [FieldError("(body)", "an event must be a JSON object", "type_error")]
+    event_type = obj.get("type")
+    if isinstance(event_type, str) and event_type not in KNOWN_TYPES:
+        return [
+            FieldError(
+                "type",
+                f"unknown event type {event_type!r}; expected one of {', '.join(KNOWN_TYPES)}",
+                "unknown_type",
+            )
+        ]
+    try:
+        event = parse_customer_event(obj)
+    except ValidationError as exc:
+        return [
+            FieldError(_path(_without_tag(tuple(err["loc"]), event_type)), err["msg"], err["type"])
+            for err in exc.errors(include_url=False)
+        ]
+    if event.time > now + max_future_skew:
+        return [
+            FieldError(
+                "time",
+                f"event time {event.time.isoformat()} is more than "
+                f"{max_future_skew.total_seconds():.0f}s in the future",
+                "time_in_future",
+            )
+        ]
+    if event.time.year < min_year:
+        return [
+            FieldError(
+                "time",
+                f"event time {event.time.isoformat()} is before {min_year}",
+                "time_too_old",
+            )
+        ]
+    return event

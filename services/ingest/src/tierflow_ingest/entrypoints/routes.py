@@ -1,0 +1,278 @@
+"""`POST /v1/events` (one CloudEvent) and `POST /v1/events:batch` (a JSON array)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tierflow_common.contract.events import (
+    customer_event_json_schema,
+    customer_event_openapi_schema,
+)
+from tierflow_common.exceptions import BrokerUnavailable
+from tierflow_ingest.adapters.api_keys import KeyCache
+from tierflow_ingest.domain.validation import validate_event
+from tierflow_ingest.entrypoints import http_io
+from tierflow_ingest.entrypoints.examples import batch_example, event_examples
+from tierflow_ingest.entrypoints.metrics import PUBLISH_SECONDS, REJECTED
+from tierflow_ingest.entrypoints.problems import PROBLEM_SCHEMA, problem
+from tierflow_ingest.exceptions import Overloaded
+from tierflow_ingest.service_layer.intake import Accepted, Intake, Outcome, RateLimiter
+from tierflow_ingest.settings import IngestSettings
+
+SINGLE_TYPES = ("application/cloudevents+json", "application/json")
+BATCH_TYPES = ("application/cloudevents-batch+json", "application/json")
+# In the OpenAPI document event models live under components; the schema endpoint serves the
+# standalone JSON Schema (with its own $defs), as published under docs/schemas.
+EVENT_SCHEMA, EVENT_COMPONENTS = customer_event_openapi_schema()
+STANDALONE_EVENT_SCHEMA = customer_event_json_schema()
+PROBLEM = {"application/problem+json": {"schema": PROBLEM_SCHEMA}}
+bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer tf_...`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed JSON", "content": PROBLEM},
+    401: {"description": "Missing or invalid API key", "content": PROBLEM},
+    413: {"description": "Body too large", "content": PROBLEM},
+    415: {"description": "Wrong content type", "content": PROBLEM},
+    429: {"description": "Over the key's rate limit; see Retry-After", "content": PROBLEM},
+    503: {"description": "Broker unavailable; retry after Retry-After", "content": PROBLEM},
+}
+ITEM_RESULT = {
+    "type": "object",
+    "required": ["index", "status"],
+    "properties": {
+        "index": {"type": "integer"},
+        "status": {"enum": ["accepted", "rejected", "failed"]},
+        "id": {"type": "string"},
+        "duplicate": {"type": ["boolean", "null"]},
+        "errors": PROBLEM_SCHEMA["properties"]["errors"],
+        "reason": {"type": "string"},
+    },
+}
+BATCH_RESULT = {
+    "type": "object",
+    "required": ["accepted", "duplicates", "rejected", "failed", "results"],
+    "properties": {
+        "accepted": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "rejected": {"type": "integer"},
+        "failed": {"type": "integer"},
+        "results": {"type": "array", "items": ITEM_RESULT},
+    },
+}
+
+
+async def publish(
+    intake: Intake, events: list[Any], settings: IngestSettings
+) -> list[Outcome] | JSONResponse:
+    try:
+        with PUBLISH_SECONDS.time():
+            return await intake.accept(events)
+    except Overloaded as exc:
+        return http_io.unavailable(settings, f"ingest is saturated: {exc}")
+    except BrokerUnavailable as exc:
+        return http_io.unavailable(settings, f"event not stored: {exc}")
+
+
+def build_router(
+    intake: Intake,
+    keys: KeyCache,
+    limiter: RateLimiter,
+    settings: IngestSettings,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["events"])
+    skew = timedelta(seconds=settings.max_future_skew_s)
+
+    @router.post(
+        "/events",
+        status_code=202,
+        summary="Accept one CloudEvent (structured JSON mode)",
+        description=(
+            "Answers 202 only after the broker acknowledged the event (acks=all). Resending the "
+            "same (source, id) is safe: it is reported as `duplicate` and the classifier applies "
+            "each event once."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    t: {"schema": EVENT_SCHEMA, "examples": event_examples()} for t in SINGLE_TYPES
+                },
+            }
+        },
+        responses={
+            202: {
+                "description": "Durably accepted",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["status", "id", "source", "duplicate"],
+                            "properties": {
+                                "status": {"const": "accepted"},
+                                "id": {"type": "string"},
+                                "source": {"type": "string"},
+                                "duplicate": {"type": ["boolean", "null"]},
+                            },
+                        }
+                    }
+                },
+            },
+            **COMMON_ERRORS,
+            403: {"description": "The key does not own the event's source", "content": PROBLEM},
+            422: {"description": "Invalid event; `errors` lists each field", "content": PROBLEM},
+        },
+    )
+    async def post_event(request: Request, credentials: Credentials) -> Response:
+        key = http_io.authenticate(credentials, keys, settings)
+        if isinstance(key, Response):
+            return key
+        parsed = await http_io.read_json(request, SINGLE_TYPES, settings)
+        if isinstance(parsed, Response):
+            return parsed
+        result = validate_event(
+            parsed, now=clock(), max_future_skew=skew, min_year=settings.min_event_year
+        )
+        if isinstance(result, list):
+            REJECTED.labels(reason="validation").inc()
+            return problem(
+                422,
+                "invalid-event",
+                "Invalid event",
+                http_io.summary(result),
+                errors=[e.as_dict() for e in result],
+            )
+        if not key.owns(result.source):
+            REJECTED.labels(reason="forbidden").inc()
+            err = http_io.forbidden_source(key, result.source)
+            return problem(
+                403, "forbidden-source", "Source not allowed", err.reason, errors=[err.as_dict()]
+            )
+        wait = limiter.check(key.key_id, 1)
+        if wait is not None:
+            return http_io.rate_limited(wait, 1)
+        outcome = await publish(intake, [result], settings)
+        if isinstance(outcome, Response):
+            return outcome
+        (first,) = outcome
+        if not isinstance(first, Accepted):
+            return http_io.unavailable(settings, f"event not stored: {first.reason}")
+        return JSONResponse(
+            {
+                "status": "accepted",
+                "id": result.id,
+                "source": result.source,
+                "duplicate": first.duplicate,
+            },
+            status_code=202,
+        )
+
+    @router.post(
+        "/events:batch",
+        summary="Accept a JSON array of CloudEvents; each item accepted or rejected on its own",
+        description=(
+            "Every item is either accepted (durably acknowledged), rejected (with its index, "
+            "field path and reason) or failed (the broker did not acknowledge it: resend it; the "
+            "response is then 503). Limits: `INGEST_MAX_BATCH_EVENTS` events and "
+            "`INGEST_MAX_BODY_BYTES` bytes."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    t: {
+                        "schema": {"type": "array", "items": EVENT_SCHEMA},
+                        "example": batch_example(),
+                    }
+                    for t in BATCH_TYPES
+                },
+            }
+        },
+        responses={
+            200: {
+                "description": "Per-item results",
+                "content": {"application/json": {"schema": BATCH_RESULT}},
+            },
+            **COMMON_ERRORS,
+            503: {
+                "description": "Broker unavailable (problem), or some items failed (results)",
+                "content": {**PROBLEM, "application/json": {"schema": BATCH_RESULT}},
+            },
+        },
+    )
+    async def post_batch(request: Request, credentials: Credentials) -> Response:
+        key = http_io.authenticate(credentials, keys, settings)
+        if isinstance(key, Response):
+            return key
+        parsed = await http_io.read_json(request, BATCH_TYPES, settings)
+        if isinstance(parsed, Response):
+            return parsed
+        if not isinstance(parsed, list):
+            REJECTED.labels(reason="malformed_json").inc()
+            return problem(
+                400, "not-an-array", "Batch must be a JSON array", "body is not an array"
+            )
+        if len(parsed) > settings.max_batch_events:
+            REJECTED.labels(reason="too_large").inc()
+            return problem(
+                413,
+                "batch-too-large",
+                "Too many events",
+                f"batch has {len(parsed)} events; the limit is {settings.max_batch_events}",
+            )
+        now = clock()
+        results: list[dict[str, Any]] = [{} for _ in parsed]
+        valid: list[tuple[int, Any]] = []
+        for i, item in enumerate(parsed):
+            checked = http_io.check_item(item, key, now=now, settings=settings)
+            if isinstance(checked, list):
+                REJECTED.labels(reason=checked[0].code if checked else "validation").inc()
+                results[i] = {
+                    "index": i,
+                    "status": "rejected",
+                    "errors": [e.as_dict() for e in checked],
+                }
+            else:
+                valid.append((i, checked))
+        if valid:
+            wait = limiter.check(key.key_id, len(valid))
+            if wait is not None:
+                return http_io.rate_limited(wait, len(valid))
+        outcome = await publish(intake, [e for _, e in valid], settings) if valid else []
+        if isinstance(outcome, Response):
+            return outcome
+        for (i, event), item in zip(valid, outcome, strict=True):
+            if isinstance(item, Accepted):
+                results[i] = {
+                    "index": i,
+                    "status": "accepted",
+                    "id": event.id,
+                    "duplicate": item.duplicate,
+                }
+            else:
+                results[i] = {"index": i, "status": "failed", "id": event.id, "reason": item.reason}
+        counts = {
+            s: sum(1 for r in results if r["status"] == s)
+            for s in ("accepted", "rejected", "failed")
+        }
+        body = {
+            **counts,
+            "duplicates": sum(1 for r in results if r.get("duplicate")),
+            "results": results,
+        }
+        failed = counts["failed"]
+        headers = {"Retry-After": str(settings.retry_after_s)} if failed else None
+        return JSONResponse(body, status_code=503 if failed else 200, headers=headers)
+
+    @router.get("/schemas/customer-event", summary="JSON Schema of accepted events")
+    async def event_schema() -> dict[str, Any]:
+        return STANDALONE_EVENT_SCHEMA
+
+    return router

@@ -1,0 +1,109 @@
+"""The intake step shared by every endpoint: rate limit, publish with acks, record receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from tierflow_common.contract import CustomerEvent
+from tierflow_ingest.adapters.publisher import KafkaPublisher
+from tierflow_ingest.adapters.receipts import ReceiptWriter
+from tierflow_ingest.domain.access import TokenBucket
+from tierflow_ingest.entrypoints.metrics import ACCEPTED, DUPLICATES
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    duplicate: bool | None  # None: acknowledged, but the receipt store could not say
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+
+
+Outcome = Accepted | Failed
+
+
+@dataclass
+class RateLimiter:
+    """One token bucket per API key; `rate` <= 0 disables limiting."""
+
+    rate: float
+    burst: float
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def _bucket(self, key_id: str) -> TokenBucket:
+        bucket = self._buckets.get(key_id)
+        if bucket is None:
+            bucket = self._buckets[key_id] = TokenBucket(self.rate, self.burst)
+        return bucket
+
+    def check(self, key_id: str, n: int) -> int | None:
+        """None if `n` events may go now, else the Retry-After seconds."""
+        if self.rate <= 0:
+            return None
+        bucket = self._bucket(key_id)
+        if bucket.take(n, self.clock()) == 0.0:
+            return None
+        return bucket.retry_after(n)
+
+    async def wait(self, key_id: str, n: int) -> None:
+        """Pace a streamed upload instead of refusing it."""
+        if self.rate <= 0:
+            return
+        bucket = self._bucket(key_id)
+        remaining = n
+        while remaining > 0:
+            part = min(remaining, max(int(self.burst), 1))
+            delay = bucket.take(part, self.clock())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                remaining -= part
+
+
+@dataclass
+class Intake:
+    publisher: KafkaPublisher
+    receipts: ReceiptWriter
+
+    async def accept(self, events: Sequence[CustomerEvent]) -> list[Outcome]:
+        """Publish and await the broker's acks; then record receipts to spot resends.
+
+        Raises BrokerUnavailable / Overloaded when nothing could be attempted.
+        """
+        errors = await self.publisher.publish(events)
+        acked = [e for e, err in zip(events, errors, strict=True) if err is None]
+        flags: list[bool] | None
+        try:
+            flags = await self.receipts.record([(e.source, e.id) for e in acked])
+        except Exception as exc:
+            log.warning("receipts_unavailable", error=str(exc))
+            flags = None
+        outcomes: list[Outcome] = []
+        new_flags = iter(flags or [])
+        for event, err in zip(events, errors, strict=True):
+            if err is not None:
+                outcomes.append(Failed(str(err)))
+                continue
+            duplicate = None if flags is None else not next(new_flags)
+            ACCEPTED.inc()
+            if duplicate:
+                DUPLICATES.inc()
+            log.debug(
+                "event_accepted",
+                event_id=event.id,
+                source=event.source,
+                customer_id=event.subject,
+                duplicate=duplicate,
+            )
+            outcomes.append(Accepted(duplicate))
+        return outcomes

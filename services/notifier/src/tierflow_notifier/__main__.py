@@ -1,0 +1,3 @@
+from tierflow_notifier.bootstrap import main
+
+main()

@@ -1,0 +1,264 @@
+"""Playbooks: which care action each trigger causes, and the stable ids that make it happen once.
+
+Pure: no I/O, no clock. A trigger is either a classification change (value tier, lifecycle,
+churn risk, any dimension) or a schedule (cadence per label, N after the first purchase,
+birthday, complaint unresolved past a deadline). Every action id is uuid5(trigger key, rule id),
+so however often a trigger is seen or re-planned, the same action id comes out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+ANY = "*"
+ACTION_NAMESPACE = uuid.UUID("0b5d3e5e-7f0a-4a43-9d55-4d8e2f6c1b77")
+
+ActionKind = Literal[
+    "revisit", "follow_up", "coupon", "care_message", "escalation", "account_manager_assignment"
+]
+PriorityClass = Literal["critical", "service", "marketing"]
+ACTION_KINDS: tuple[str, ...] = (
+    "revisit",
+    "follow_up",
+    "coupon",
+    "care_message",
+    "escalation",
+    "account_manager_assignment",
+)
+# Actions that reach the customer directly (quiet hours, consent and channel apply to these);
+# the others are tasks for staff.
+CUSTOMER_FACING: frozenset[str] = frozenset({"coupon", "care_message"})
+DEFAULT_CLASS: Mapping[str, PriorityClass] = {
+    "escalation": "critical",
+    "revisit": "service",
+    "follow_up": "service",
+    "account_manager_assignment": "service",
+    "coupon": "marketing",
+    "care_message": "marketing",
+}
+
+
+@dataclass(frozen=True)
+class ChangeTrigger:
+    dimension: str
+    from_label: str | None  # None matches only a first assignment; "*" matches anything
+    to_label: str
+
+    def matches(self, dimension: str, from_label: str | None, to_label: str) -> bool:
+        if self.dimension not in (ANY, dimension):
+            return False
+        if self.from_label not in (ANY, from_label):
+            return False
+        return self.to_label in (ANY, to_label)
+
+
+@dataclass(frozen=True)
+class CadenceTrigger:
+    """Every `every` while the customer holds `label` on `dimension`, from when they got it."""
+
+    dimension: str
+    label: str
+    every: timedelta
+
+
+@dataclass(frozen=True)
+class FirstPurchaseTrigger:
+    after: timedelta
+
+
+@dataclass(frozen=True)
+class BirthdayTrigger:
+    local_time: time  # in the customer's time zone
+
+
+@dataclass(frozen=True)
+class ComplaintTrigger:
+    """A complaint still unresolved `after` it was opened (one rule per escalation level)."""
+
+    after: timedelta
+
+
+Trigger = ChangeTrigger | CadenceTrigger | FirstPurchaseTrigger | BirthdayTrigger | ComplaintTrigger
+ScheduledTrigger = CadenceTrigger | FirstPurchaseTrigger | BirthdayTrigger | ComplaintTrigger
+
+
+@dataclass(frozen=True)
+class Coupon:
+    value_by_tier: tuple[tuple[str, Decimal], ...]  # "*" is the fallback tier
+    currency: str
+    expires_in: timedelta
+
+    def value_for(self, tier: str | None) -> Decimal | None:
+        values = dict(self.value_by_tier)
+        if tier is not None and tier in values:
+            return values[tier]
+        return values.get(ANY)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    kind: str
+    priority: int  # 0 = most urgent
+    priority_class: PriorityClass
+    owner: str | None = None
+    due_in: timedelta = timedelta(0)
+    channel: str | None = None  # "preferred" = the customer's preferred channel
+    fallback_channels: tuple[str, ...] = ()
+    coupon: Coupon | None = None
+    template: str | None = None
+
+    @property
+    def customer_facing(self) -> bool:
+        return self.kind in CUSTOMER_FACING
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    trigger: Trigger
+    action: ActionSpec
+
+    # Kept for callers written against the change-only playbook.
+    @property
+    def kind(self) -> str:
+        return self.action.kind
+
+    @property
+    def priority(self) -> int:
+        return self.action.priority
+
+
+@dataclass(frozen=True)
+class Cap:
+    """At most `max_count` actions of `kinds` in `classes` per customer in any `window`."""
+
+    id: str
+    kinds: frozenset[str]
+    classes: frozenset[str]
+    max_count: int
+    window: timedelta
+
+    def applies(self, kind: str, priority_class: str) -> bool:
+        return kind in self.kinds and priority_class in self.classes
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start: time
+    end: time
+
+    def contains(self, local: time) -> bool:
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end  # wraps past midnight
+
+
+@dataclass(frozen=True)
+class ContactPolicy:
+    caps: tuple[Cap, ...] = ()
+    quiet_hours: QuietHours | None = None
+    default_timezone: str = "UTC"
+    default_channel: str = "email"
+
+
+@dataclass(frozen=True)
+class Playbook:
+    version: str
+    rules: tuple[Rule, ...]
+    policy: ContactPolicy = field(default_factory=ContactPolicy)
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+    def scheduled(self, kind: type[ScheduledTrigger]) -> list[Rule]:
+        return [r for r in self.rules if isinstance(r.trigger, kind)]
+
+
+def action_id_for(trigger_key: str, rule_id: str) -> str:
+    return str(uuid.uuid5(ACTION_NAMESPACE, f"{trigger_key}|{rule_id}"))
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """An action to create unless its id exists: the trigger key is its idempotency key."""
+
+    action_id: str
+    trigger_key: str
+    rule: Rule
+    customer_id: str
+    reason: str
+    explanation: Mapping[str, Any] = field(default_factory=dict)
+    not_before: datetime | None = None  # a scheduled action is never sent before its due time
+    context: Mapping[str, str] = field(default_factory=dict)  # e.g. complaint_id
+
+    @property
+    def rule_id(self) -> str:
+        return self.rule.id
+
+    @property
+    def kind(self) -> str:
+        return self.rule.action.kind
+
+    @property
+    def priority(self) -> int:
+        return self.rule.action.priority
+
+
+def plan(
+    rule: Rule,
+    *,
+    trigger_key: str,
+    customer_id: str,
+    reason: str,
+    explanation: Mapping[str, Any] | None = None,
+    not_before: datetime | None = None,
+    context: Mapping[str, str] | None = None,
+) -> PlannedAction:
+    return PlannedAction(
+        action_id=action_id_for(trigger_key, rule.id),
+        trigger_key=trigger_key,
+        rule=rule,
+        customer_id=customer_id,
+        reason=reason,
+        explanation=dict(explanation or {}),
+        not_before=not_before,
+        context=dict(context or {}),
+    )
+
+
+def plan_actions(
+    playbook: Playbook,
+    *,
+    trigger_event_id: str,
+    dimension: str,
+    from_label: str | None,
+    to_label: str,
+    change_reason: str,
+    customer_id: str = "",
+    explanation: Mapping[str, Any] | None = None,
+) -> list[PlannedAction]:
+    """Actions for one classification change, keyed by the change event's id."""
+    reason = f"{dimension}: {from_label or '(none)'} → {to_label} ({change_reason})"
+    return [
+        plan(
+            rule,
+            trigger_key=trigger_event_id,
+            customer_id=customer_id,
+            reason=reason,
+            explanation={
+                "trigger": "classification_change",
+                "dimension": dimension,
+                "from": from_label,
+                "to": to_label,
+                "change": dict(explanation or {}),
+            },
+        )
+        for rule in playbook.rules
+        if isinstance(rule.trigger, ChangeTrigger)
+        and rule.trigger.matches(dimension, from_label, to_label)
+    ]

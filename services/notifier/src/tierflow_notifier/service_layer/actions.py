@@ -1,0 +1,180 @@
+"""Create planned actions exactly once, under the contact-pressure ledger, inside the caller's
+transaction: the action rows, their ledger entries, their webhook deliveries and their
+`care-actions` outbox records commit (or vanish) together."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tierflow_common.contract import CARE_ACTION_TYPE, EmittedEvent
+from tierflow_notifier.adapters import projection, repository
+from tierflow_notifier.adapters.webhooks import action_payload
+from tierflow_notifier.domain.playbooks import PlannedAction, Playbook
+from tierflow_notifier.domain.pressure import Candidate, Decision, Reachability, decide_all
+from tierflow_notifier.metrics import ACTIONS_CREATED, ACTIONS_SUPPRESSED
+
+SOURCE = "tierflow/notifier"
+
+
+@dataclass
+class Tally:
+    """What a write did; applied to the metrics only once its transaction committed."""
+
+    created: Counter[tuple[str, str]] = field(default_factory=Counter)
+    suppressed: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.created.update(other.created)
+        self.suppressed.update(other.suppressed)
+        self.duplicates += other.duplicates
+
+    @property
+    def total_created(self) -> int:
+        return sum(self.created.values()) + sum(self.suppressed.values())
+
+    def publish(self) -> None:
+        for (kind, rule), n in self.created.items():
+            ACTIONS_CREATED.labels(kind=kind, rule=rule).inc(n)
+        for reason, n in self.suppressed.items():
+            ACTIONS_SUPPRESSED.labels(reason=reason).inc(n)
+
+
+@dataclass
+class WriteResult:
+    emit: list[tuple[str, EmittedEvent]] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+
+
+@dataclass
+class ActionWriter:
+    playbook: Playbook
+    care_actions_topic: str
+    endpoints: Sequence[str]
+
+    async def write(
+        self, conn: AsyncConnection, planned: Sequence[PlannedAction], now: datetime
+    ) -> WriteResult:
+        result = WriteResult()
+        unique = list({p.action_id: p for p in planned}.values())
+        result.tally.duplicates = len(planned) - len(unique)
+        if not unique:
+            return result
+        customers = sorted({p.customer_id for p in unique})
+        await repository.lock_customers(conn, customers)
+        existing = await repository.existing_action_ids(conn, [p.action_id for p in unique])
+        new = [p for p in unique if p.action_id not in existing]
+        result.tally.duplicates += len(unique) - len(new)
+        if not new:
+            return result
+        contacts = await projection.load_contacts(conn, customers)
+        reach = {c: projection.reachability(row) for c, row in contacts.items()}
+        widest = max((cap.window for cap in self.playbook.policy.caps), default=timedelta(0))
+        ledger = await repository.load_ledger(conn, customers, now - widest)
+        decisions = decide_all(
+            self.playbook.policy,
+            [Candidate(p.customer_id, p.rule.action, p.not_before) for p in new],
+            reach,
+            ledger,
+            now=now,
+        )
+        rows = [
+            self._row(p, d, reach.get(p.customer_id), now)
+            for p, d in zip(new, decisions, strict=True)
+        ]
+        created = await repository.insert_actions(conn, rows)
+        result.tally.duplicates += len(new) - len(created)
+        ledger_rows: list[dict[str, Any]] = []
+        deliveries: list[dict[str, Any]] = []
+        for row in rows:
+            if row["action_id"] not in created:
+                continue
+            if row["status"] == "suppressed":
+                result.tally.suppressed[row["suppressed_reason"]] += 1
+                continue
+            result.tally.created[(row["kind"], row["rule_id"])] += 1
+            ledger_rows.append(
+                {
+                    "action_id": row["action_id"],
+                    "customer_id": row["customer_id"],
+                    "kind": row["kind"],
+                    "priority_class": row["priority_class"],
+                    "channel": row["channel"],
+                    "at": row["deliver_at"],
+                }
+            )
+            deliveries += [
+                repository.delivery_row(row["action_id"], ep, row["priority"], row["deliver_at"])
+                for ep in self.endpoints
+            ]
+            result.emit.append((self.care_actions_topic, _event(row)))
+        await repository.insert_ledger(conn, ledger_rows)
+        await repository.insert_deliveries(conn, deliveries)
+        return result
+
+    def _row(
+        self,
+        p: PlannedAction,
+        decision: Decision,
+        reach: Reachability | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        spec = p.rule.action
+        details: dict[str, Any] = {}
+        suppressed = decision.suppressed_reason
+        if spec.template:
+            details["template"] = spec.template
+        if p.context:
+            details.update(p.context)
+        tier = reach.tier if reach else None
+        if tier:
+            details["tier"] = tier
+        if spec.coupon is not None:
+            value = spec.coupon.value_for(tier)
+            if value is None and suppressed is None:
+                suppressed = "coupon_not_offered_for_tier"
+            details["coupon"] = {
+                "code": "TF-" + p.action_id.replace("-", "")[:12].upper(),
+                "value": None if value is None else format(value, "f"),
+                "currency": spec.coupon.currency,
+                "expires_at": (decision.deliver_at + spec.coupon.expires_in).isoformat(),
+            }
+        return {
+            "action_id": p.action_id,
+            "trigger_event_id": p.trigger_key,
+            "rule_id": p.rule.id,
+            "customer_id": p.customer_id,
+            "kind": spec.kind,
+            "priority": spec.priority,
+            "priority_class": spec.priority_class,
+            "reason": p.reason,
+            "status": "suppressed" if suppressed else "open",
+            "suppressed_reason": suppressed,
+            "owner": spec.owner,
+            "channel": decision.channel,
+            "deliver_at": decision.deliver_at,
+            "due_at": decision.deliver_at + spec.due_in,
+            "explanation": dict(p.explanation),
+            "details": details,
+            "created_at": now,
+        }
+
+
+def _event(row: dict[str, Any]) -> EmittedEvent:
+    # The CareActionData contract, built directly (the webhook body's data is the same dict);
+    # tests/unit/test_care_action_contract.py validates it against the model.
+    data = action_payload(row)
+    return EmittedEvent(
+        id=row["action_id"],
+        type=CARE_ACTION_TYPE,
+        source=SOURCE,
+        subject=row["customer_id"],
+        time=row["created_at"],
+        data=data,
+    )

@@ -1,0 +1,62 @@
+"""The three services as real processes on a fresh database and fresh topics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, unique
+from tierflow_common.db.migrate import upgrade_head
+from tierflow_common.kafka import ensure_topics
+from tierflow_common.keys import create_key_sync
+from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
+
+
+@dataclass
+class Pipeline:
+    env: dict[str, str]
+    topics: TopicSettings
+    kafka: KafkaSettings
+    database: DatabaseSettings
+    ingest: ServiceProcess
+    classifier: ServiceProcess
+    notifier: ServiceProcess
+    key: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+def pipeline(servers: Servers, log_dir: Path) -> Iterator[Pipeline]:
+    import asyncio  # noqa: PLC0415
+
+    database = DatabaseSettings(database_url=servers.create_database(unique("e2e")))
+    upgrade_head(database)
+    _, key = create_key_sync(database, name="e2e", sources=["*"])
+    kafka = KafkaSettings(bootstrap_servers=servers.bootstrap_servers)
+    topics = isolated_topics(partitions=6)
+    asyncio.run(ensure_topics(kafka, topics))
+    env = {
+        "DATABASE_URL": database.database_url.get_secret_value(),
+        "KAFKA_BOOTSTRAP_SERVERS": servers.bootstrap_servers,
+        "CLASSIFIER_RULES_FILE": str(ROOT / "config" / "classifier.yaml"),
+        "NOTIFIER_PLAYBOOKS_FILE": str(ROOT / "config" / "notifier.yaml"),
+        "CLASSIFIER_GROUP_ID": unique("classifier"),
+        "NOTIFIER_GROUP_ID": unique("notifier"),
+        **topics.as_env(),
+    }
+    services = {n: ServiceProcess(n, env, log_dir) for n in ("ingest", "classifier", "notifier")}
+    try:
+        for svc in services.values():
+            svc.start(wait_ready=False)
+        for svc in services.values():
+            svc.wait_ready()
+        yield Pipeline(env, topics, kafka, database, **services, key=key)
+    finally:
+        for svc in services.values():
+            svc.stop()
