@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -52,6 +52,16 @@ class BatchOutcome:
 
 
 Handler = Callable[[AsyncConnection, Sequence[Record]], Awaitable[BatchOutcome]]
+
+
+class PartitionWatcher(Protocol):
+    """Told which partitions this member reads, and which of them it has read to the end."""
+
+    async def assigned(self, conn: AsyncConnection, partitions: frozenset[TopicPartition]) -> None:
+        """Inside the transaction that reads the stored offsets for a new assignment."""
+
+    async def caught_up(self, partitions: frozenset[TopicPartition]) -> None:
+        """Every record of these partitions up to the log end has been applied (or skipped)."""
 
 
 def dead_letter_record(dead: DeadLetter, group_id: str) -> KafkaRecord:
@@ -119,8 +129,10 @@ class StatefulConsumer:
         producer_name: str,
         handler: Handler,
         on_committed: Callable[[], None] | None = None,
+        watcher: PartitionWatcher | None = None,
     ) -> None:
         self._engine = engine
+        self._watcher = watcher
         self._kafka = kafka
         self._settings = settings
         self.group_id = group_id
@@ -173,6 +185,8 @@ class StatefulConsumer:
                     await self._process_until_done(batch, polled_at_seek)
                 else:
                     await self._rewind_past_log_end(consumer)
+                if self._watcher is not None:
+                    await self._report_caught_up(consumer, set(batch))
         finally:
             self._consumer = None
             self.assigned = frozenset()
@@ -200,8 +214,10 @@ class StatefulConsumer:
         if not assigned:
             self.assigned = frozenset()
             return
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
             stored = await load_offsets(conn, self.group_id)
+            if self._watcher is not None:
+                await self._watcher.assigned(conn, frozenset(assigned))
         # Seek to the offsets of record. An empty partition under a stored offset means the
         # broker lost its log (the in-memory broker restarted): read from the start, the ledger
         # makes that safe. A non-empty one is judged later from fetch high watermarks, because
@@ -245,6 +261,26 @@ class StatefulConsumer:
                 await consumer.seek_to_beginning(tp)
                 self._expected.pop(tp, None)
                 self._seeks += 1
+
+    async def _report_caught_up(
+        self, consumer: AIOKafkaConsumer, in_batch: set[TopicPartition]
+    ) -> None:
+        """Partitions with nothing in this poll whose position reached the fetched high
+        watermark: every record before it was in an earlier batch, which is applied by now."""
+        assert self._watcher is not None
+        done: set[TopicPartition] = set()
+        for tp in consumer.assignment() - in_batch:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile
+                continue
+            if position >= high:
+                done.add(tp)
+        if done:
+            await self._watcher.caught_up(frozenset(done))
 
     def _consumer_or_raise(self) -> AIOKafkaConsumer:
         # The listener runs only after subscribe(), so the consumer exists by then.

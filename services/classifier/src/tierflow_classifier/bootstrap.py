@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder, model_loop
-from tierflow_classifier.adapters.clock import make_clock
+from tierflow_classifier.adapters.clock import UnreadPartitions, make_clock
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.population import RefreshPolicy
@@ -77,6 +77,7 @@ def create_app(
             rules=rules, topics=topics, clock=clock, population=population, churn=churn
         ),
         on_committed=relay.wake,
+        watcher=UnreadPartitions(engine) if clock.mode == "event_time" else None,
     )
 
     scheduler = ReviewScheduler(

@@ -133,7 +133,8 @@ classifier_clock = Table(
     "classifier_clock",
     metadata,
     Column("name", Text, primary_key=True),
-    Column("watermark", DateTime(timezone=True), nullable=False),
+    # NULL: assigned to a consumer but no event applied yet (holds a replay's watermark back).
+    Column("watermark", DateTime(timezone=True), nullable=True),
 )
 
 classification_changes = Table(

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select, text, tuple_
+from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -326,9 +326,47 @@ async def next_deadline(conn: AsyncConnection) -> datetime | None:
 
 async def read_watermark(conn: AsyncConnection) -> datetime | None:
     """Replay's "now": the slowest partition's latest event time (a partition's events are in
-    order, so no event still to come on any partition is older than this)."""
-    value: datetime | None = await conn.scalar(select(func.min(classifier_clock.c.watermark)))
+    order, so no event still to come on any partition is older than this). Unknown (None)
+    while an assigned partition has had no event applied yet: the partitions read so far may
+    all be at the end of the log while others have not started."""
+    value: datetime | None = await conn.scalar(
+        select(
+            case(
+                (
+                    func.count() == func.count(classifier_clock.c.watermark),
+                    func.min(classifier_clock.c.watermark),
+                ),
+                else_=None,
+            )
+        )
+    )
     return value
+
+
+async def register_partitions(conn: AsyncConnection, names: Sequence[str]) -> list[str]:
+    """Register assigned partitions (no watermark yet where new); return those still unread."""
+    if names:
+        await conn.execute(
+            pg_insert(classifier_clock)
+            .values([{"name": n, "watermark": None} for n in names])
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+    rows = await conn.scalars(
+        select(classifier_clock.c.name).where(
+            classifier_clock.c.name.in_(list(names)), classifier_clock.c.watermark.is_(None)
+        )
+    )
+    return list(rows)
+
+
+async def forget_unread_partitions(conn: AsyncConnection, names: Sequence[str]) -> None:
+    """Partitions read to their end without an event to apply (empty, or only duplicates and
+    dead letters) stop holding the watermark back."""
+    await conn.execute(
+        delete(classifier_clock).where(
+            classifier_clock.c.name.in_(list(names)), classifier_clock.c.watermark.is_(None)
+        )
+    )
 
 
 async def advance_watermark(conn: AsyncConnection, partition: str, to: datetime) -> None:
