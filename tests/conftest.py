@@ -11,12 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import Servers, isolated_topics, unique
 from tierflow_common.db.migrate import upgrade_head_async
 from tierflow_common.embedded import EmbeddedPostgres, EmbeddedTansu, free_port
 from tierflow_common.kafka import ensure_topics
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
+
+# Property tests judge results, not speed: on a shared 2-core machine under load a per-example
+# deadline or the data-generation speed check would fail a correct test.
+settings.register_profile(
+    "tierflow", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("tierflow")
 
 
 @pytest.fixture(scope="session")
