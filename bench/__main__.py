@@ -139,7 +139,7 @@ def phase(r: dict[str, Any], key: str, fn: Callable[[], dict[str, Any]]) -> None
         r[key] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
-PHASES = ("ingest", "classifier", "notifier", "e2e")
+PHASES = ("ingest", "classifier", "lag", "notifier", "e2e")
 
 
 def _run_ingest(
@@ -184,6 +184,9 @@ def _run_classifier(
         phase(r, key, functools.partial(run_drain, stack, plan))
         if "raw_consume" in r[key]:
             r["baselines"]["consume"] = r[key].pop("raw_consume")
+
+
+def _run_lag(r: dict[str, Any], stack: Stack, sizes: Sizes, profile_dir: Path | None) -> None:
     lag = dataclasses.replace(sizes.lag, profile_dir=profile_dir)
     say(f"classifier: time-driven lag, {lag.due:,} deadlines among {lag.customers:,} customers")
     phase(r, "classifier_lag", functools.partial(run_lag, stack, lag))
@@ -255,6 +258,8 @@ def run(quick: bool, profile: bool, only: frozenset[str] = frozenset(PHASES)) ->
             _run_ingest(r, lat, stack, sizes, profile_dir)
         if "classifier" in only:
             _run_classifier(r, stack, sizes, profile_dir)
+        if "lag" in only:
+            _run_lag(r, stack, sizes, profile_dir)
         if "notifier" in only:
             say(f"notifier: pre-load {sizes.notifier_events:,} changes, create and deliver")
             notifier = NotifierPlan(

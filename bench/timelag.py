@@ -160,7 +160,11 @@ async def _watch(
                 "SELECT customer_id, min(effective_at) AS due, min(recorded_at) AS tx, "
                 "clock_timestamp() AS now FROM classification_changes "
                 "WHERE cause LIKE 'time:%' AND customer_id LIKE 'due-%' "
-                "AND NOT customer_id = ANY($1::text[]) GROUP BY customer_id",
+                # An anti-join PostgreSQL hashes: `NOT customer_id = ANY($1)` compared each row
+                # with every id seen so far and, near the end, kept PostgreSQL busy for most
+                # of a core, slowing the classifier it measures.
+                "AND NOT EXISTS (SELECT 1 FROM unnest($1::text[]) AS s(id) "
+                "WHERE s.id = customer_id) GROUP BY customer_id",
                 list(seen),
             )
             for r in rows:
