@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize, special  # type: ignore[import-untyped]
+from scipy import special  # type: ignore[import-untyped]
 
 Variant = Literal["bgnbd", "mbgnbd"]
 FloatArray = NDArray[np.float64]
@@ -164,6 +164,10 @@ def fit_bgnbd(
         start = np.log([1.0, 1.0 / rate, 1.0, 1.0])
     else:
         start = np.log([initial.r, initial.alpha, initial.a, initial.b])
+    # Imported here: only the fitting job needs the optimiser, and it costs a scoring-only
+    # process (the classifier) about 12 MB of resident memory.
+    from scipy import optimize  # noqa: PLC0415
+
     result = optimize.minimize(
         negative_log_likelihood,
         start,

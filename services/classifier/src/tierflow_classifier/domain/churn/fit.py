@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize, special  # type: ignore[import-untyped]
+from scipy import special  # type: ignore[import-untyped]
 
 from tierflow_classifier.domain.churn.bgnbd import BgNbdFit, BgNbdParams, Variant, fit_bgnbd
 from tierflow_classifier.domain.churn.gamma_gamma import GammaGammaParams, fit_gamma_gamma
@@ -241,6 +241,10 @@ def fit_churn_weights(
         + [prior.of(name) if name == "spend" else max(prior.of(name), 0.0) for name in free],
         dtype=np.float64,
     )
+    # Imported here: only the fitting job needs the optimiser, and it costs a scoring-only
+    # process (the classifier) about 12 MB of resident memory.
+    from scipy import optimize  # noqa: PLC0415
+
     result = optimize.minimize(
         _logistic_loss, start, args=(X, offset, y, l2), jac=True, method="L-BFGS-B", bounds=bounds
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize, special  # type: ignore[import-untyped]
+from scipy import special  # type: ignore[import-untyped]
 
 FloatArray = NDArray[np.float64]
 
@@ -102,6 +102,10 @@ def fit_gamma_gamma(x: ArrayLike, mean_spend: ArrayLike) -> GammaGammaFit:
     # Method-of-moments-ish start at the data's spend scale: q = 3 keeps the population mean
     # finite, and gamma then matches the observed average.
     start = np.log([1.0, 3.0, 2.0 * float(np.mean(ms))])
+    # Imported here: only the fitting job needs the optimiser, and it costs a scoring-only
+    # process (the classifier) about 12 MB of resident memory.
+    from scipy import optimize  # noqa: PLC0415
+
     result = optimize.minimize(
         _nll,
         start,
