@@ -147,29 +147,32 @@ def _due_rows(plan: LagPlan, rules: RuleSet, first: datetime) -> list[tuple[Any,
 
 
 async def _watch(
-    dsn: str, expected: int, until: float
+    dsn: str, due: list[str], until: float
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per due customer, the lag (s) of its first time-driven change: as first seen committed,
     and by its transaction's start (`recorded_at`)."""
     seen: dict[str, float] = {}
     by_tx: dict[str, float] = {}
+    unseen = set(due)
     conn = await asyncpg.connect(dsn)
     try:
-        while len(seen) < expected and time.monotonic() < until:
+        while unseen and time.monotonic() < until:
+            # Only the customers not seen yet, through the (customer_id, …) index: the history
+            # table also fills with the other customers' changes (a new churn model re-judges
+            # all of them), and a scan of it on every poll kept PostgreSQL busy for a whole core,
+            # slowing the classifier it measures and the polls themselves.
             rows = await conn.fetch(
-                "SELECT customer_id, min(effective_at) AS due, min(recorded_at) AS tx, "
-                "clock_timestamp() AS now FROM classification_changes "
-                "WHERE cause LIKE 'time:%' AND customer_id LIKE 'due-%' "
-                # An anti-join PostgreSQL hashes: `NOT customer_id = ANY($1)` compared each row
-                # with every id seen so far and, near the end, kept PostgreSQL busy for most
-                # of a core, slowing the classifier it measures.
-                "AND NOT EXISTS (SELECT 1 FROM unnest($1::text[]) AS s(id) "
-                "WHERE s.id = customer_id) GROUP BY customer_id",
-                list(seen),
+                "SELECT customer_id, min(effective_at) AS due, min(recorded_at) AS tx "
+                "FROM classification_changes "
+                "WHERE customer_id = ANY($1::text[]) AND cause LIKE 'time:%' "
+                "GROUP BY customer_id",
+                list(unseen),
             )
+            now = await conn.fetchval("SELECT clock_timestamp()")
             for r in rows:
-                seen[r["customer_id"]] = (r["now"] - r["due"]).total_seconds()
+                seen[r["customer_id"]] = (now - r["due"]).total_seconds()
                 by_tx[r["customer_id"]] = (r["tx"] - r["due"]).total_seconds()
+                unseen.discard(r["customer_id"])
             await asyncio.sleep(0.05)
         return seen, by_tx
     finally:
@@ -204,12 +207,15 @@ def run_lag(stack: Stack, plan: LagPlan) -> dict[str, Any]:
         # scheduler finds them through the next-review index among all the others.
         t0 = time.monotonic()
         first = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=plan.lead_s)
-        asyncio.run(_copy(scenario.dsn, _due_rows(plan, rules, first)))
+        due_rows = _due_rows(plan, rules, first)
+        asyncio.run(_copy(scenario.dsn, due_rows))
         due_load_s = time.monotonic() - t0
         steps = -(-plan.due // plan.per_step)
         last = first + timedelta(seconds=(steps - 1) * plan.step_s)
         horizon = (last - datetime.now(UTC)).total_seconds() + plan.grace_s
-        seen, by_tx = asyncio.run(_watch(scenario.dsn, plan.due, time.monotonic() + horizon))
+        seen, by_tx = asyncio.run(
+            _watch(scenario.dsn, [row[0] for row in due_rows], time.monotonic() + horizon)
+        )
         rss_after_load = svc.usage()["peak_rss_mib"]
         profile = prof.top() if prof is not None else None
     finally:

@@ -381,8 +381,14 @@ async def advance_watermark(conn: AsyncConnection, partition: str, to: datetime)
     )
 
 
-async def stale_rule_set(conn: AsyncConnection, version: str, limit: int) -> list[str]:
+async def versions_after(conn: AsyncConnection, after: str, limit: int) -> list[tuple[str, str]]:
+    """The next `limit` customers in id order after `after`, with the version each was last
+    classified by: a walk over the primary key, so each page costs the same however many
+    customers before it are already current (a `version != …` scan re-read them every time)."""
     rows = await conn.execute(
-        select(customers.c.customer_id).where(customers.c.rule_set_version != version).limit(limit)
+        select(customers.c.customer_id, customers.c.rule_set_version)
+        .where(customers.c.customer_id > after)
+        .order_by(customers.c.customer_id)
+        .limit(limit)
     )
-    return [r.customer_id for r in rows]
+    return [(r.customer_id, r.rule_set_version) for r in rows]

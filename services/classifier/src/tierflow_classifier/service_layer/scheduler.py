@@ -4,7 +4,10 @@ Each customer row carries `next_review_at` (indexed): the earliest instant at wh
 could change one of its labels (a timer expiring, a month leaving the rolling window, a dwell
 ending). The scheduler polls the index a few times a second, so a deadline fires within a
 second; it survives restarts because the queue is the table. It also re-evaluates, a batch at a
-time, customers classified by an older rule-set version (resumable: the version is per row).
+time, customers classified by an older rule-set version or churn model (resumable: the version
+is per row), walking the customers in id order a page at a time, and only in rounds where no
+deadline is due, so a re-evaluation of every customer never delays a deadline by more than
+one batch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_classifier.adapters import repository as repo
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder
@@ -35,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 class ReviewScheduler:
     RECHECK_S = 300.0  # look for customers on an older version at least this often
+    SCAN_PAGE = 5_000  # customers read per page of a pass looking for older versions
+    SCAN_ROUND = 50_000  # customers a round looks through before it checks deadlines again
 
     def __init__(
         self,
@@ -66,6 +71,9 @@ class ReviewScheduler:
         # The effective rule-set version every customer was last seen re-evaluated to.
         self._current_version: str | None = None
         self._recheck_at = 0.0
+        # The pass looking for customers on an older version: for which version, how far.
+        self._pass_version: str | None = None
+        self._pass_after = ""
 
     def stop(self) -> None:
         self._stopping.set()
@@ -85,7 +93,7 @@ class ReviewScheduler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             await asyncio.sleep(0)  # let fetches, heartbeats and the relay run between rounds
-            if done < self._batch:
+            if done < self._batch and self._pass_version is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), await self._idle_s())
 
@@ -104,6 +112,31 @@ class ReviewScheduler:
             return self._poll_s
         return min(max((nxt - datetime.now(UTC)).total_seconds(), 0.0), self._poll_s)
 
+    async def _next_stale(self, conn: AsyncConnection, version: str, loop_time: float) -> list[str]:
+        """The next customers of the pass classified by a version other than `version`; none
+        when this round's share of the pass held none (the pass goes on next round)."""
+        if self._pass_version != version:
+            self._pass_version, self._pass_after = version, ""
+        looked = 0
+        while looked < self.SCAN_ROUND:
+            page = await repo.versions_after(conn, self._pass_after, self.SCAN_PAGE)
+            if not page:
+                # The pass is through: every customer was found on this version or brought to
+                # it. Stop looking until the version changes (a new rule set or churn model),
+                # and look again now and then anyway: during a rolling deploy an older process
+                # may still write.
+                self._current_version, self._pass_version = version, None
+                self._recheck_at = loop_time + self.RECHECK_S
+                return []
+            looked += len(page)
+            stale = [cid for cid, v in page if v != version]
+            if stale:
+                take = stale[: self._reevaluate_batch]
+                self._pass_after = take[-1] if len(take) < len(stale) else page[-1][0]
+                return take
+            self._pass_after = page[-1][0]
+        return []
+
     async def tick(self) -> int:
         """Fire due deadlines (or re-evaluate stale customers); return customers handled."""
         async with self._engine.begin() as conn:
@@ -115,17 +148,13 @@ class ReviewScheduler:
             target = await repo.due_customers(conn, now, self._batch)
             reason = "time"
             loop_time = asyncio.get_running_loop().time()
-            if not target and (version != self._current_version or loop_time >= self._recheck_at):
-                target = await repo.stale_rule_set(conn, version, self._reevaluate_batch)
+            if not target and (
+                self._pass_version is not None
+                or version != self._current_version
+                or loop_time >= self._recheck_at
+            ):
+                target = await self._next_stale(conn, version, loop_time)
                 reason = "rules"
-                if not target:
-                    # Every customer is on this version (a version changes only with a new
-                    # rule set or churn model): stop looking until it changes. Looking costs a
-                    # scan of the whole customer table, which at 1,000,000 customers on every
-                    # idle round starved the deadlines themselves. (Look again now and then
-                    # anyway: during a rolling deploy an older process may still write.)
-                    self._current_version = version
-                    self._recheck_at = loop_time + self.RECHECK_S
             if not target:
                 return 0
             ids = sorted(target)
