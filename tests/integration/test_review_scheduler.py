@@ -1,5 +1,6 @@
 """The review scheduler against a real PostgreSQL: a new rule-set version re-evaluates every
-customer, page by page, while deadlines that fall due meanwhile still fire first."""
+customer, page by page and throttled, while deadlines that fall due meanwhile still fire
+first."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ async def test_a_new_version_reaches_every_customer_and_deadlines_fire_first(
             clock=WallClock(),
             producer_name="classifier",
             reevaluate_batch=4,
+            reevaluate_per_s=1e6,
         )
         scheduler.SCAN_PAGE = 7
         scheduler.SCAN_ROUND = 14
@@ -87,5 +89,44 @@ async def test_a_new_version_reaches_every_customer_and_deadlines_fire_first(
         assert set(versions.values()) == {RULES.version}
         assert len(versions) == 61
         assert rounds >= 60 // 4
+    finally:
+        await engine.dispose()
+
+
+async def test_the_re_evaluation_is_throttled_but_deadlines_are_not(
+    database: DatabaseSettings,
+) -> None:
+    now = datetime.now(UTC)
+    onboarding = timedelta(days=float(RULES.params.get("onboarding_days", 30)))
+    engine = create_engine(database)
+    try:
+        async with engine.begin() as conn:
+            await repo.save_states(
+                conn, [bought(f"c-{i:03d}", now - timedelta(days=1), "older") for i in range(8)]
+            )
+        # 4 customers a round at 0.01 customers/s: after one round the next waits 400 s.
+        scheduler = ReviewScheduler(
+            engine,
+            rules=RULES,
+            topics=TopicSettings(),
+            clock=WallClock(),
+            producer_name="classifier",
+            reevaluate_batch=4,
+            reevaluate_per_s=0.01,
+        )
+        assert await scheduler.tick() == 4
+        assert await scheduler.tick() == 0  # throttled
+        # A deadline falling due meanwhile is served at once.
+        due = bought("due-1", now - onboarding - timedelta(seconds=1), RULES.version)
+        async with engine.begin() as conn:
+            await repo.save_states(conn, [due])
+        assert await scheduler.tick() == 1
+        async with engine.connect() as conn:
+            stale = await conn.scalar(
+                select(func.count())
+                .select_from(customers)
+                .where(customers.c.rule_set_version != RULES.version)
+            )
+        assert stale == 4
     finally:
         await engine.dispose()

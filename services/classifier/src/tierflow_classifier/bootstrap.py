@@ -91,6 +91,7 @@ def create_app(
         churn=churn,
         batch=settings.review_batch,
         reevaluate_batch=settings.reevaluate_batch,
+        reevaluate_per_s=settings.reevaluate_per_s,
         poll_s=settings.review_poll_s,
     )
 

@@ -20,6 +20,9 @@ class ClassifierSettings(BaseSettings):
     review_batch: int = Field(default=200, ge=1)
     review_poll_s: float = Field(default=0.2, gt=0)
     reevaluate_batch: int = Field(default=500, ge=1)
+    # A new rule set or churn model re-evaluates every customer in the background at most
+    # this fast, so it leaves the event stream most of the process.
+    reevaluate_per_s: float = Field(default=1_000.0, gt=0)
     # RFM quintiles and ABC cut points are rebuilt from quantile sketches this often (wall
     # clock); customers whose RFM/ABC label a new version changes are then re-classified.
     population_refresh_s: float = Field(default=600.0, gt=0)

@@ -54,6 +54,7 @@ class ReviewScheduler:
         churn: ChurnModelHolder | None = None,
         batch: int = 200,
         reevaluate_batch: int = 500,
+        reevaluate_per_s: float = 1_000.0,
         poll_s: float = 0.2,
     ) -> None:
         self._engine = engine
@@ -66,6 +67,9 @@ class ReviewScheduler:
         self._churn = churn or ChurnModelHolder()
         self._batch = batch
         self._reevaluate_batch = reevaluate_batch
+        self._reevaluate_per_s = reevaluate_per_s
+        # Loop time before which the next re-evaluation round may not start (the throttle).
+        self._rules_not_before = 0.0
         self._poll_s = poll_s
         self._stopping = asyncio.Event()
         # The effective rule-set version every customer was last seen re-evaluated to.
@@ -93,24 +97,35 @@ class ReviewScheduler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             await asyncio.sleep(0)  # let fetches, heartbeats and the relay run between rounds
-            if done < self._batch and self._pass_version is None:
+            if done < self._batch and not self._pass_may_go_on():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), await self._idle_s())
+
+    def _pass_may_go_on(self) -> bool:
+        return (
+            self._pass_version is not None
+            and asyncio.get_running_loop().time() >= self._rules_not_before
+        )
 
     async def _idle_s(self) -> float:
         """How long to wait for the next round: until the earliest stored deadline on the wall
         clock (so it fires on time, not up to a poll interval late), at most `poll_s` (a new
-        event may set an earlier one), and `poll_s` in replay, whose clock moves with events."""
+        event may set an earlier one), and `poll_s` in replay, whose clock moves with events;
+        sooner if a throttled re-evaluation pass may go on before that."""
+        wait = self._poll_s
+        if self._pass_version is not None:
+            throttle = self._rules_not_before - asyncio.get_running_loop().time()
+            wait = min(max(throttle, 0.0), wait)
         if self._clock.mode != "wall":
-            return self._poll_s
+            return wait
         try:
             async with self._engine.connect() as conn:
                 nxt = await repo.next_deadline(conn)
         except Exception:
-            return self._poll_s
-        if nxt is None:
-            return self._poll_s
-        return min(max((nxt - datetime.now(UTC)).total_seconds(), 0.0), self._poll_s)
+            return wait
+        if nxt is not None:
+            wait = min(max((nxt - datetime.now(UTC)).total_seconds(), 0.0), wait)
+        return wait
 
     async def _next_stale(self, conn: AsyncConnection, version: str, loop_time: float) -> list[str]:
         """The next customers of the pass classified by a version other than `version`; none
@@ -148,13 +163,18 @@ class ReviewScheduler:
             target = await repo.due_customers(conn, now, self._batch)
             reason = "time"
             loop_time = asyncio.get_running_loop().time()
-            if not target and (
-                self._pass_version is not None
-                or version != self._current_version
-                or loop_time >= self._recheck_at
+            if (
+                not target
+                and loop_time >= self._rules_not_before
+                and (
+                    self._pass_version is not None
+                    or version != self._current_version
+                    or loop_time >= self._recheck_at
+                )
             ):
                 target = await self._next_stale(conn, version, loop_time)
                 reason = "rules"
+                self._rules_not_before = loop_time + len(target) / self._reevaluate_per_s
             if not target:
                 return 0
             ids = sorted(target)
