@@ -46,7 +46,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_classifier.adapters.population_store import load_with_progress
-from tierflow_classifier.adapters.repository import _row_to_state
+from tierflow_classifier.adapters.repository import _row_to_state, read_watermark
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.classify import Outside, variables_at
 from tierflow_classifier.domain.population import PopulationStats, population_dimensions
@@ -55,8 +55,8 @@ from tierflow_classifier.domain.rules import decide
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.db.tables import (
+    churn_models,
     classification_changes,
-    classifier_clock,
     consumer_offsets,
     customer_labels,
     customers,
@@ -72,6 +72,7 @@ from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSetti
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "cdnow-replay.md"
 RULES_FILE = ROOT / "config" / "classifier.yaml"
+RULES_VERSION = load_rules(RULES_FILE).version
 SOURCE = "cdnow"
 PARTITIONS = 6
 GROUP_ID = "tierflow-classifier"
@@ -394,6 +395,8 @@ class Progress:
     watermark: datetime | None
     population_at: datetime | None = None  # the instant the current population is "as of"
     population_swept: bool = False  # every customer re-evaluated against it
+    model_at: datetime | None = None  # the instant the current churn model's data is "as of"
+    stale: int = 0  # customers not yet re-evaluated with the current rule set and churn model
 
     @property
     def population_current(self) -> bool:
@@ -403,8 +406,19 @@ class Progress:
         )
 
     @property
+    def model_current(self) -> bool:
+        """The churn model was fitted at the watermark and every customer scored with it."""
+        return self.watermark is None or (self.model_at == self.watermark and self.stale == 0)
+
+    @property
     def drained(self) -> bool:
-        return self.lag == 0 and self.outbox == 0 and self.due == 0 and self.population_current
+        return (
+            self.lag == 0
+            and self.outbox == 0
+            and self.due == 0
+            and self.population_current
+            and self.model_current
+        )
 
 
 async def progress(engine: AsyncEngine, kafka: KafkaSettings, topic: str) -> Progress:
@@ -421,8 +435,22 @@ async def progress(engine: AsyncEngine, kafka: KafkaSettings, topic: str) -> Pro
         pending = await conn.scalar(
             select(func.count()).select_from(outbox).where(outbox.c.producer == CLASSIFIER_PRODUCER)
         )
-        watermark: datetime | None = await conn.scalar(
-            select(func.min(classifier_clock.c.watermark))
+        watermark = await read_watermark(conn)
+        model = (
+            await conn.execute(
+                select(churn_models.c.version, churn_models.c.data_as_of).where(
+                    churn_models.c.is_current
+                )
+            )
+        ).first()
+        version = RULES_VERSION + (f"+{model.version}" if model is not None else "")
+        stale = int(
+            await conn.scalar(
+                select(func.count())
+                .select_from(customers)
+                .where(customers.c.rule_set_version != version)
+            )
+            or 0
         )
         due = 0
         if watermark is not None:
@@ -444,15 +472,17 @@ async def progress(engine: AsyncEngine, kafka: KafkaSettings, topic: str) -> Pro
         watermark,
         stats.computed_at if stats is not None else None,
         sweep is not None and sweep.done,
+        model.data_as_of if model is not None else None,
+        stale,
     )
 
 
 async def wait_drained(
     engine: AsyncEngine, kafka: KafkaSettings, topic: str, timeout: float
 ) -> tuple[bool, float, Progress]:
-    """Wait until every record is applied, every review fired, the population statistics are as
-    of the final watermark with every customer re-evaluated against them, and every change
-    relayed.
+    """Wait until every record is applied, every review fired, the population statistics and
+    the churn model are as of the final watermark with every customer re-evaluated against
+    them, and every change relayed.
 
     Two consecutive quiet polls are required, because a review transaction that is about to
     commit is invisible for an instant between "nothing due" and "outbox filled".
@@ -538,7 +568,7 @@ async def snapshot(engine: AsyncEngine) -> Snapshot:
             ).all()
         )
         ledger = await conn.scalar(select(func.count()).select_from(processed_events))
-        watermark = await conn.scalar(select(func.min(classifier_clock.c.watermark)))
+        watermark = await read_watermark(conn)
     return Snapshot(
         totals,
         value_tier,
@@ -842,7 +872,7 @@ async def population_report(engine: AsyncEngine) -> PopulationReport:
     differ: list[str] = []
     checked = 0
     async with engine.connect() as conn:
-        watermark = await conn.scalar(select(func.min(classifier_clock.c.watermark)))
+        watermark = await read_watermark(conn)
         result = await conn.stream(select(customers).execution_options(yield_per=2_000))
         async for row in result:
             state = _row_to_state(row._mapping)
@@ -975,7 +1005,8 @@ async def replay(stack: Stack, rows: Sequence[Row], result: Result, timeout: flo
                     "pass 1: classifier drained",
                     drained,
                     f"in {drain_s:.1f} s after the upload; lag {state.lag}, outbox {state.outbox}, "
-                    f"reviews due {state.due}, watermark {state.watermark}",
+                    f"reviews due {state.due}, watermark {state.watermark}, churn model as of "
+                    f"{state.model_at}, customers not yet scored by it {state.stale}",
                 )
             )
             before = await snapshot(engine)

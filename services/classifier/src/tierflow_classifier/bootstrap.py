@@ -129,6 +129,7 @@ def create_app(
                     fit_every_s=settings.churn_fit_interval_s,
                     reload_every_s=settings.churn_reload_s,
                     stopping=population_stop,
+                    settle_s=settings.population_settle_s,
                 )
             ),
         ]

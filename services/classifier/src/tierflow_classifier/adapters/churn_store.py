@@ -152,23 +152,41 @@ async def model_loop(
     fit_every_s: float,
     reload_every_s: float,
     stopping: asyncio.Event,
+    settle_s: float = 3.0,
 ) -> None:
     """Reload the current model often (another process may have fitted one) and refit on a
-    schedule; a fit needs the store's own history, so the first comes once there is some."""
+    schedule; a fit needs the store's own history, so the first comes once there is some.
+
+    On the replay clock the schedule is not wall time, which would make a replay's model —
+    and so its churn labels — depend on how fast it ran: a fit comes when the watermark has
+    stood still for `settle_s` (the log is drained, or paused) and is not the one the current
+    model was fitted at, so a drained replay ends with the model of its whole history.
+    """
     loop = asyncio.get_running_loop()
     next_fit = loop.time() + min(fit_every_s, 60.0)
+    seen: datetime | None = None
+    moved_at = loop.time()
     while not stopping.is_set():
         try:
             holder.model = await load_current(engine)
-            if loop.time() >= next_fit:
-                async with engine.connect() as conn:
-                    at = await clock.now(conn)
-                if at is not None:
-                    fitted = await fit_and_store(engine, at)
-                    if fitted is not None:
-                        holder.model = fitted
+            async with engine.connect() as conn:
+                at = await clock.now(conn)
+            if clock.mode == "event_time":
+                if at != seen:
+                    seen, moved_at = at, loop.time()
+                due = at is not None and loop.time() - moved_at >= settle_s
+                if due:
+                    current = await current_summary(engine)
+                    due = current is None or current["data_as_of"] != at
+            else:
+                due = at is not None and loop.time() >= next_fit
+            if due and at is not None:
+                fitted = await fit_and_store(engine, at)
+                if fitted is not None:
+                    holder.model = fitted
                 next_fit = loop.time() + fit_every_s
         except Exception as exc:
             log.warning("churn_model_refresh_failed", error=str(exc))
+        wait = min(reload_every_s, settle_s) if clock.mode == "event_time" else reload_every_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), reload_every_s)
+            await asyncio.wait_for(stopping.wait(), wait)
