@@ -166,6 +166,7 @@ async def model_loop(
     next_fit = loop.time() + min(fit_every_s, 60.0)
     seen: datetime | None = None
     moved_at = loop.time()
+    tried_at: datetime | None = None  # the watermark of the last replay fit (or skipped fit)
     while not stopping.is_set():
         try:
             holder.model = await load_current(engine)
@@ -174,10 +175,12 @@ async def model_loop(
             if clock.mode == "event_time":
                 if at != seen:
                     seen, moved_at = at, loop.time()
-                due = at is not None and loop.time() - moved_at >= settle_s
+                due = at is not None and at != tried_at and loop.time() - moved_at >= settle_s
                 if due:
                     current = await current_summary(engine)
                     due = current is None or current["data_as_of"] != at
+                    if not due:
+                        tried_at = at
             else:
                 due = at is not None and loop.time() >= next_fit
             if due and at is not None:
@@ -185,6 +188,7 @@ async def model_loop(
                 if fitted is not None:
                     holder.model = fitted
                 next_fit = loop.time() + fit_every_s
+                tried_at = at  # fitted, or too little history at this watermark
         except Exception as exc:
             log.warning("churn_model_refresh_failed", error=str(exc))
         wait = min(reload_every_s, settle_s) if clock.mode == "event_time" else reload_every_s
