@@ -279,8 +279,12 @@ class StatefulConsumer:
                 continue
             if position >= high:
                 done.add(tp)
-        if done:
+        if not done:
+            return
+        try:
             await self._watcher.caught_up(frozenset(done))
+        except Exception as exc:  # the database may be down: told again after the next poll
+            log.warning("caught_up_report_failed", group=self.group_id, error=str(exc))
 
     def _consumer_or_raise(self) -> AIOKafkaConsumer:
         # The listener runs only after subscribe(), so the consumer exists by then.
