@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tierflow_classifier.adapters.population_store import load_with_progress
 from tierflow_classifier.adapters.repository import _row_to_state, read_watermark
 from tierflow_classifier.adapters.rules_file import load_rules
-from tierflow_classifier.domain.classify import Outside, variables_at
+from tierflow_classifier.domain.classify import Outside, compose_version, variables_at
 from tierflow_classifier.domain.population import PopulationStats, population_dimensions
 from tierflow_classifier.domain.population_review import judge_at
 from tierflow_classifier.domain.rules import decide
@@ -443,7 +443,7 @@ async def progress(engine: AsyncEngine, kafka: KafkaSettings, topic: str) -> Pro
                 )
             )
         ).first()
-        version = RULES_VERSION + (f"+{model.version}" if model is not None else "")
+        version = compose_version(RULES_VERSION, model.version if model is not None else None)
         stale = int(
             await conn.scalar(
                 select(func.count())

@@ -69,4 +69,4 @@ class UnreadPartitions:
 
 
 def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}:{tp.partition}"
+    return repo.partition_name(tp.topic, tp.partition)

@@ -369,6 +369,11 @@ async def forget_unread_partitions(conn: AsyncConnection, names: Sequence[str]) 
     )
 
 
+def partition_name(topic: str, partition: int) -> str:
+    """The `classifier_clock` row of an input partition."""
+    return f"{topic}:{partition}"
+
+
 async def advance_watermark(conn: AsyncConnection, partition: str, to: datetime) -> None:
     stmt = pg_insert(classifier_clock).values(name=partition, watermark=to)
     await conn.execute(

@@ -54,10 +54,12 @@ def effective_version(rules: RuleSet, outside: Outside) -> str:
     """Classes depend on the rule set and the churn model: a new version of either re-evaluates
     every customer. A new population only re-evaluates the customers whose population-relative
     labels it changes (adapters/population_store.py), so it is not part of this version."""
-    version = rules.version
-    if outside.churn is not None:
-        version += f"+{outside.churn.version}"
-    return version
+    return compose_version(rules.version, outside.churn.version if outside.churn else None)
+
+
+def compose_version(rules_version: str, churn_version: str | None) -> str:
+    """The effective version from its parts (what `rule_set_version` columns hold)."""
+    return rules_version if churn_version is None else f"{rules_version}+{churn_version}"
 
 
 def labelled_version(version: str, outside: Outside) -> str:

@@ -191,7 +191,7 @@ class ClassifierHandler:
         await repo.release_events(conn, released)
         await repo.save_states(conn, [states[c] for c in sorted(touched)])
         for (topic, partition), mark in marks.items():
-            await repo.advance_watermark(conn, f"{topic}:{partition}", mark)
+            await repo.advance_watermark(conn, repo.partition_name(topic, partition), mark)
         outcome.emit.extend(await publish_changes(conn, changes, self.topics))
         return outcome
 
