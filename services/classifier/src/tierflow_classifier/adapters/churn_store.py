@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tierflow_classifier.adapters.clock import Clock
+from tierflow_classifier.adapters.clock import Clock, Stillness
 from tierflow_classifier.domain.churn import FittedModel, fit_model
 from tierflow_classifier.domain.features import DAY_S
 from tierflow_common.db.tables import churn_models, customers
@@ -164,8 +164,7 @@ async def model_loop(
     """
     loop = asyncio.get_running_loop()
     next_fit = loop.time() + min(fit_every_s, 60.0)
-    seen: datetime | None = None
-    moved_at = loop.time()
+    stillness = Stillness(since=loop.time())
     tried_at: datetime | None = None  # the watermark of the last replay fit (or skipped fit)
     while not stopping.is_set():
         try:
@@ -173,9 +172,8 @@ async def model_loop(
             async with engine.connect() as conn:
                 at = await clock.now(conn)
             if clock.mode == "event_time":
-                if at != seen:
-                    seen, moved_at = at, loop.time()
-                due = at is not None and at != tried_at and loop.time() - moved_at >= settle_s
+                steady_s = stillness.observe(at, loop.time())
+                due = at is not None and at != tried_at and steady_s >= settle_s
                 if due:
                     current = await current_summary(engine)
                     due = current is None or current["data_as_of"] != at

@@ -41,6 +41,20 @@ def make_clock(mode: ClockMode) -> Clock:
 
 
 @dataclass
+class Stillness:
+    """How long a reading of the clock has not changed, in seconds of `at` (a monotonic
+    clock): a replay's watermark standing still means the log is drained or paused."""
+
+    since: float
+    value: datetime | None = None
+
+    def observe(self, value: datetime | None, at: float) -> float:
+        if value != self.value:
+            self.value, self.since = value, at
+        return at - self.since
+
+
+@dataclass
 class UnreadPartitions:
     """Keeps a replay's watermark honest about partitions not read yet.
 

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tierflow_classifier.adapters import population_store as store
 from tierflow_classifier.adapters import repository as repo
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder
-from tierflow_classifier.adapters.clock import Clock
+from tierflow_classifier.adapters.clock import Clock, Stillness
 from tierflow_classifier.adapters.population_store import PopulationHolder, SweepProgress
 from tierflow_classifier.domain.classify import Outside, catch_up, classify, effective_version
 from tierflow_classifier.domain.model import Change, CustomerState
@@ -83,8 +83,7 @@ class PopulationRefresher:
         loop = asyncio.get_running_loop()
         resumed = False
         last_attempt: float | None = None
-        seen: datetime | None = None
-        moved_at = loop.time()
+        stillness = Stillness(since=loop.time())
         while not self._stopping.is_set():
             try:
                 if not resumed:
@@ -96,15 +95,14 @@ class PopulationRefresher:
                 async with self.engine.connect() as conn:
                     now = await self.clock.now(conn)
                 wall = loop.time()
-                if now != seen:
-                    seen, moved_at = now, wall
+                steady_s = stillness.observe(now, wall)
                 current = self.population.stats
                 if refresh_due(
                     self.policy,
                     now=now,
                     last_at=current.computed_at if current else None,
                     since_attempt_s=None if last_attempt is None else wall - last_attempt,
-                    steady_s=wall - moved_at,
+                    steady_s=steady_s,
                 ):
                     last_attempt = wall
                     await self.refresh(now)
