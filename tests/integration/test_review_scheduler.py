@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support import ROOT
 from tierflow_classifier.adapters import repository as repo
@@ -33,30 +34,50 @@ def bought(cid: str, at: datetime, version: str) -> CustomerState:
     return dataclasses.replace(state, rule_set_version=version)
 
 
+def just_due(now: datetime) -> CustomerState:
+    """A customer on the current version whose onboarding ended a second ago."""
+    onboarding = timedelta(days=float(RULES.params.get("onboarding_days", 30)))
+    return bought("due-1", now - onboarding - timedelta(seconds=1), RULES.version)
+
+
+def scheduler_for(engine: AsyncEngine, reevaluate_per_s: float) -> ReviewScheduler:
+    """Re-evaluates 4 customers a round."""
+    return ReviewScheduler(
+        engine,
+        rules=RULES,
+        topics=TopicSettings(),
+        clock=WallClock(),
+        producer_name="classifier",
+        reevaluate_batch=4,
+        reevaluate_per_s=reevaluate_per_s,
+    )
+
+
+async def on_older_version(engine: AsyncEngine) -> int | None:
+    async with engine.connect() as conn:
+        count: int | None = await conn.scalar(
+            select(func.count())
+            .select_from(customers)
+            .where(customers.c.rule_set_version != RULES.version)
+        )
+    return count
+
+
 async def test_a_new_version_reaches_every_customer_and_deadlines_fire_first(
     database: DatabaseSettings,
 ) -> None:
     now = datetime.now(UTC)
-    onboarding = timedelta(days=float(RULES.params.get("onboarding_days", 30)))
     engine = create_engine(database)
     try:
         # 60 customers on an older rule set, none due; then one whose onboarding just ended,
         # on the current version.
         old = [bought(f"c-{i:03d}", now - timedelta(days=1), "older") for i in range(60)]
-        due = bought("due-1", now - onboarding - timedelta(seconds=1), RULES.version)
+        due = just_due(now)
         assert due.next_review_at is not None
         assert due.next_review_at <= now
         async with engine.begin() as conn:
             await repo.save_states(conn, [*old, due])
-        scheduler = ReviewScheduler(
-            engine,
-            rules=RULES,
-            topics=TopicSettings(),
-            clock=WallClock(),
-            producer_name="classifier",
-            reevaluate_batch=4,
-            reevaluate_per_s=1e6,
-        )
+        scheduler = scheduler_for(engine, reevaluate_per_s=1e6)
         scheduler.SCAN_PAGE = 7
         scheduler.SCAN_ROUND = 14
 
@@ -69,13 +90,8 @@ async def test_a_new_version_reaches_every_customer_and_deadlines_fire_first(
                 .where(classification_changes.c.customer_id == "due-1")
                 .where(classification_changes.c.cause.like("time:%"))
             )
-            stale = await conn.scalar(
-                select(func.count())
-                .select_from(customers)
-                .where(customers.c.rule_set_version != RULES.version)
-            )
         assert fired == 1
-        assert stale == 60
+        assert await on_older_version(engine) == 60
 
         # Then the pass walks every page: at most 4 customers a round, until none is left.
         rounds = 0
@@ -97,7 +113,6 @@ async def test_the_re_evaluation_is_throttled_but_deadlines_are_not(
     database: DatabaseSettings,
 ) -> None:
     now = datetime.now(UTC)
-    onboarding = timedelta(days=float(RULES.params.get("onboarding_days", 30)))
     engine = create_engine(database)
     try:
         async with engine.begin() as conn:
@@ -105,28 +120,13 @@ async def test_the_re_evaluation_is_throttled_but_deadlines_are_not(
                 conn, [bought(f"c-{i:03d}", now - timedelta(days=1), "older") for i in range(8)]
             )
         # 4 customers a round at 0.01 customers/s: after one round the next waits 400 s.
-        scheduler = ReviewScheduler(
-            engine,
-            rules=RULES,
-            topics=TopicSettings(),
-            clock=WallClock(),
-            producer_name="classifier",
-            reevaluate_batch=4,
-            reevaluate_per_s=0.01,
-        )
+        scheduler = scheduler_for(engine, reevaluate_per_s=0.01)
         assert await scheduler.tick() == 4
         assert await scheduler.tick() == 0  # throttled
         # A deadline falling due meanwhile is served at once.
-        due = bought("due-1", now - onboarding - timedelta(seconds=1), RULES.version)
         async with engine.begin() as conn:
-            await repo.save_states(conn, [due])
+            await repo.save_states(conn, [just_due(now)])
         assert await scheduler.tick() == 1
-        async with engine.connect() as conn:
-            stale = await conn.scalar(
-                select(func.count())
-                .select_from(customers)
-                .where(customers.c.rule_set_version != RULES.version)
-            )
-        assert stale == 4
+        assert await on_older_version(engine) == 4
     finally:
         await engine.dispose()
