@@ -14,11 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support import ROOT
 from tierflow_classifier.adapters import repository as repo
+from tierflow_classifier.adapters.churn_store import ChurnModelHolder
 from tierflow_classifier.adapters.clock import WallClock
+from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.apply import apply
 from tierflow_classifier.domain.model import CustomerState, EventMeta, Purchase
+from tierflow_classifier.service_layer.reclassify import Classifier
 from tierflow_classifier.service_layer.scheduler import ReviewScheduler
+from tierflow_classifier.service_layer.unit_of_work import SqlUnitOfWork
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import classification_changes, customers
 from tierflow_common.settings import DatabaseSettings, TopicSettings
@@ -43,11 +47,10 @@ def just_due(now: datetime) -> CustomerState:
 def scheduler_for(engine: AsyncEngine, reevaluate_per_s: float) -> ReviewScheduler:
     """Re-evaluates 4 customers a round."""
     return ReviewScheduler(
-        engine,
-        rules=RULES,
+        lambda: SqlUnitOfWork(engine),
+        classifier=Classifier(RULES, PopulationHolder(), ChurnModelHolder()),
         topics=TopicSettings(),
         clock=WallClock(),
-        producer_name="classifier",
         reevaluate_batch=4,
         reevaluate_per_s=reevaluate_per_s,
     )

@@ -8,15 +8,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from tierflow_classifier.adapters.clock import Clock, EventTimeClock, RefreshPolicy, WallClock
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.apply import apply
 from tierflow_classifier.domain.classify import Outside, catch_up, classify
 from tierflow_classifier.domain.model import CustomerState, EventMeta, Purchase
 from tierflow_classifier.domain.population import (
     PopulationStats,
-    RefreshPolicy,
     population_dimensions,
-    refresh_due,
     score_above,
 )
 from tierflow_classifier.domain.population_review import KEEP, Verdict, after_refresh
@@ -26,19 +25,20 @@ RULES = load_rules(ROOT / "config" / "classifier.yaml")
 T0 = datetime(1997, 1, 1, 12, tzinfo=UTC)
 DAY = timedelta(days=1)
 
-REPLAY = RefreshPolicy(mode="event_time", step=7 * DAY, settle_s=3.0, min_gap_s=1.0)
-WALL = RefreshPolicy(mode="wall", every=timedelta(minutes=10), min_gap_s=1.0)
+REPLAY = (EventTimeClock(), RefreshPolicy(step=7 * DAY, settle_s=3.0, min_gap_s=1.0))
+WALL = (WallClock(), RefreshPolicy(every=timedelta(minutes=10), min_gap_s=1.0))
 
 
 def due(
-    policy: RefreshPolicy,
+    clocked: tuple[Clock, RefreshPolicy],
     now: datetime | None,
     last_at: datetime | None,
     *,
     since_attempt_s: float | None = 60.0,
     steady_s: float = 0.0,
 ) -> bool:
-    return refresh_due(
+    clock, policy = clocked
+    return clock.refresh_due(
         policy, now=now, last_at=last_at, since_attempt_s=since_attempt_s, steady_s=steady_s
     )
 

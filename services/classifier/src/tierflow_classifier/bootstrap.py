@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder, model_loop
-from tierflow_classifier.adapters.clock import UnreadPartitions, make_clock
+from tierflow_classifier.adapters.clock import Clock, FitSchedule, RefreshPolicy, make_clock
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.rules_file import load_rules
-from tierflow_classifier.domain.population import RefreshPolicy
+from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
 from tierflow_classifier.service_layer.handler import ClassifierHandler
 from tierflow_classifier.service_layer.population_refresh import PopulationRefresher
+from tierflow_classifier.service_layer.reclassify import Classifier
 from tierflow_classifier.service_layer.scheduler import ReviewScheduler
+from tierflow_classifier.service_layer.unit_of_work import PRODUCER_NAME, SqlUnitOfWork, UnitOfWork
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.checks import broker_check, database_check
 from tierflow_common.consumer import StatefulConsumer
@@ -36,7 +40,63 @@ from tierflow_common.settings import (
 )
 from tierflow_common.tasks import finish
 
-PRODUCER_NAME = "classifier"
+
+@dataclass
+class Wiring:
+    """The classifier's use cases wired to their ports: the consumer's handler, the review
+    scheduler and the population refresher, over one classifier (rule set, population, churn
+    model) and one clock. Tests wire them to fakes (tests/fakes.py) the same way."""
+
+    classifier: Classifier
+    clock: Clock
+    handler: ClassifierHandler
+    scheduler: ReviewScheduler
+    refresher: PopulationRefresher
+
+
+def wire(
+    *,
+    rules: RuleSet,
+    clock: Clock,
+    topics: TopicSettings,
+    settings: ClassifierSettings,
+    unit_of_work: Callable[[], UnitOfWork],
+    joining: Callable[[AsyncConnection], UnitOfWork],
+    engine: AsyncEngine,
+    on_committed: Callable[[], None] | None = None,
+) -> Wiring:
+    classifier = Classifier(rules, PopulationHolder(), ChurnModelHolder())
+    return Wiring(
+        classifier=classifier,
+        clock=clock,
+        handler=ClassifierHandler(classifier, topics, clock, unit_of_work=joining),
+        scheduler=ReviewScheduler(
+            unit_of_work,
+            classifier=classifier,
+            topics=topics,
+            clock=clock,
+            on_committed=on_committed,
+            batch=settings.review_batch,
+            reevaluate_batch=settings.reevaluate_batch,
+            reevaluate_per_s=settings.reevaluate_per_s,
+            poll_s=settings.review_poll_s,
+        ),
+        refresher=PopulationRefresher(
+            engine,
+            unit_of_work,
+            classifier,
+            clock,
+            topics,
+            RefreshPolicy(
+                every=timedelta(seconds=settings.population_refresh_s),
+                step=timedelta(days=settings.population_refresh_event_days),
+                settle_s=settings.population_settle_s,
+            ),
+            on_committed=on_committed,
+            poll_s=settings.population_poll_s,
+            sweep_batch=settings.population_sweep_batch,
+        ),
+    )
 
 
 def create_app(
@@ -55,8 +115,6 @@ def create_app(
     rules = load_rules(settings.rules_file)  # fails start-up with file:line on a bad rule set
     engine = create_engine(database)
     clock = make_clock(settings.clock)
-    population = PopulationHolder()
-    churn = ChurnModelHolder()
     population_stop = asyncio.Event()
     relay = OutboxRelay(
         engine,
@@ -64,6 +122,16 @@ def create_app(
         producer=PRODUCER_NAME,
         batch=consumer_settings.outbox_batch,
         poll_interval=consumer_settings.outbox_poll_ms / 1000,
+    )
+    wiring = wire(
+        rules=rules,
+        clock=clock,
+        topics=topics,
+        settings=settings,
+        unit_of_work=lambda: SqlUnitOfWork(engine),
+        joining=SqlUnitOfWork.joining,
+        engine=engine,
+        on_committed=relay.wake,
     )
     stateful = StatefulConsumer(
         engine=engine,
@@ -73,46 +141,12 @@ def create_app(
         topics=[topics.customer_events],
         dlq_topic=topics.classifier_dlq,
         producer_name=PRODUCER_NAME,
-        handler=ClassifierHandler(
-            rules=rules, topics=topics, clock=clock, population=population, churn=churn
-        ),
+        handler=wiring.handler,
         on_committed=relay.wake,
-        watcher=UnreadPartitions(engine) if clock.mode == "event_time" else None,
+        watcher=clock.partition_watcher(engine),
     )
-
-    scheduler = ReviewScheduler(
-        engine,
-        rules=rules,
-        topics=topics,
-        clock=clock,
-        producer_name=PRODUCER_NAME,
-        on_committed=relay.wake,
-        population=population,
-        churn=churn,
-        batch=settings.review_batch,
-        reevaluate_batch=settings.reevaluate_batch,
-        reevaluate_per_s=settings.reevaluate_per_s,
-        poll_s=settings.review_poll_s,
-    )
-
-    refresher = PopulationRefresher(
-        engine,
-        rules,
-        clock,
-        topics,
-        PRODUCER_NAME,
-        RefreshPolicy(
-            mode=settings.clock,
-            every=timedelta(seconds=settings.population_refresh_s),
-            step=timedelta(days=settings.population_refresh_event_days),
-            settle_s=settings.population_settle_s,
-        ),
-        population,
-        churn,
-        on_committed=relay.wake,
-        poll_s=settings.population_poll_s,
-        sweep_batch=settings.population_sweep_batch,
-    )
+    scheduler, refresher = wiring.scheduler, wiring.refresher
+    churn = wiring.classifier.churn
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -126,10 +160,12 @@ def create_app(
                     engine,
                     clock,
                     churn,
-                    fit_every_s=settings.churn_fit_interval_s,
-                    reload_every_s=settings.churn_reload_s,
+                    schedule=FitSchedule(
+                        every_s=settings.churn_fit_interval_s,
+                        reload_s=settings.churn_reload_s,
+                        settle_s=settings.population_settle_s,
+                    ),
                     stopping=population_stop,
-                    settle_s=settings.population_settle_s,
                 )
             ),
         ]

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tierflow_classifier.adapters.clock import Clock, Stillness
+from tierflow_classifier.adapters.clock import Clock, FitSchedule, Stillness
 from tierflow_classifier.domain.churn import FittedModel, fit_model
 from tierflow_classifier.domain.features import DAY_S
 from tierflow_common.db.tables import churn_models, customers
@@ -149,46 +149,40 @@ async def model_loop(
     clock: Clock,
     holder: ChurnModelHolder,
     *,
-    fit_every_s: float,
-    reload_every_s: float,
+    schedule: FitSchedule,
     stopping: asyncio.Event,
-    settle_s: float = 3.0,
 ) -> None:
-    """Reload the current model often (another process may have fitted one) and refit on a
-    schedule; a fit needs the store's own history, so the first comes once there is some.
-
-    On the replay clock the schedule is not wall time, which would make a replay's model —
-    and so its churn labels — depend on how fast it ran: a fit comes when the watermark has
-    stood still for `settle_s` (the log is drained, or paused) and is not the one the current
-    model was fitted at, so a drained replay ends with the model of its whole history.
-    """
+    """Reload the current model often (another process may have fitted one) and refit when
+    the clock says so (`Clock.fit_due`); a fit needs the store's own history, so the first
+    comes once there is some. On the replay clock a drained replay ends with the model of its
+    whole history: a fit is not repeated at an instant the current model is already as of."""
     loop = asyncio.get_running_loop()
-    next_fit = loop.time() + min(fit_every_s, 60.0)
+    next_fit = loop.time() + min(schedule.every_s, 60.0)
     stillness = Stillness(since=loop.time())
-    tried_at: datetime | None = None  # the watermark of the last replay fit (or skipped fit)
+    tried_at: datetime | None = None  # the instant of the last fit (or skipped fit)
     while not stopping.is_set():
         try:
             holder.model = await load_current(engine)
             async with engine.connect() as conn:
                 at = await clock.now(conn)
-            if clock.mode == "event_time":
-                steady_s = stillness.observe(at, loop.time())
-                due = at is not None and at != tried_at and steady_s >= settle_s
-                if due:
-                    current = await current_summary(engine)
-                    due = current is None or current["data_as_of"] != at
-                    if not due:
-                        tried_at = at
-            else:
-                due = at is not None and loop.time() >= next_fit
+            due = clock.fit_due(
+                schedule,
+                now=at,
+                steady_s=stillness.observe(at, loop.time()),
+                tried_at=tried_at,
+                wall_due=loop.time() >= next_fit,
+            )
+            if due and at is not None:
+                current = await current_summary(engine)
+                if current is not None and current["data_as_of"] == at:
+                    due, tried_at = False, at
             if due and at is not None:
                 fitted = await fit_and_store(engine, at)
                 if fitted is not None:
                     holder.model = fitted
-                next_fit = loop.time() + fit_every_s
-                tried_at = at  # fitted, or too little history at this watermark
+                next_fit = loop.time() + schedule.every_s
+                tried_at = at  # fitted, or too little history at this instant
         except Exception as exc:
             log.warning("churn_model_refresh_failed", error=str(exc))
-        wait = min(reload_every_s, settle_s) if clock.mode == "event_time" else reload_every_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), wait)
+            await asyncio.wait_for(stopping.wait(), clock.model_poll_s(schedule))

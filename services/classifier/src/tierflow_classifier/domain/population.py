@@ -6,18 +6,16 @@ ABC: customers are ranked by rolling spend; A = the top spenders who together ma
 sketch of spend values, the spend share above a value is integrated over the sketch's quantiles
 (a Lorenz curve at 1/1000 resolution), which is exact enough for a boundary and mergeable.
 
-When to refresh (`refresh_due`) follows the classifier's clock: in production every
-`every` of wall time; in replay (event-time clock) whenever the watermark has advanced by
-`step`, and once more when the watermark stops moving (the log is drained or paused), so the
-last population is the one "as of" the final watermark whatever the replay's speed.
+When to refresh is the clock's to say (adapters/clock.py `refresh_due`): in production every
+`every` of wall time; in replay whenever the watermark has advanced by `step`, and once more
+when it stops moving, so the last population is the one "as of" the final watermark.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import datetime
 
 from tierflow_classifier.domain.rules import Dimension, RuleSet
 
@@ -99,47 +97,3 @@ def population_dimensions(rules: RuleSet) -> tuple[Dimension, ...]:
         if d.label_from in POPULATION_FEATURES
         or any(POPULATION_FEATURES.intersection(r.inputs) for r in d.rules)
     )
-
-
-@dataclass(frozen=True)
-class RefreshPolicy:
-    """`mode` is the clock's. wall: refresh every `every`. event_time: whenever the watermark
-    advanced by `step` since the last population, or advanced at all and then stood still for
-    `settle_s` wall seconds. Never two attempts within `min_gap_s` wall seconds."""
-
-    mode: Literal["wall", "event_time"]
-    every: timedelta = timedelta(minutes=10)
-    step: timedelta = timedelta(days=7)
-    settle_s: float = 3.0
-    min_gap_s: float = 1.0
-
-
-def refresh_due(
-    policy: RefreshPolicy,
-    *,
-    now: datetime | None,
-    last_at: datetime | None,
-    since_attempt_s: float | None,
-    steady_s: float,
-) -> bool:
-    """Whether to rebuild the population now.
-
-    `now`: the clock (wall time, or the event-time watermark; None before any event).
-    `last_at`: the instant the current population is as of (None: there is none).
-    `since_attempt_s`: wall seconds since the last attempt (None: never tried in this process).
-    `steady_s`: wall seconds the watermark has not moved (event-time mode only).
-    """
-    if now is None:
-        return False
-    if since_attempt_s is not None and since_attempt_s < policy.min_gap_s:
-        return False
-    if policy.mode == "wall":
-        if last_at is None:
-            # Nothing to build from yet: retry at the refresh cadence, not at every poll.
-            return since_attempt_s is None or since_attempt_s >= policy.every.total_seconds()
-        return now - last_at >= policy.every
-    if last_at is None:
-        return True
-    if now <= last_at:
-        return False
-    return now - last_at >= policy.step or steady_s >= policy.settle_s

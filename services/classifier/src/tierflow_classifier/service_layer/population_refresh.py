@@ -1,7 +1,7 @@
 """Keeps the population statistics current and the customers' RFM and ABC labels consistent
 with them.
 
-When: `domain.population.refresh_due` on the classifier's clock — every
+When: the clock's `refresh_due` — every
 CLASSIFIER_POPULATION_REFRESH_S of wall time in production; in replay (event-time clock)
 whenever the watermark advanced by CLASSIFIER_POPULATION_REFRESH_EVENT_DAYS, and once more when
 it stops moving, so a drained replay ends with the population as of its final watermark.
@@ -25,25 +25,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_classifier.adapters import population_store as store
-from tierflow_classifier.adapters import repository as repo
-from tierflow_classifier.adapters.churn_store import ChurnModelHolder
-from tierflow_classifier.adapters.clock import Clock, Stillness
-from tierflow_classifier.adapters.population_store import PopulationHolder, SweepProgress
-from tierflow_classifier.domain.classify import Outside, catch_up, classify, effective_version
-from tierflow_classifier.domain.model import Change, CustomerState
-from tierflow_classifier.domain.population import (
-    PopulationStats,
-    RefreshPolicy,
-    population_dimensions,
-    refresh_due,
-)
+from tierflow_classifier.adapters.clock import Clock, RefreshPolicy, Stillness
+from tierflow_classifier.adapters.population_store import SweepProgress
+from tierflow_classifier.domain.classify import Outside
+from tierflow_classifier.domain.model import Change
+from tierflow_classifier.domain.population import PopulationStats, population_dimensions
 from tierflow_classifier.domain.population_review import after_refresh, outline_suffices
-from tierflow_classifier.domain.rules import RuleSet
-from tierflow_classifier.service_layer.handler import publish_changes
-from tierflow_common.outbox import enqueue
+from tierflow_classifier.domain.reclassification import Basis, PopulationMoved
+from tierflow_classifier.service_layer.reclassify import Classifier, reclassify
+from tierflow_classifier.service_layer.unit_of_work import UnitOfWork
 from tierflow_common.settings import TopicSettings
 
 log = structlog.get_logger(__name__)
@@ -54,20 +47,18 @@ class _Tally:
     reclassified: int = 0
     lowered: int = 0
     spent: dict[str, float] = field(
-        default_factory=lambda: {"lock": 0.0, "read": 0.0, "judge": 0.0, "write": 0.0}
+        default_factory=lambda: {"lock": 0.0, "read": 0.0, "judge": 0.0}
     )
 
 
 @dataclass
 class PopulationRefresher:
     engine: AsyncEngine
-    rules: RuleSet
+    unit_of_work: Callable[[], UnitOfWork]
+    classifier: Classifier
     clock: Clock
     topics: TopicSettings
-    producer_name: str
     policy: RefreshPolicy
-    population: PopulationHolder
-    churn: ChurnModelHolder
     on_committed: Callable[[], None] | None = None
     poll_s: float = 1.0
     sweep_batch: int = 500
@@ -81,6 +72,7 @@ class PopulationRefresher:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        population = self.classifier.population
         resumed = False
         last_attempt: float | None = None
         stillness = Stillness(since=loop.time())
@@ -88,16 +80,16 @@ class PopulationRefresher:
             try:
                 if not resumed:
                     stats, progress = await store.load_with_progress(self.engine)
-                    self.population.stats = stats
+                    population.stats = stats
                     if stats is not None and progress is not None and not progress.done:
                         await self.sweep(stats, progress)
                     resumed = True
-                async with self.engine.connect() as conn:
-                    now = await self.clock.now(conn)
+                async with self.unit_of_work() as uow:
+                    now = await self.clock.read(uow.watermarks)
                 wall = loop.time()
                 steady_s = stillness.observe(now, wall)
-                current = self.population.stats
-                if refresh_due(
+                current = population.stats
+                if self.clock.refresh_due(
                     self.policy,
                     now=now,
                     last_at=current.computed_at if current else None,
@@ -116,10 +108,11 @@ class PopulationRefresher:
         if at is None:
             return None
         began = time.monotonic()
-        fresh = await store.rebuild(self.engine, self.rules, at, self.population.stats)
+        population = self.classifier.population
+        fresh = await store.rebuild(self.engine, self.classifier.rules, at, population.stats)
         if fresh is not None:
             built = time.monotonic()
-            self.population.stats = fresh
+            population.stats = fresh
             await self.sweep(fresh, SweepProgress(fresh.version))
             log.info(
                 "population_refresh_took",
@@ -139,44 +132,45 @@ class PopulationRefresher:
         tally = _Tally()
         cursor = safe = progress.after
         deferred: list[str] = []
+        population = self.classifier.population
         while not self._stopping.is_set():
-            if self.population.stats is not stats:
+            if population.stats is not stats:
                 return False  # superseded by a newer version, which sweeps everyone again
-            async with self.engine.begin() as conn:
-                ids = await store.customers_after(conn, cursor, self.sweep_batch)
+            async with self.unit_of_work() as uow:
+                ids = await uow.customers.bought_after(cursor, self.sweep_batch)
                 if not ids:
                     break
                 t0 = time.monotonic()
-                locked = set(await store.try_lock_customers(conn, ids))
+                locked = set(await uow.customers.try_lock(ids))
                 tally.spent["lock"] += time.monotonic() - t0
-                changes = await self._judge(conn, stats, [c for c in ids if c in locked], tally)
+                changes = await self._judge(uow, stats, [c for c in ids if c in locked], tally)
                 for cid in ids:
                     if cid not in locked:
                         deferred.append(cid)
                     elif not deferred:
                         safe = cid
-                await store.save_progress(conn, SweepProgress(stats.version, safe))
+                await uow.sweeps.save_progress(SweepProgress(stats.version, safe))
             cursor = ids[-1]
             self._committed(changes)
             # Let fetches, heartbeats and the relay run between batches.
             await asyncio.sleep(self.sweep_pause_s)
         while deferred and not self._stopping.is_set():
-            if self.population.stats is not stats:
+            if population.stats is not stats:
                 return False
             chunk, deferred = deferred[: self.sweep_batch], deferred[self.sweep_batch :]
-            async with self.engine.begin() as conn:
+            async with self.unit_of_work() as uow:
                 t0 = time.monotonic()
-                await repo.lock_customers(conn, chunk)  # few, now: wait for their batches
+                await uow.customers.lock(chunk)  # few, now: wait for their batches
                 tally.spent["lock"] += time.monotonic() - t0
-                changes = await self._judge(conn, stats, chunk, tally)
+                changes = await self._judge(uow, stats, chunk, tally)
                 if not deferred:
-                    await store.save_progress(conn, SweepProgress(stats.version, cursor))
+                    await uow.sweeps.save_progress(SweepProgress(stats.version, cursor))
             self._committed(changes)
             await asyncio.sleep(self.sweep_pause_s)
         if self._stopping.is_set():
             return False
-        async with self.engine.begin() as conn:
-            await store.save_progress(conn, SweepProgress(stats.version, cursor, True))
+        async with self.unit_of_work() as uow:
+            await uow.sweeps.save_progress(SweepProgress(stats.version, cursor, True))
         log.info(
             "population_swept",
             version=stats.version,
@@ -191,67 +185,40 @@ class PopulationRefresher:
             self.on_committed()
 
     async def _judge(
-        self, conn: AsyncConnection, stats: PopulationStats, ids: list[str], tally: _Tally
+        self, uow: UnitOfWork, stats: PopulationStats, ids: list[str], tally: _Tally
     ) -> list[Change]:
         """Re-classify those of `ids` (locked) whose RFM/ABC label `stats` changes, bring
-        earlier recency crossings forward; return the changes (recorded, in the outbox)."""
+        earlier recency crossings forward; return the changes published."""
         if not ids:
             return []
-        names = [d.name for d in population_dimensions(self.rules)]
-        cheap = outline_suffices(self.rules)
-        now = await self.clock.now(conn)
+        rules = self.classifier.rules
+        now = await self.clock.read(uow.watermarks)
         at = stats.computed_at if now is None else max(now, stats.computed_at)
-        outside = Outside(stats, self.churn.model)
-        version = effective_version(self.rules, outside)
+        basis = Basis(rules, Outside(stats, self.classifier.churn.model))
         t1 = time.monotonic()
-        # A customer of an older rule set or churn model is the review scheduler's to
-        # re-evaluate; it reads these statistics too.
-        current = [
-            o for o in await store.outlines(conn, ids, names) if o.rule_set_version == version
-        ]
+        candidates = ids
         earlier: list[tuple[str, datetime]] = []
-        t2 = time.monotonic()
-        tally.spent["read"] += t2 - t1
-        if cheap:
-            # Judge the outlines; load in full only those to re-classify.
+        if outline_suffices(rules):
+            # Judge the outlines (what the population dimensions read); load in full only the
+            # customers to re-classify. A customer of an older rule set or churn model is the
+            # review scheduler's to re-evaluate; it reads these statistics too.
+            names = [d.name for d in population_dimensions(rules)]
             candidates = []
-            for outline in current:
-                verdict = after_refresh(outline, self.rules, outside, at)
+            for outline in await uow.customers.outlines(ids, names):
+                if outline.rule_set_version != basis.version:
+                    continue
+                verdict = after_refresh(outline, rules, basis.outside, at)
                 if verdict.reclassify_at is not None:
                     candidates.append(outline.customer_id)
                 elif verdict.review_by is not None:
                     earlier.append((outline.customer_id, verdict.review_by))
-        else:
-            candidates = [o.customer_id for o in current]
-        changed: list[CustomerState] = []
-        changes: list[Change] = []
-        if candidates:
-            states = await repo.load_states(conn, candidates)
-            for cid in candidates:
-                state = states.get(cid)
-                if state is None or state.rule_set_version != version:
-                    continue
-                verdict = after_refresh(state, self.rules, outside, at)
-                if verdict.reclassify_at is not None:
-                    when = verdict.reclassify_at
-                    new, fired = catch_up(state, self.rules, until=when, outside=outside)
-                    new, more = classify(
-                        new,
-                        self.rules,
-                        at=when,
-                        cause=f"population:{stats.version}",
-                        outside=outside,
-                    )
-                    changed.append(new)
-                    changes += fired + more
-                elif verdict.review_by is not None and not cheap:
-                    earlier.append((cid, verdict.review_by))
-        t3 = time.monotonic()
-        tally.spent["judge"] += t3 - t2
-        await repo.save_states(conn, changed)
-        await store.lower_reviews(conn, earlier)
-        await enqueue(conn, self.producer_name, await publish_changes(conn, changes, self.topics))
-        tally.spent["write"] += time.monotonic() - t3
-        tally.reclassified += len(changed)
-        tally.lowered += len(earlier)
-        return changes
+            await uow.customers.lower_reviews(earlier)
+        t2 = time.monotonic()
+        tally.spent["read"] += t2 - t1
+        done = await reclassify(
+            uow, basis, candidates, PopulationMoved(at), self.topics, locked=True
+        )
+        tally.spent["judge"] += time.monotonic() - t2
+        tally.reclassified += done.saved
+        tally.lowered += len(earlier) + done.reviews_lowered
+        return done.published

@@ -15,21 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tierflow_classifier.adapters import repository as repo
-from tierflow_classifier.adapters.churn_store import ChurnModelHolder
 from tierflow_classifier.adapters.clock import Clock
-from tierflow_classifier.adapters.population_store import PopulationHolder
-from tierflow_classifier.domain.classify import Outside, catch_up, classify, effective_version
-from tierflow_classifier.domain.model import Change, CustomerState
-from tierflow_classifier.domain.population_review import judge_at
-from tierflow_classifier.domain.rules import RuleSet
-from tierflow_classifier.service_layer.handler import publish_changes
-from tierflow_common.outbox import enqueue
+from tierflow_classifier.domain.reclassification import TimePassed
+from tierflow_classifier.service_layer.reclassify import Classifier, reclassify
+from tierflow_classifier.service_layer.unit_of_work import UnitOfWork
 from tierflow_common.settings import TopicSettings
 from tierflow_common.transient import is_transient
 
@@ -43,28 +35,22 @@ class ReviewScheduler:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        unit_of_work: Callable[[], UnitOfWork],
         *,
-        rules: RuleSet,
+        classifier: Classifier,
         topics: TopicSettings,
         clock: Clock,
-        producer_name: str,
         on_committed: Callable[[], None] | None = None,
-        population: PopulationHolder | None = None,
-        churn: ChurnModelHolder | None = None,
         batch: int = 200,
         reevaluate_batch: int = 500,
         reevaluate_per_s: float = 1_000.0,
         poll_s: float = 0.2,
     ) -> None:
-        self._engine = engine
-        self._rules = rules
+        self._uow = unit_of_work
+        self._classifier = classifier
         self._topics = topics
         self._clock = clock
-        self._producer = producer_name
         self._on_committed = on_committed
-        self._population = population or PopulationHolder()
-        self._churn = churn or ChurnModelHolder()
         self._batch = batch
         self._reevaluate_batch = reevaluate_batch
         self._reevaluate_per_s = reevaluate_per_s
@@ -108,33 +94,33 @@ class ReviewScheduler:
         )
 
     async def _idle_s(self) -> float:
-        """How long to wait for the next round: until the earliest stored deadline on the wall
-        clock (so it fires on time, not up to a poll interval late), at most `poll_s` (a new
-        event may set an earlier one), and `poll_s` in replay, whose clock moves with events;
-        sooner if a throttled re-evaluation pass may go on before that."""
+        """How long to wait for the next round: until the earliest stored deadline where the
+        clock can tell when that is (so it fires on time, not up to a poll interval late), at
+        most `poll_s` (a new event may set an earlier one); sooner if a throttled
+        re-evaluation pass may go on before that."""
         wait = self._poll_s
         if self._pass_version is not None:
             throttle = self._rules_not_before - asyncio.get_running_loop().time()
             wait = min(max(throttle, 0.0), wait)
-        if self._clock.mode != "wall":
-            return wait
         try:
-            async with self._engine.connect() as conn:
-                nxt = await repo.next_deadline(conn)
+            async with self._uow() as uow:
+                nxt = await uow.customers.next_deadline()
         except Exception:
             return wait
         if nxt is not None:
-            wait = min(max((nxt - datetime.now(UTC)).total_seconds(), 0.0), wait)
+            until = self._clock.seconds_until(nxt)
+            if until is not None:
+                wait = min(until, wait)
         return wait
 
-    async def _next_stale(self, conn: AsyncConnection, version: str, loop_time: float) -> list[str]:
+    async def _next_stale(self, uow: UnitOfWork, version: str, loop_time: float) -> list[str]:
         """The next customers of the pass classified by a version other than `version`; none
         when this round's share of the pass held none (the pass goes on next round)."""
         if self._pass_version != version:
             self._pass_version, self._pass_after = version, ""
         looked = 0
         while looked < self.SCAN_ROUND:
-            page = await repo.versions_after(conn, self._pass_after, self.SCAN_PAGE)
+            page = await uow.customers.versions_after(self._pass_after, self.SCAN_PAGE)
             if not page:
                 # The pass is through: every customer was found on this version or brought to
                 # it. Stop looking until the version changes (a new rule set or churn model),
@@ -154,13 +140,13 @@ class ReviewScheduler:
 
     async def tick(self) -> int:
         """Fire due deadlines (or re-evaluate stale customers); return customers handled."""
-        async with self._engine.begin() as conn:
-            now = await self._clock.now(conn)
+        async with self._uow() as uow:
+            now = await self._clock.read(uow.watermarks)
             if now is None:
                 return 0
-            outside = Outside(self._population.stats, self._churn.model)
-            version = effective_version(self._rules, outside)
-            target = await repo.due_customers(conn, now, self._batch)
+            basis = self._classifier.basis()
+            version = basis.version
+            target = await uow.customers.due(now, self._batch)
             reason = "time"
             loop_time = asyncio.get_running_loop().time()
             if (
@@ -172,36 +158,16 @@ class ReviewScheduler:
                     or loop_time >= self._recheck_at
                 )
             ):
-                target = await self._next_stale(conn, version, loop_time)
+                target = await self._next_stale(uow, version, loop_time)
                 reason = "rules"
                 self._rules_not_before = loop_time + len(target) / self._reevaluate_per_s
             if not target:
                 return 0
-            ids = sorted(target)
-            await repo.lock_customers(conn, ids)
-            states = await repo.load_states(conn, ids)
-            changed: list[CustomerState] = []
-            changes: list[Change] = []
-            for state in states.values():
-                new, fired = catch_up(state, self._rules, until=now, outside=outside)
-                if new.rule_set_version != version:
-                    # Never before the customer's own latest instant (in replay its partition
-                    # may run ahead of the watermark): its history must not go back in time.
-                    new, more = classify(
-                        new,
-                        self._rules,
-                        at=judge_at(new, now),
-                        cause=f"rules:{version}",
-                        outside=outside,
-                    )
-                    fired += more
-                if new != state:
-                    changed.append(new)
-                changes.extend(fired)
-            await repo.save_states(conn, changed)
-            await enqueue(conn, self._producer, await publish_changes(conn, changes, self._topics))
-        if changes and self._on_committed is not None:
+            done = await reclassify(uow, basis, target, TimePassed(now), self._topics)
+        if done.published and self._on_committed is not None:
             self._on_committed()
-        if changes:
-            log.info("reviews_fired", reason=reason, customers=len(ids), changes=len(changes))
-        return len(ids)
+        if done.published:
+            log.info(
+                "reviews_fired", reason=reason, customers=len(target), changes=len(done.published)
+            )
+        return len(target)

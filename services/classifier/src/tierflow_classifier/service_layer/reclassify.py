@@ -1,0 +1,177 @@
+"""The one use case that changes classes: reclassify a set of customers for a cause.
+
+Inside the caller's `async with uow:` it locks the customers (unless the caller already holds
+their locks), loads their state, runs the cause's pure step for each (domain/reclassification),
+saves what changed, brings review deadlines forward, records the changes in the history
+(a change computed twice for the same cause has the same id and is kept once) and puts their
+records in the outbox. The consumer (events arrived), the review scheduler (time passed, rules
+changed) and the population sweep (the population moved) all come through here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from tierflow_classifier.adapters.churn_store import ChurnModelHolder
+from tierflow_classifier.adapters.population_store import PopulationHolder
+from tierflow_classifier.domain.apply import VALUE_TIER
+from tierflow_classifier.domain.classify import Outside
+from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_classifier.domain.reclassification import Basis, Rejected, Step
+from tierflow_classifier.domain.rules import RuleSet
+from tierflow_classifier.service_layer.unit_of_work import OutboxItem, UnitOfWork
+from tierflow_common.contract import (
+    CLASSIFICATION_CHANGED_TYPE,
+    TIER_CHANGED_TYPE,
+    ClassificationChangedData,
+    EmittedEvent,
+)
+from tierflow_common.settings import TopicSettings
+
+log = structlog.get_logger(__name__)
+
+CHANGE_NAMESPACE = uuid.UUID("6f1c7a53-3c1e-4f0c-9a8e-2b7d4c1e9a10")
+SOURCE = "tierflow/classifier"
+
+
+@dataclass
+class Classifier:
+    """What classes are judged by in this process right now: the rule set, and the population
+    statistics and churn model, which background tasks replace when a new version appears."""
+
+    rules: RuleSet
+    population: PopulationHolder
+    churn: ChurnModelHolder
+
+    def basis(self) -> Basis:
+        return Basis(self.rules, Outside(self.population.stats, self.churn.model))
+
+
+@dataclass
+class Reclassified:
+    """What a call did: customers stored, changes published, events applied or rejected."""
+
+    saved: int = 0
+    published: list[Change] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    applied: int = 0
+    reviews_lowered: int = 0
+
+
+async def reclassify(
+    uow: UnitOfWork,
+    basis: Basis,
+    customer_ids: Sequence[str],
+    step: Step,
+    topics: TopicSettings,
+    *,
+    locked: bool = False,
+) -> Reclassified:
+    ids = sorted(set(customer_ids))
+    result = Reclassified()
+    if not ids:
+        return result
+    if not locked:
+        await uow.customers.lock(ids)
+    states = await uow.customers.load(ids)
+    saved: list[CustomerState] = []
+    changes: list[Change] = []
+    reviews: list[tuple[str, datetime]] = []
+    for cid in ids:
+        judged = step(states.get(cid), cid, basis)
+        if judged.state is not None:
+            saved.append(judged.state)
+        changes.extend(judged.changes)
+        if judged.review_by is not None:
+            reviews.append((cid, judged.review_by))
+        result.rejected.extend(judged.rejected)
+        result.applied += judged.applied
+    await uow.customers.save(saved)
+    await uow.customers.lower_reviews(reviews)
+    result.saved = len(saved)
+    result.reviews_lowered = len(reviews)
+    result.published = await publish(uow, changes, topics)
+    return result
+
+
+def change_id(change: Change) -> str:
+    """Stable per (cause, customer, dimension): a redelivered cause yields the same id."""
+    return str(
+        uuid.uuid5(CHANGE_NAMESPACE, f"{change.cause}|{change.customer_id}|{change.dimension}")
+    )
+
+
+async def publish(
+    uow: UnitOfWork, changes: Sequence[Change], topics: TopicSettings
+) -> list[Change]:
+    """Record changes in the history and put the new ones' records in the outbox."""
+    if not changes:
+        return []
+    identified = [(change_id(c), c) for c in changes]
+    recorded = await uow.history.record(identified)
+    fresh: dict[str, Change] = {}
+    for cid, change in identified:
+        if cid in recorded and cid not in fresh:
+            fresh[cid] = change
+        else:
+            log.warning(
+                "duplicate_change_dropped",
+                change_id=cid,
+                customer_id=change.customer_id,
+                dimension=change.dimension,
+                cause=change.cause,
+            )
+    out: list[OutboxItem] = []
+    for cid, change in fresh.items():
+        emitted = change_event(cid, change)
+        out.append((topics.classification_changed, emitted))
+        if change.dimension == VALUE_TIER:
+            out.append((topics.tier_changed, _retyped(emitted, TIER_CHANGED_TYPE)))
+        log.debug(
+            "classification_changed",
+            change_id=cid,
+            dimension=change.dimension,
+            from_label=change.from_label,
+            to_label=change.to.label,
+            cause=change.cause,
+        )
+    uow.outbox.add(out)
+    return list(fresh.values())
+
+
+def change_event(cid: str, change: Change) -> EmittedEvent:
+    data = ClassificationChangedData(
+        customer_id=change.customer_id,
+        dimension=change.dimension,
+        from_label=change.from_label,
+        to_label=change.to.label,
+        reason=change.to.reason,
+        explanation=dict(change.to.explanation),
+        cause=change.cause,
+        effective_at=change.effective_at,
+        rule_set_version=change.to.rule_set_version,
+    )
+    return EmittedEvent(
+        id=cid,
+        type=CLASSIFICATION_CHANGED_TYPE,
+        source=SOURCE,
+        subject=change.customer_id,
+        time=change.effective_at,
+        data=data.model_dump(mode="json", by_alias=True),
+    )
+
+
+def _retyped(event: EmittedEvent, type_: str) -> EmittedEvent:
+    return EmittedEvent(
+        id=event.id,
+        type=type_,
+        source=event.source,
+        subject=event.subject,
+        time=event.time,
+        data=event.data,
+    )

@@ -1,0 +1,247 @@
+"""The classifier's unit of work: customers, change history, ledger, watermarks, sweep
+progress and the outbox behind one `async with uow:` — one PostgreSQL transaction.
+
+Use cases see only these protocols, never a connection. `SqlUnitOfWork(engine)` opens and
+commits its own transaction (scheduler, sweep); `SqlUnitOfWork.joining(conn)` takes part in a
+transaction someone else owns — the stateful consumer's, which stores the consumed offsets in
+it — and leaves the commit to that owner, which also writes the outbox rows handed to it.
+tests/fakes.py has the in-memory twin the service-layer unit tests run against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from tierflow_classifier.adapters import population_store as pop_store
+from tierflow_classifier.adapters import repository as repo
+from tierflow_classifier.adapters.clock import Watermarks
+from tierflow_classifier.adapters.population_store import SweepProgress
+from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord
+from tierflow_common.outbox import enqueue
+
+OutboxItem = tuple[str, EmittedEvent | KafkaRecord]
+# (source, event id, customer id, event time): an event's entry in the ledger.
+LedgerEntry = tuple[str, str, str, datetime]
+
+
+class Customers(Protocol):
+    async def lock(self, ids: Sequence[str]) -> None:
+        """Serialise writers per customer (waits for other transactions' batches)."""
+
+    async def try_lock(self, ids: Sequence[str]) -> list[str]:
+        """Lock without waiting; the customers locked."""
+
+    async def load(self, ids: Sequence[str]) -> dict[str, CustomerState]: ...
+
+    async def save(self, states: Sequence[CustomerState]) -> None: ...
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        """Customers whose review deadline is at or before `now`, earliest first."""
+
+    async def next_deadline(self) -> datetime | None: ...
+
+    async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
+        """The next customers in id order after `after`, with the version each was judged by."""
+
+    async def bought_after(self, after: str, limit: int) -> list[str]:
+        """The next customers in id order after `after` who bought at least once."""
+
+    async def outlines(self, ids: Sequence[str], dimensions: Sequence[str]) -> list[CustomerState]:
+        """These customers in outline: what the population dimensions read."""
+
+    async def lower_reviews(self, deadlines: Sequence[tuple[str, datetime]]) -> None:
+        """Bring review deadlines forward (never back)."""
+
+
+class ChangeHistory(Protocol):
+    async def record(self, changes: Sequence[tuple[str, Change]]) -> set[str]:
+        """Store (change id, change) pairs; the ids that were new (the others are repeats)."""
+
+
+class Ledger(Protocol):
+    async def claim(self, entries: Sequence[LedgerEntry]) -> set[tuple[str, str]]:
+        """Enter events in the ledger; the (source, id) of those not applied before."""
+
+    async def release(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Forget events that were dead-lettered, so a fixed resend applies."""
+
+
+class Sweeps(Protocol):
+    async def save_progress(self, progress: SweepProgress) -> bool:
+        """False when that population version is no longer the current one."""
+
+
+class Outbox:
+    """Records to publish once the unit of work commits."""
+
+    def __init__(self) -> None:
+        self.pending: list[OutboxItem] = []
+
+    def add(self, items: Sequence[OutboxItem]) -> None:
+        self.pending.extend(items)
+
+    def take(self) -> list[OutboxItem]:
+        items, self.pending = self.pending, []
+        return items
+
+
+class UnitOfWork(Protocol):
+    customers: Customers
+    history: ChangeHistory
+    ledger: Ledger
+    watermarks: Watermarks
+    sweeps: Sweeps
+    outbox: Outbox
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class _SqlCustomers:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def lock(self, ids: Sequence[str]) -> None:
+        await repo.lock_customers(self._conn, ids)
+
+    async def try_lock(self, ids: Sequence[str]) -> list[str]:
+        return await pop_store.try_lock_customers(self._conn, ids)
+
+    async def load(self, ids: Sequence[str]) -> dict[str, CustomerState]:
+        return await repo.load_states(self._conn, ids)
+
+    async def save(self, states: Sequence[CustomerState]) -> None:
+        await repo.save_states(self._conn, states)
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        return await repo.due_customers(self._conn, now, limit)
+
+    async def next_deadline(self) -> datetime | None:
+        return await repo.next_deadline(self._conn)
+
+    async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
+        return await repo.versions_after(self._conn, after, limit)
+
+    async def bought_after(self, after: str, limit: int) -> list[str]:
+        return await pop_store.customers_after(self._conn, after, limit)
+
+    async def outlines(self, ids: Sequence[str], dimensions: Sequence[str]) -> list[CustomerState]:
+        return await pop_store.outlines(self._conn, ids, dimensions)
+
+    async def lower_reviews(self, deadlines: Sequence[tuple[str, datetime]]) -> None:
+        await pop_store.lower_reviews(self._conn, list(deadlines))
+
+
+class _SqlHistory:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def record(self, changes: Sequence[tuple[str, Change]]) -> set[str]:
+        return await repo.record_changes(self._conn, changes)
+
+
+class _SqlLedger:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def claim(self, entries: Sequence[LedgerEntry]) -> set[tuple[str, str]]:
+        return await repo.claim_events(self._conn, entries)
+
+    async def release(self, keys: Sequence[tuple[str, str]]) -> None:
+        await repo.release_events(self._conn, keys)
+
+
+class SqlWatermarks:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def read(self) -> datetime | None:
+        return await repo.read_watermark(self._conn)
+
+    async def advance(self, partition: str, to: datetime) -> None:
+        await repo.advance_watermark(self._conn, partition, to)
+
+
+class _SqlSweeps:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def save_progress(self, progress: SweepProgress) -> bool:
+        return await pop_store.save_progress(self._conn, progress)
+
+
+class SqlUnitOfWork:
+    """One PostgreSQL transaction. Commits on a clean exit, rolls back on an exception."""
+
+    def __init__(self, engine: AsyncEngine | None, *, conn: AsyncConnection | None = None) -> None:
+        self._engine = engine
+        self._joined = conn
+        self._conn: AsyncConnection | None = None
+        self._tx: AsyncTransaction | None = None
+        self.outbox = Outbox()
+
+    @classmethod
+    def joining(cls, conn: AsyncConnection) -> SqlUnitOfWork:
+        """Work inside `conn`'s open transaction; its owner commits (and writes the outbox
+        items left in `outbox`)."""
+        return cls(None, conn=conn)
+
+    def _bind(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self.customers: Customers = _SqlCustomers(conn)
+        self.history: ChangeHistory = _SqlHistory(conn)
+        self.ledger: Ledger = _SqlLedger(conn)
+        self.watermarks: Watermarks = SqlWatermarks(conn)
+        self.sweeps: Sweeps = _SqlSweeps(conn)
+
+    async def __aenter__(self) -> Self:
+        self.outbox = Outbox()
+        if self._joined is not None:
+            self._bind(self._joined)
+            return self
+        assert self._engine is not None
+        conn = await self._engine.connect()
+        try:
+            self._tx = await conn.begin()
+        except BaseException:
+            await conn.close()
+            raise
+        self._bind(conn)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._joined is not None:
+            return
+        conn, tx = self._conn, self._tx
+        assert conn is not None
+        assert tx is not None
+        self._conn = self._tx = None
+        try:
+            if exc_type is None:
+                await enqueue(conn, PRODUCER_NAME, self.outbox.take())
+                await tx.commit()
+            else:
+                await tx.rollback()
+        finally:
+            await conn.close()
+
+
+# The outbox producer (and relay) name of every record the classifier publishes.
+PRODUCER_NAME = "classifier"
