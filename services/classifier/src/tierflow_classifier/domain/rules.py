@@ -174,12 +174,7 @@ def explain(dimension: Dimension, index: int, variables: Mapping[str, Any]) -> D
             {"inputs": {dimension.label_from: value}},
         )
     if index == DEFAULT:
-        return Decision(
-            dimension.default,
-            f"{dimension.name}.default",
-            "no rule matched",
-            {"evaluated": [r.when for r in dimension.rules]},
-        )
+        return _default_decision(dimension)
     rule = dimension.rules[index]
     inputs = _explain(rule, variables)
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items())
@@ -189,6 +184,25 @@ def explain(dimension: Dimension, index: int, variables: Mapping[str, Any]) -> D
         f"{rule.when}  [{shown}]",
         {"expression": rule.when, "inputs": inputs},
     )
+
+
+_DEFAULTS: dict[int, tuple[Dimension, Decision]] = {}
+
+
+def _default_decision(dimension: Dimension) -> Decision:
+    """A dimension's "no rule matched" decision depends on nothing but the dimension: built
+    once (every new customer takes it on most dimensions)."""
+    cached = _DEFAULTS.get(id(dimension))
+    if cached is None or cached[0] is not dimension:
+        decision = Decision(
+            dimension.default,
+            f"{dimension.name}.default",
+            "no rule matched",
+            # Shared by every assignment that takes it; nothing mutates an explanation.
+            {"evaluated": [r.when for r in dimension.rules]},
+        )
+        cached = _DEFAULTS[id(dimension)] = (dimension, decision)
+    return cached[1]
 
 
 def decide(dimension: Dimension, variables: Mapping[str, Any], context: Any) -> Decision:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -28,9 +29,9 @@ from tierflow_classifier.service_layer.unit_of_work import OutboxItem, UnitOfWor
 from tierflow_common.contract import (
     CLASSIFICATION_CHANGED_TYPE,
     TIER_CHANGED_TYPE,
-    ClassificationChangedData,
     EmittedEvent,
 )
+from tierflow_common.contract.ids import rfc3339, uuid5
 from tierflow_common.settings import TopicSettings
 
 log = structlog.get_logger(__name__)
@@ -100,10 +101,9 @@ async def reclassify(
 
 
 def change_id(change: Change) -> str:
-    """Stable per (cause, customer, dimension): a redelivered cause yields the same id."""
-    return str(
-        uuid.uuid5(CHANGE_NAMESPACE, f"{change.cause}|{change.customer_id}|{change.dimension}")
-    )
+    """Stable per (cause, customer, dimension): a redelivered cause yields the same id
+    (a UUID version 5 in CHANGE_NAMESPACE)."""
+    return uuid5(CHANGE_NAMESPACE, f"{change.cause}|{change.customer_id}|{change.dimension}")
 
 
 async def publish(
@@ -132,38 +132,36 @@ async def publish(
         out.append((topics.classification_changed, emitted))
         if change.dimension == VALUE_TIER:
             out.append((topics.tier_changed, _retyped(emitted, TIER_CHANGED_TYPE)))
-        log.debug(
-            "classification_changed",
-            change_id=cid,
-            dimension=change.dimension,
-            from_label=change.from_label,
-            to_label=change.to.label,
-            cause=change.cause,
-        )
     uow.outbox.add(out)
     return list(fresh.values())
 
 
 def change_event(cid: str, change: Change) -> EmittedEvent:
-    data = ClassificationChangedData(
-        customer_id=change.customer_id,
-        dimension=change.dimension,
-        from_label=change.from_label,
-        to_label=change.to.label,
-        reason=change.to.reason,
-        explanation=dict(change.to.explanation),
-        cause=change.cause,
-        effective_at=change.effective_at,
-        rule_set_version=change.to.rule_set_version,
-    )
+    """The CloudEvent of a change; its data is what ClassificationChangedData serialises to
+    (tests/unit/test_change_payload.py holds the two together), built without the model."""
     return EmittedEvent(
         id=cid,
         type=CLASSIFICATION_CHANGED_TYPE,
         source=SOURCE,
         subject=change.customer_id,
         time=change.effective_at,
-        data=data.model_dump(mode="json", by_alias=True),
+        data=change_payload(change),
     )
+
+
+def change_payload(change: Change) -> dict[str, Any]:
+    to = change.to
+    return {
+        "customer_id": change.customer_id,
+        "dimension": change.dimension,
+        "from": change.from_label,
+        "to": to.label,
+        "reason": to.reason,
+        "explanation": to.explanation,
+        "cause": change.cause,
+        "effective_at": rfc3339(change.effective_at),
+        "rule_set_version": to.rule_set_version,
+    }
 
 
 def _retyped(event: EmittedEvent, type_: str) -> EmittedEvent:
