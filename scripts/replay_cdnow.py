@@ -280,6 +280,10 @@ class Stack:
             "TOPIC_CLASSIFIER_DLQ": self.topics.classifier_dlq,
             "TOPIC_NOTIFIER_DLQ": self.topics.notifier_dlq,
             "TOPIC_PARTITIONS": str(PARTITIONS),
+            # The log is from 1997-98: keep its ledger and receipts (windows of 100 years), so
+            # the resend pass is checked against them, not only against the order ids.
+            "CLASSIFIER_LEDGER_RETENTION_DAYS": "36500",
+            "INGEST_RECEIPT_RETENTION_DAYS": "36500",
         }
         # Spawned from the main thread on purpose: children die with the thread that forked
         # them (PR_SET_PDEATHSIG), and this thread lives as long as the replay.

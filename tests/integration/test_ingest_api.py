@@ -64,7 +64,10 @@ async def ingest(
         kafka=kafka_settings,
         database=database,
         topics=topics,
-        settings=IngestSettings(max_body_bytes=64 * 1024, keys_refresh_s=0.2),
+        # The sample events are dated 2025: keep their receipts (a window of 10 years).
+        settings=IngestSettings(
+            max_body_bytes=64 * 1024, keys_refresh_s=0.2, receipt_retention_days=3650
+        ),
     )
     async for client in running(app, shop_key):
         yield client

@@ -24,3 +24,7 @@ class BrokerUnavailable(TierflowError):
 
 class EmbeddedServerError(TierflowError):
     """An embedded development server (PostgreSQL or Tansu) failed to start or stop."""
+
+
+class TransientError(TierflowError):
+    """A failure that goes away by itself (retry the work later; never dead-letter for it)."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from tierflow_common.exceptions import TransientError
+
 # SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention; 40001/40P01 retryable.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57", "40001", "40P01")
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+    if isinstance(exc, TransientError | OperationalError | InterfaceError | OSError | TimeoutError):
         return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:

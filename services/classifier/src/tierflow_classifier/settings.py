@@ -36,3 +36,7 @@ class ClassifierSettings(BaseSettings):
     # The churn model is refitted on the store's own history this often (and by API/CLI).
     churn_fit_interval_s: float = Field(default=86_400.0, gt=0)
     churn_reload_s: float = Field(default=30.0, gt=0)
+    # The event-id ledger remembers events whose time is at most this old (weekly partitions,
+    # dropped past it). An older resend is still kept from counting twice by its order id
+    # (purchases, refunds); interactions and feedback that old would count again.
+    ledger_retention_days: int = Field(default=30, ge=1, le=100_000)

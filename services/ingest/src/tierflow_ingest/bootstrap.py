@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
 
 from tierflow_common.checks import broker_check, database_check
 from tierflow_common.db.engine import create_engine
+from tierflow_common.db.ledger_partitions import LedgerPartitions
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.health import ops_router
 from tierflow_common.kafka import make_producer
@@ -18,6 +20,7 @@ from tierflow_common.logging import configure_logging
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, LogSettings, TopicSettings
 from tierflow_ingest.adapters.api_keys import KeyCache
 from tierflow_ingest.adapters.publisher import KafkaPublisher
+from tierflow_ingest.adapters.receipts import TABLE as RECEIPTS_TABLE
 from tierflow_ingest.adapters.receipts import ReceiptWriter
 from tierflow_ingest.entrypoints.bulk import build_bulk_router
 from tierflow_ingest.entrypoints.metrics import IN_FLIGHT
@@ -46,7 +49,11 @@ def create_app(
     )
     IN_FLIGHT.set_function(lambda: publisher.in_flight)
     keys = KeyCache(engine, refresh_s=settings.keys_refresh_s)
-    receipts = ReceiptWriter(engine)
+    # Receipts older than the window are dropped a week at a time (created ahead, hourly).
+    receipt_partitions = LedgerPartitions(
+        engine, RECEIPTS_TABLE, retention=timedelta(days=settings.receipt_retention_days)
+    )
+    receipts = ReceiptWriter(engine, partitions=receipt_partitions)
     intake = Intake(publisher, receipts)
     limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
 
@@ -56,6 +63,7 @@ def create_app(
             asyncio.create_task(publisher.start()),
             asyncio.create_task(keys.run()),
             asyncio.create_task(receipts.run()),
+            asyncio.create_task(receipt_partitions.run()),
         ]
         try:
             yield

@@ -26,3 +26,6 @@ class IngestSettings(BaseSettings):
     bulk_chunk_events: int = Field(default=2_000, ge=1)
     bulk_max_line_bytes: int = Field(default=1024 * 1024, ge=1_024)
     bulk_max_reported_errors: int = Field(default=1_000, ge=0)
+    # Receipts (what reports a resend as `duplicate`) are kept for events whose time is at most
+    # this old; an older event is answered `duplicate: null` (no receipt kept, cannot say).
+    receipt_retention_days: int = Field(default=30, ge=1, le=100_000)

@@ -71,26 +71,35 @@ api_keys = Table(
 )
 
 # One row per (source, id) the broker acknowledged: lets the ingest report resends as duplicates.
+# Partitioned by week of the event's own time (the same on a resend), kept for
+# INGEST_RECEIPT_RETENTION_DAYS (migration 0008, db/ledger_partitions.py).
 ingest_receipts = Table(
     "ingest_receipts",
     metadata,
     Column("source", Text, nullable=False),
     Column("event_id", Text, nullable=False),
+    Column("event_time", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("source", "event_id"),
+    PrimaryKeyConstraint("source", "event_id", "event_time"),
+    postgresql_partition_by="RANGE (event_time)",
 )
 
 # Classifier -------------------------------------------------------------------------------
 
 # The event-id ledger: one row per applied event; its primary key makes application at-most-once.
+# Partitioned by week of the event's own time (the same on every resend, so the key still
+# catches it), kept for CLASSIFIER_LEDGER_RETENTION_DAYS (migration 0008,
+# db/ledger_partitions.py); beyond that, purchases and refunds are known by their order id.
 processed_events = Table(
     "processed_events",
     metadata,
     Column("source", Text, nullable=False),
     Column("event_id", Text, nullable=False),
+    Column("event_time", DateTime(timezone=True), nullable=False),
     Column("customer_id", Text, nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("source", "event_id"),
+    PrimaryKeyConstraint("source", "event_id", "event_time"),
+    postgresql_partition_by="RANGE (event_time)",
 )
 
 customers = Table(

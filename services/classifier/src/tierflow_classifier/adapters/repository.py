@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_classifier.domain.model import Assignment, Change, CustomerState
+from tierflow_classifier.settings import ClassifierSettings
+from tierflow_common.db.ledger_partitions import (
+    LedgerPartitionMissing,
+    LedgerPartitions,
+    is_missing_partition,
+)
 from tierflow_common.db.raw import raw_connection
 from tierflow_common.db.tables import (
     classifier_clock,
@@ -46,36 +54,76 @@ def _assignment_from_json(d: dict[str, Any]) -> Assignment:
 
 
 _CLAIM = text(
-    "INSERT INTO processed_events (source, event_id, customer_id) "
+    "INSERT INTO processed_events (source, event_id, customer_id, event_time) "
     "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]), "
-    "CAST(:customers AS text[])) "
+    "CAST(:customers AS text[]), CAST(:times AS timestamptz[])) "
     "ON CONFLICT DO NOTHING RETURNING source, event_id"
 )
 
+# One per engine (= database): the cache of which weeks have a partition, shared by every
+# claim in the process and by the maintenance task the bootstrap starts.
+_LEDGERS: weakref.WeakKeyDictionary[Any, LedgerPartitions] = weakref.WeakKeyDictionary()
+
+
+def processed_events_ledger(
+    engine: AsyncEngine, *, retention_days: int | None = None
+) -> LedgerPartitions:
+    """The ledger's partitions in this engine's database. The bootstrap passes the retention
+    setting (and runs the returned object's maintenance, `run()`); a claim on an engine the
+    bootstrap did not register reads the setting from the environment."""
+    ledger = _LEDGERS.get(engine.sync_engine)
+    wanted = None if retention_days is None else timedelta(days=retention_days)
+    if ledger is None or (wanted is not None and ledger.retention != wanted):
+        days = retention_days or ClassifierSettings().ledger_retention_days
+        ledger = LedgerPartitions(engine, "processed_events", retention=timedelta(days=days))
+        _LEDGERS[engine.sync_engine] = ledger
+    return ledger
+
 
 async def claim_events(
-    conn: AsyncConnection, keys: Sequence[tuple[str, str, str]]
+    conn: AsyncConnection, keys: Sequence[tuple[str, str, str, datetime]]
 ) -> set[tuple[str, str]]:
-    """Insert (source, event_id, customer_id) into the ledger; return the keys that were new.
+    """Enter (source, event_id, customer_id, event_time) in the ledger; return the (source,
+    event_id) of the events to apply: those that were new, and those older than the ledger's
+    window, which it no longer remembers (for them the customer's state is the guard: a
+    purchase or refund is known by its order id; see domain/apply.py).
 
     A key already present belongs to an event applied before: the caller skips it. One
-    statement with array parameters, so its text (and plan) is the same for every batch.
+    statement with array parameters, so its text (and plan) is the same for every batch; a
+    week without a partition yet gets one first, in its own short transaction.
     """
     if not keys:
         return set()
-    rows = await conn.execute(
-        _CLAIM,
-        {
-            "sources": [k[0] for k in keys],
-            "ids": [k[1] for k in keys],
-            "customers": [k[2] for k in keys],
-        },
-    )
-    return {(r.source, r.event_id) for r in rows}
+    ledger = processed_events_ledger(conn.engine)
+    times = [k[3] for k in keys]
+    horizon = await ledger.prepare(times)
+    beyond: set[tuple[str, str]] = set()
+    if min(times) < horizon:
+        beyond = {(k[0], k[1]) for k in keys if k[3] < horizon}
+        keys = [k for k in keys if k[3] >= horizon]
+        if not keys:
+            return beyond
+    try:
+        rows = await conn.execute(
+            _CLAIM,
+            {
+                "sources": [k[0] for k in keys],
+                "ids": [k[1] for k in keys],
+                "customers": [k[2] for k in keys],
+                "times": [k[3] for k in keys],
+            },
+        )
+    except DBAPIError as exc:
+        if not is_missing_partition(exc):
+            raise
+        ledger.forget()  # dropped behind this process's back: look again on the retry
+        raise LedgerPartitionMissing(str(exc.orig)) from exc
+    return {(r.source, r.event_id) for r in rows} | beyond
 
 
 async def release_events(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> None:
-    """Forget ledger entries of events that were dead-lettered, so a fixed resend applies."""
+    """Forget ledger entries of events that were dead-lettered, so a fixed resend applies
+    (whatever their time: every partition is searched; dead letters are rare)."""
     keys = list(keys)
     if keys:
         await conn.execute(

@@ -62,13 +62,31 @@ def _add_to_month(
     return {**features, "months": months}
 
 
+def already_applied(state: CustomerState | None, event: CustomerEvent) -> bool:
+    """A purchase or refund this state already holds, known by its natural key: the order id
+    (per customer) of a purchase, the cause of a refund among its order's refunds. A resend the
+    ledger no longer remembers (older than its window) is recognised by this; `apply` leaves
+    the state as it is and reports no change."""
+    if state is None:
+        return False
+    match event:
+        case Purchase():
+            return event.order_id in state.features.get("orders", {})
+        case Refund():
+            return event.meta.cause in state.features.get("refund_causes", {}).get(
+                event.order_id, ()
+            )
+    return False
+
+
 def _apply_purchase(state: CustomerState, e: Purchase, rules: RuleSet) -> CustomerState:
     amount = to_base_currency(e.amount, e.currency, rules)
     t = e.meta.time
     features: dict[str, Any] = _add_to_month(dict(state.features), t, amount, 1)
-    # Order amounts, so a refund can be checked against what the order cost.
+    # Order amounts, so a refund can be checked against what the order cost; also the natural
+    # key: a purchase of an order already here is the same purchase again (already_applied).
     orders = dict(features.get("orders", {}))
-    orders[e.order_id] = format(Decimal(orders.get(e.order_id, "0")) + amount, "f")
+    orders[e.order_id] = format(amount, "f")
     features["orders"] = orders
     if e.discounted:
         features = _count(features, "discounted_purchases")
@@ -106,6 +124,11 @@ def _apply_refund(state: CustomerState, e: Refund, rules: RuleSet) -> CustomerSt
     refunded[e.order_id] = format(already + amount, "f")
     features = _add_to_month(dict(state.features), e.meta.time, -amount, 0)
     features["refunded_orders"] = refunded
+    # An order may be refunded in parts: each refund event is known by its cause (a sorted set,
+    # so the state does not depend on the order refunds arrive in).
+    causes = dict(features.get("refund_causes", {}))
+    causes[e.order_id] = sorted({*causes.get(e.order_id, ()), e.meta.cause})
+    features["refund_causes"] = causes
     return replace(
         state,
         features=features,
@@ -193,6 +216,8 @@ def apply(
 
     In production `at` is the wall clock; in replay it is the event-time watermark.
     """
+    if state is not None and already_applied(state, event):
+        return state, []
     current = state or CustomerState(customer_id=event.meta.customer_id)
     t = event.meta.time
     current = replace(

@@ -82,9 +82,9 @@ class Intake:
         """
         errors = await self.publisher.publish(events)
         acked = [e for e, err in zip(events, errors, strict=True) if err is None]
-        flags: list[bool] | None
+        flags: list[bool | None] | None
         try:
-            flags = await self.receipts.record([(e.source, e.id) for e in acked])
+            flags = await self.receipts.record([(e.source, e.id, e.time) for e in acked])
         except Exception as exc:
             log.warning("receipts_unavailable", error=str(exc))
             flags = None
@@ -94,7 +94,8 @@ class Intake:
             if err is not None:
                 outcomes.append(Failed(str(err)))
                 continue
-            duplicate = None if flags is None else not next(new_flags)
+            new = None if flags is None else next(new_flags)
+            duplicate = None if new is None else not new  # None also: older than the receipts
             ACCEPTED.inc()
             if duplicate:
                 DUPLICATES.inc()
