@@ -26,7 +26,12 @@ from tierflow_common.contract import (
 from tierflow_common.contract.kafka_binding import KafkaRecord
 
 RecordFn = Callable[[int], KafkaRecord]
-BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+# Pre-loaded events are at most 1,000,000 s (11.6 days) apart, starting 20 days before today:
+# inside the ledger's retention window (30 days by default), so every event is claimed in the
+# ledger as it would be in production, and recent enough for the rolling windows.
+BASE_TIME = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+    days=20
+)
 
 
 def purchase_record(prefix: str, i: int, customers: int) -> KafkaRecord:

@@ -45,7 +45,10 @@ explanations = st.one_of(
 def changes(draw: st.DrawFn) -> Change:
     at = draw(instants)
     return Change(
-        customer_id=draw(st.text(min_size=1, max_size=30)),
+        # The contract's CustomerId: no whitespace at either end, no line breaks.
+        customer_id=draw(
+            st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 ._:@-]{0,28}[A-Za-z0-9]", fullmatch=True)
+        ),
         dimension=draw(st.from_regex(r"[a-z_]{1,20}", fullmatch=True)),
         from_label=draw(st.none() | text),
         to=Assignment(

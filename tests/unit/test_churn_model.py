@@ -483,3 +483,46 @@ def test_service_signal_weights_are_never_fitted_negative() -> None:
     # Data where a falling frequency would "predict" loyalty: the fit must clamp at 0.
     churned = rng.uniform(size=n) < special.expit(-2.0 * decline)
     assert fit_churn_weights(terms, churned).frequency_decline == 0.0
+
+
+# --- the classifier's scalar path against the vectorised reference ----------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    params_strategy,
+    customer(),
+    st.floats(0.1, 150.0),
+    st.floats(-500.0, 1e6),
+    st.integers(0, 5),
+    st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
+def test_the_scalar_churn_probability_is_the_vectorised_one(
+    p: BgNbdParams,
+    c: tuple[int, float, float],
+    t: float,
+    spend: float,
+    complaints: int,
+    satisfaction: float | None,
+) -> None:
+    from tierflow_classifier.domain.churn.score import ChurnConfig, churn_terms, combine  # noqa: PLC0415
+    from tierflow_classifier.domain.churn_features import (  # noqa: PLC0415
+        combined_logit,
+        p_no_purchase_one,
+    )
+
+    x, t_x, T = c
+    reference = float(bgnbd.p_no_purchase(p, t, x, t_x, T))
+    assert math.isclose(p_no_purchase_one(p, t, x, t_x, T), reference, rel_tol=1e-9, abs_tol=1e-12)
+    config = ChurnConfig()
+    terms = churn_terms(
+        reference,
+        total_spend=spend,
+        open_complaints=complaints,
+        satisfaction=math.nan if satisfaction is None else satisfaction,
+        decline=math.nan,
+        satisfaction_floor=config.satisfaction_floor,
+    )
+    expected = float(combine(terms, config.weights))
+    got = combined_logit(reference, spend, complaints, satisfaction, config)
+    assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from tierflow_classifier.domain.apply import apply
+from tierflow_classifier.domain.apply import already_applied, apply
 from tierflow_classifier.domain.classify import NOTHING, Outside, catch_up, classify
 from tierflow_classifier.domain.classify import effective_version as _effective_version
 from tierflow_classifier.domain.model import Change, CustomerEvent, CustomerState
@@ -54,6 +54,7 @@ class Judged:
     review_by: datetime | None = None
     rejected: Sequence[Rejected] = ()
     applied: int = 0
+    repeats: int = 0
 
 
 UNCHANGED = Judged(None)
@@ -84,8 +85,11 @@ class EventsArrived:
         rules, outside = basis.rules, basis.outside
         changes: list[Change] = []
         rejected: list[Rejected] = []
-        applied = 0
+        applied = repeats = 0
         for arrival in self.arrivals.get(customer_id, ()):
+            if already_applied(state, arrival.event):
+                repeats += 1  # a resend the ledger no longer remembers (past its window)
+                continue
             try:
                 caught, fired = (
                     catch_up(state, rules, until=arrival.at, outside=outside)
@@ -100,7 +104,13 @@ class EventsArrived:
             changes += fired
             changes += more
             applied += 1
-        return Judged(state if applied else None, changes, rejected=rejected, applied=applied)
+        return Judged(
+            state if applied else None,
+            changes,
+            rejected=rejected,
+            applied=applied,
+            repeats=repeats,
+        )
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ async def apply_events(
         await uow.ledger.release(released)
         await clock.events_applied(uow.watermarks, latest)
         outcome.applied += done.applied
+        outcome.duplicates += done.repeats
         outcome.emit.extend(uow.outbox.take())
     return outcome
 

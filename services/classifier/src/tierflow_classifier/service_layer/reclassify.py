@@ -61,6 +61,7 @@ class Reclassified:
     published: list[Change] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     applied: int = 0
+    repeats: int = 0
     reviews_lowered: int = 0
 
 
@@ -92,6 +93,7 @@ async def reclassify(
             reviews.append((cid, judged.review_by))
         result.rejected.extend(judged.rejected)
         result.applied += judged.applied
+        result.repeats += judged.repeats
     await uow.customers.save(saved)
     await uow.customers.lower_reviews(reviews)
     result.saved = len(saved)

@@ -61,7 +61,7 @@ FloatArray = NDArray[np.float64]
 
 TERMS = ("model", "spend", "open_complaints", "low_satisfaction", "frequency_decline")
 LEVELS = ("low", "medium", "high", "critical")
-_EPS = 1e-9
+LOGIT_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _sigmoid(z: float) -> float:
 
 
 def logit(p: ArrayLike) -> FloatArray:
-    q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    q = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS)
     return np.asarray(np.log(q) - np.log1p(-q), dtype=np.float64)
 
 
