@@ -412,3 +412,61 @@ def test_churn_risk_rises_with_time_alone_and_falls_with_a_purchase() -> None:
     assert order.index(back.dimensions["churn_risk"].label) < order.index(
         quiet.dimensions["churn_risk"].label
     )
+
+
+def test_churn_risk_moves_when_the_probability_crosses_its_threshold_not_on_a_cadence() -> None:
+    outside = Outside(churn=churn_model())
+    state = None
+    for i, day in enumerate((0, 20, 40, 60)):
+        state, _ = apply(state, buy(i, "40", days=day), RULES, outside=outside)
+    assert state is not None
+    _, fired = catch_up(state, RULES, until=T0 + timedelta(days=60 + 400), outside=outside)
+    steps = [c for c in fired if c.dimension == "churn_risk"]
+    assert steps
+    thresholds = {
+        "medium": RULES.params["churn_medium"],
+        "high": RULES.params["churn_high"],
+        "critical": RULES.params["churn_critical"],
+    }
+    minute = timedelta(minutes=1)
+    for step in steps:
+        # At the step the probability is past the new level's bound; two minutes before, the
+        # customer was still below it: the label moved within minutes of the crossing.
+        bound = thresholds[step.to.label]
+        after = step.to.explanation["inputs"]["churn_probability"]
+        assert after >= bound
+        earlier = classify(
+            state, RULES, at=step.effective_at - 2 * minute, cause="t", outside=outside
+        )
+        before = earlier[0].dimensions["churn_risk"].label
+        assert before != step.to.label
+    # A quiet customer is not re-judged weekly: a handful of evaluations, not ~57.
+    evaluations = 0
+    s = state
+    while s.next_review_at is not None and s.next_review_at <= T0 + timedelta(days=460):
+        s, _ = classify(s, RULES, at=s.next_review_at, cause="t", outside=outside)
+        evaluations += 1
+    assert evaluations < 25
+
+
+def test_a_rule_doing_arithmetic_on_the_churn_probability_is_re_scored_on_the_cadence() -> None:
+    from tierflow_classifier.domain.classify import _churn_thresholds  # noqa: PLC0415
+
+    assert _churn_thresholds(RULES) == (0.3, 0.6, 0.85)
+    text = (ROOT / "config" / "classifier.yaml").read_text()
+    odd = text.replace(
+        "churn_probability >= churn_critical", "churn_probability * 1.1 >= churn_critical"
+    )
+    path = ROOT / "var" / "test-rules-churn-arith.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(odd)
+    try:
+        rules = load_rules(path)
+    finally:
+        path.unlink()
+    assert _churn_thresholds(rules) is None
+    outside = Outside(churn=churn_model())
+    state, _ = apply(None, buy(0, "40"), rules, outside=outside)
+    review = float(rules.params["churn_review_days"])
+    assert state.next_review_at is not None
+    assert state.next_review_at <= T0 + timedelta(days=review)

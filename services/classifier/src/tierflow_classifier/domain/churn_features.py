@@ -8,8 +8,8 @@ hypergeometric terms) is computed on demand for the read API.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -79,18 +79,7 @@ def churn_features(
     if inputs is None:
         return dict(UNSCORED)
     stats, signals = inputs
-    unit = model.time_unit_days
-    quiet = p_no_purchase_one(
-        model.purchase,
-        config.horizon_days / unit,
-        float(stats.x),
-        stats.t_x_days / unit,
-        stats.T_days / unit,
-    )
-    z = combined_logit(
-        quiet, stats.total_spend, signals.open_complaints, signals.satisfaction, config
-    )
-    probability = 1.0 / (1.0 + math.exp(-z)) if z >= -700 else 0.0
+    quiet, probability = _score(model, config, stats, signals, stats.T_days)
     if not math.isfinite(probability):
         return dict(UNSCORED)
     return {
@@ -98,6 +87,87 @@ def churn_features(
         "churn_level": config.levels.level(probability),
         "churn_model_no_purchase": quiet,
     }
+
+
+def _score(
+    model: FittedModel,
+    config: ChurnConfig,
+    stats: CustomerStats,
+    signals: ServiceSignals,
+    age_days: float,
+) -> tuple[float, float]:
+    """(P(no purchase in the horizon), P(churn)) of a customer aged `age_days`."""
+    unit = model.time_unit_days
+    quiet = p_no_purchase_one(
+        model.purchase,
+        config.horizon_days / unit,
+        float(stats.x),
+        stats.t_x_days / unit,
+        age_days / unit,
+    )
+    z = combined_logit(
+        quiet, stats.total_spend, signals.open_complaints, signals.satisfaction, config
+    )
+    return quiet, (1.0 / (1.0 + math.exp(-z)) if z >= -700 else 0.0)
+
+
+_MINUTE_DAYS = 1.0 / 1440.0
+
+
+def next_churn_crossing(
+    state: CustomerState,
+    at: datetime,
+    model: FittedModel,
+    config: ChurnConfig,
+    thresholds: Sequence[float],
+    *,
+    before: datetime | None = None,
+    within_days: float = 3_650.0,
+) -> datetime | None:
+    """The first instant after `at` at which the churn probability exceeds the lowest of
+    `thresholds` at or above its value now, if the customer buys nothing until then. None if
+    that is not before `before` (the customer has an earlier deadline, at which this is
+    asked again: one evaluation instead of a search) or more than `within_days` away.
+
+    While a customer is quiet only its age grows, and P(churn) rises with age (the chance it
+    is still alive falls and so does the chance of a purchase in the horizon): the instant is
+    found by bisection, to the minute, a little after the crossing so the rules see it."""
+    inputs = _inputs(state, at)
+    if inputs is None:
+        return None
+    stats, signals = inputs
+    now_days = stats.T_days
+    _, p_now = _score(model, config, stats, signals, now_days)
+    if not math.isfinite(p_now):
+        return None
+    above = [t for t in thresholds if t >= p_now]
+    if not above:
+        return None
+    target = min(above)
+
+    def crossed(age_days: float) -> bool:
+        return _score(model, config, stats, signals, age_days)[1] > target
+
+    lo = now_days
+    if before is not None:
+        hi = now_days + (before - at).total_seconds() / DAY_S
+        if hi <= lo or not crossed(hi):
+            return None
+    else:
+        step = 7.0
+        hi = now_days + step
+        while not crossed(hi):
+            if step > within_days:
+                return None
+            lo, step = hi, step * 2.0
+            hi = now_days + step
+    while hi - lo > _MINUTE_DAYS:
+        mid = (lo + hi) / 2.0
+        if crossed(mid):
+            hi = mid
+        else:
+            lo = mid
+    return at + timedelta(days=hi - now_days + _MINUTE_DAYS)
 
 
 # One customer at a time, with `math` instead of numpy: the classifier scores on every

@@ -3,13 +3,19 @@ next instant at which time alone could change a label (the customer's review dea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tierflow_classifier.domain.churn import FittedModel
 from tierflow_classifier.domain.churn.score import ChurnConfig
-from tierflow_classifier.domain.churn_features import churn_config, churn_features
+from tierflow_classifier.domain.churn_features import (
+    churn_config,
+    churn_features,
+    next_churn_crossing,
+)
+from tierflow_classifier.domain.fastrules import compared_with
 from tierflow_classifier.domain.features import (
     compute_features,
     month_start,
@@ -89,6 +95,59 @@ def _churn_config(rules: RuleSet) -> ChurnConfig:
     return cached[1]
 
 
+_CHURN_THRESHOLDS: dict[int, tuple[RuleSet, tuple[float, ...] | None]] = {}
+_CHURN_FEATURES = ("churn_probability", "churn_level", "churn_model_no_purchase")
+
+
+def _churn_thresholds(rules: RuleSet) -> tuple[float, ...] | None:
+    """The values the rule set compares the churn probability with (the churn levels' bounds
+    too, where a rule reads the level), when that is all it does with the churn features:
+    then labels move with time only when the probability crosses one of them. None when a
+    rule or timer uses them otherwise (arithmetic, another feature, the model's own term)."""
+    cached = _CHURN_THRESHOLDS.get(id(rules))
+    if cached is not None and cached[0] is rules:
+        return cached[1]
+    found: set[float] | None = set()
+    levels = _churn_config(rules).levels
+    for source, inputs in [
+        *((r.when, r.inputs) for d in rules.dimensions for r in d.rules),
+        *((t.days, _names(t.days)) for t in rules.timers),
+    ]:
+        if found is None:
+            break
+        if "churn_model_no_purchase" in inputs:
+            found = None
+            break
+        if "churn_level" in inputs:
+            found |= {levels.medium, levels.high, levels.critical}
+        if "churn_probability" not in inputs:
+            continue
+        operands = compared_with(source, "churn_probability")
+        if operands is None:
+            found = None
+            break
+        for operand in operands:
+            value = _number(operand, rules.params)
+            if value is None:
+                found = None
+                break
+            found.add(value)
+    result = None if found is None else tuple(sorted(found))
+    _CHURN_THRESHOLDS[id(rules)] = (rules, result)
+    return result
+
+
+def _names(source: str) -> tuple[str, ...]:
+    return tuple(n for n in _CHURN_FEATURES if n in source)
+
+
+def _number(operand: str, params: Mapping[str, Any]) -> float | None:
+    if operand[0].isdigit():
+        return float(operand)
+    value = params.get(operand)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _variables(
     state: CustomerState, rules: RuleSet, at: datetime, outside: Outside = NOTHING
 ) -> tuple[dict[str, Any], list[datetime | None], LazyContext]:
@@ -124,8 +183,22 @@ def _variables(
         # Recency crosses a quintile boundary then, changing the R score.
         deadlines.extend(state.last_purchase_at + days(c) for c in population.recency_cuts)
     if outside.churn is not None and state.purchases_lifetime > 0:
-        # Risk rises while a customer stays quiet: re-score at a steady cadence.
-        deadlines.append(at + days(float(params.get("churn_review_days", 1.0))))
+        # Risk rises while a customer stays quiet. Where the rules only compare it with
+        # thresholds, re-score exactly when it crosses the next one; else at a steady cadence.
+        thresholds = _churn_thresholds(rules)
+        if thresholds is None:
+            deadlines.append(at + days(float(params.get("churn_review_days", 1.0))))
+        else:
+            deadlines.append(
+                next_churn_crossing(
+                    state,
+                    at,
+                    outside.churn,
+                    _churn_config(rules),
+                    thresholds,
+                    before=later_than(at, deadlines),
+                )
+            )
     return variables, deadlines, context
 
 

@@ -237,3 +237,34 @@ def compile_fast(source: str, types: Mapping[str, str], result: str) -> Fast | N
     except Unsupported:
         return None
     return fn if t == result else None
+
+
+def compared_with(source: str, name: str) -> list[str] | None:
+    """What `name` is compared with in `source`: the other operand (a variable name or a number
+    literal) of every comparison it is an operand of, when it appears nowhere else (no
+    arithmetic on it, no call, no parentheses around it); otherwise None."""
+    try:
+        tokens = [text for _, text in _tokens(source)]
+    except Unsupported:
+        return None
+    arithmetic = {"+", "-", "*", "/", "!", "(", ")"}
+    operands: list[str] = []
+    for i, text in enumerate(tokens):
+        if text != name:
+            continue
+        before = tokens[i - 1] if i > 0 else None
+        after = tokens[i + 1] if i + 1 < len(tokens) else None
+        if after in _CMP and before not in arithmetic and before not in _CMP:
+            other = tokens[i + 2] if i + 2 < len(tokens) else None
+            beyond = tokens[i + 3] if i + 3 < len(tokens) else None
+        elif before in _CMP and after not in arithmetic and after not in _CMP:
+            other = tokens[i - 2] if i >= 2 else None
+            beyond = tokens[i - 3] if i >= 3 else None
+        else:
+            return None
+        if other is None or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|\d+(\.\d*)?", other):
+            return None
+        if beyond in arithmetic or beyond in _CMP:
+            return None
+        operands.append(other)
+    return operands
