@@ -21,6 +21,7 @@ from tierflow_common.exceptions import PoisonRecord
 
 _FORMAT = JSONFormat()
 JSON_CONTENT_TYPE = "application/json"
+_JSON_CONTENT_TYPE_BYTES = JSON_CONTENT_TYPE.encode()
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,28 @@ def _ce_time(value: datetime) -> bytes:
     return (text[:-6] + "Z" if text.endswith("+00:00") else text).encode()
 
 
-def encode_event(event: EmittedEvent, *, data_json: bytes | None = None) -> KafkaRecord:
-    """Binary-mode record for an event; the same bytes as the SDK's `to_binary` (a test checks),
-    built directly because this runs once per event on the ingest's hot path."""
-    headers = [
-        ("ce_id", event.id.encode()),
-        ("ce_source", event.source.encode()),
+def binary_headers(
+    *, id: str, type: str, source: str, subject: str, time: datetime
+) -> list[tuple[str, bytes]]:
+    """The `ce_*` headers of a binary-mode record, in the order `encode_event` gives them: the
+    same bytes as the SDK's `to_binary` (a test checks). Built directly because this runs once
+    per event on the ingest's hot path."""
+    return [
+        ("ce_id", id.encode()),
+        ("ce_source", source.encode()),
         ("ce_specversion", b"1.0"),
-        ("ce_subject", event.subject.encode()),
-        ("ce_time", _ce_time(event.time)),
-        ("ce_type", event.type.encode()),
-        ("content-type", JSON_CONTENT_TYPE.encode()),
+        ("ce_subject", subject.encode()),
+        ("ce_time", _ce_time(time)),
+        ("ce_type", type.encode()),
+        ("content-type", _JSON_CONTENT_TYPE_BYTES),
     ]
+
+
+def encode_event(event: EmittedEvent, *, data_json: bytes | None = None) -> KafkaRecord:
+    """Binary-mode record for an event; the same bytes as the SDK's `to_binary` (a test checks)."""
+    headers = binary_headers(
+        id=event.id, type=event.type, source=event.source, subject=event.subject, time=event.time
+    )
     value = data_json if data_json is not None else orjson.dumps(event.data)
     return KafkaRecord(key=event.subject.encode(), value=value, headers=headers)
 

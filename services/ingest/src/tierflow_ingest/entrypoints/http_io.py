@@ -7,13 +7,13 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from tierflow_common.contract import CustomerEvent
 from tierflow_ingest.adapters.api_keys import KeyCache
 from tierflow_ingest.domain.access import ANY_SOURCE, ApiKey
-from tierflow_ingest.domain.validation import FieldError, validate_event
+from tierflow_ingest.domain.validation import FieldError, validate_event, validate_events
 from tierflow_ingest.entrypoints.metrics import REJECTED
 from tierflow_ingest.entrypoints.problems import problem
 from tierflow_ingest.settings import IngestSettings
@@ -25,12 +25,44 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def json_response(body: Any, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    """`JSONResponse` of the same document, serialised by orjson (several times faster)."""
+    return Response(
+        orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
+    )
+
+
+def bearer_token(request: Request) -> str | None:
+    """What `HTTPBearer(auto_error=False)` makes of the Authorization header, without a
+    dependency to solve per request: the credentials of a `Bearer` header, else None."""
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if not scheme or not token or scheme.lower() != "bearer":
+        return None
+    return token
+
+
 def authenticate(
     credentials: HTTPAuthorizationCredentials | None, keys: KeyCache, settings: IngestSettings
 ) -> ApiKey | JSONResponse:
+    token = (
+        credentials.credentials
+        if credentials is not None and credentials.scheme.lower() == "bearer"
+        else None
+    )
+    return authenticate_token(token, keys, settings)
+
+
+def authenticate_token(
+    token: str | None, keys: KeyCache, settings: IngestSettings
+) -> ApiKey | JSONResponse:
+    """The key a bearer token stands for, or the 401 problem (in-memory lookup: `KeyCache`)."""
     if not settings.auth_required:
         return ANONYMOUS
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    if token is None:
         REJECTED.labels(reason="unauthorized").inc()
         return problem(
             401,
@@ -39,7 +71,7 @@ def authenticate(
             "send 'Authorization: Bearer <key>'; create keys with `tierflow keys create`",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = keys.lookup(credentials.credentials)
+    key = keys.lookup(token)
     if key is None:
         REJECTED.labels(reason="unauthorized").inc()
         return problem(
@@ -73,6 +105,26 @@ def check_item(
     if not isinstance(checked, list) and not key.owns(checked.source):
         return [forbidden_source(key, checked.source)]
     return checked
+
+
+def check_items(
+    objs: list[Any], key: ApiKey, *, now: datetime, settings: IngestSettings
+) -> list[CustomerEvent | list[FieldError]]:
+    """`check_item` of each batch item, in order, the items validated together."""
+    checked = validate_events(
+        objs,
+        now=now,
+        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+        min_year=settings.min_event_year,
+    )
+    if ANY_SOURCE in key.sources:
+        return checked
+    return [
+        [forbidden_source(key, c.source)]
+        if not isinstance(c, list) and not key.owns(c.source)
+        else c
+        for c in checked
+    ]
 
 
 def check_media(request: Request, allowed: tuple[str, ...]) -> JSONResponse | None:

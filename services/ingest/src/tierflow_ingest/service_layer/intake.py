@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class Accepted:
     duplicate: bool | None  # None: acknowledged, but the receipt store could not say
+
+
+# Immutable, so one instance per answer serves every event.
+_ACCEPTED = {d: Accepted(d) for d in (True, False, None)}
 
 
 @dataclass(frozen=True)
@@ -90,21 +95,25 @@ class Intake:
             flags = None
         outcomes: list[Outcome] = []
         new_flags = iter(flags or [])
+        debug = log.is_enabled_for(logging.DEBUG)
+        duplicates = 0
         for event, err in zip(events, errors, strict=True):
             if err is not None:
                 outcomes.append(Failed(str(err)))
                 continue
             new = None if flags is None else next(new_flags)
             duplicate = None if new is None else not new  # None also: older than the receipts
-            ACCEPTED.inc()
-            if duplicate:
-                DUPLICATES.inc()
-            log.debug(
-                "event_accepted",
-                event_id=event.id,
-                source=event.source,
-                customer_id=event.subject,
-                duplicate=duplicate,
-            )
-            outcomes.append(Accepted(duplicate))
+            duplicates += duplicate is True
+            if debug:
+                log.debug(
+                    "event_accepted",
+                    event_id=event.id,
+                    source=event.source,
+                    customer_id=event.subject,
+                    duplicate=duplicate,
+                )
+            outcomes.append(_ACCEPTED[duplicate])
+        ACCEPTED.inc(len(acked))
+        if duplicates:
+            DUPLICATES.inc(duplicates)
         return outcomes
