@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy import Text, bindparam, cast, delete, select, text
+from aiokafka.partitioner import DefaultPartitioner
+from sqlalchemy import Row, Text, bindparam, cast, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_common.backoff import Backoff
@@ -89,6 +91,7 @@ class OutboxRelay:
         self._batch = batch
         self._poll = poll_interval
         self._lock_key = zlib.crc32(f"tierflow-outbox:{producer}".encode())
+        self._partitioner = DefaultPartitioner()
         self._wakeup = asyncio.Event()
         self._stopping = False
 
@@ -153,6 +156,48 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._poll)
 
+    async def _send_batches(
+        self, kafka: AIOKafkaProducer, rows: Sequence[Row[Any]]
+    ) -> list[asyncio.Future[Any]]:
+        """Send `rows` as one record batch per partition (or more where one fills up), each
+        partition's records in row order; the futures resolve on the broker's acks.
+
+        Building the batches here costs a fraction of a send() per record (which schedules
+        and tracks each one), and they are partitioned as send() would: by the default
+        partitioner over the record key."""
+        partitions: dict[str, list[int]] = {}
+        open_batches: dict[tuple[str, int], Any] = {}
+        futures: list[asyncio.Future[Any]] = []
+
+        async def submit(topic: str, partition: int) -> None:
+            batch = open_batches.pop((topic, partition))
+            batch.close()
+            futures.append(await kafka.send_batch(batch, topic, partition=partition))
+
+        for row in rows:
+            topic = row.topic
+            if topic not in partitions:
+                partitions[topic] = sorted(await kafka.partitions_for(topic))
+            every = partitions[topic]
+            partition = self._partitioner(row.key, every, every)
+            headers = [(k, v.encode()) for k, v in orjson.loads(row.headers)]
+            for attempt in (1, 2):
+                batch = open_batches.get((topic, partition))
+                if batch is None:
+                    batch = open_batches[(topic, partition)] = kafka.create_batch()
+                    fresh = True
+                else:
+                    fresh = False
+                added = batch.append(key=row.key, value=row.value, timestamp=None, headers=headers)
+                if added is not None:
+                    break
+                if fresh or attempt == 2:
+                    raise ValueError(f"outbox row {row.id} does not fit in a record batch")
+                await submit(topic, partition)  # full: send it, start the next
+        for topic, partition in list(open_batches):
+            await submit(topic, partition)
+        return futures
+
     async def relay_once(self) -> int:
         """Publish up to one batch; return how many records were acknowledged and removed."""
         kafka = self.kafka_producer
@@ -181,16 +226,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            futures = [
-                await kafka.send(
-                    row.topic,
-                    value=row.value,
-                    key=row.key,
-                    headers=[(k, v.encode()) for k, v in orjson.loads(row.headers)],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
+            await asyncio.gather(*await self._send_batches(kafka, rows))
             await conn.execute(
                 delete(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))),
                 {"ids": [row.id for row in rows]},
