@@ -88,6 +88,42 @@ async def read_topic(
         await consumer.stop()
 
 
+async def read_to_end(
+    kafka: KafkaSettings, topic: str, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """Every record of `topic` up to its end offsets as of the call (no waiting for more):
+    CloudEvent attributes from the `ce_*` headers (`id`, `source`, `subject`, ...), `value`."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            assert time.monotonic() < deadline, f"no partitions for {topic}"
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[dict[str, Any]] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for r in records:
+                    attrs = {
+                        k.removeprefix("ce_"): bytes(v).decode()
+                        for k, v in r.headers
+                        if k.startswith("ce_")
+                    }
+                    out.append({**attrs, "key": r.key, "value": r.value})
+        return out
+    finally:
+        await consumer.stop()
+
+
 class ServiceProcess:
     """One tierflow service as a real OS process, as `make run` starts it."""
 

@@ -52,11 +52,26 @@ def _database() -> Iterator[DatabaseSettings]:
 
 
 @app.command()
-def run() -> None:
+def run(
+    classifiers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="classifier processes, one consumer group (process i listens on port + 10 x i)",
+        ),
+    ] = 1,
+    notifiers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="notifier processes, one consumer group (process i listens on port + 10 x i)",
+        ),
+    ] = 1,
+) -> None:
     """Start PostgreSQL, the broker (embedded unless URLs are set), migrations, topics, services."""
     from tierflow_common.devstack import run_stack  # noqa: PLC0415 - keep CLI start fast
 
-    raise typer.Exit(run_stack())
+    raise typer.Exit(run_stack(classifiers=classifiers, notifiers=notifiers))
 
 
 @app.command()

@@ -4,6 +4,11 @@ Starts PostgreSQL and Tansu (only when DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS ar
 migrations, creates topics, starts the three services and restarts any that crash. Ctrl-C or
 SIGTERM stops services first (they finish their batch and commit), then the broker, then the
 database, so nothing is left running.
+
+`--classifiers N` / `--notifiers N` start N processes of that service in one consumer group
+(they share the partitions). Only one can bind the service's port, so process i (from 0)
+listens on the port + 10 x i — classifiers on 8081, 8091, 8101, ..., notifiers on 8082, 8092,
+... — and logs to var/log/<service>-<i+1>.log beyond the first.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from tierflow_common.settings import (
 
 SERVICES = ("ingest", "classifier", "notifier")
 _MAX_RESTARTS_PER_MINUTE = 5
+# Process i of a service listens on its port + PORT_STRIDE x i: the stride keeps the extra
+# classifiers (8091, 8101, ...) off the notifier's port (8082) and the other way round.
+PORT_STRIDE = 10
 
 
 def say(message: str) -> None:
@@ -43,15 +51,27 @@ def say(message: str) -> None:
 
 @dataclass
 class _Service:
-    name: str
+    name: str  # "classifier", or "classifier-2" for the second classifier process
+    module: str  # the service it runs: "classifier"
     url: str
     log_file: Path
+    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
 
 class DevStack:
-    def __init__(self, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        classifiers: int = 1,
+        notifiers: int = 1,
+    ) -> None:
+        if classifiers < 1 or notifiers < 1:
+            raise ValueError("at least one classifier and one notifier process")
+        self.counts = {"ingest": 1, "classifier": classifiers, "notifier": notifiers}
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd or Path.cwd()
         self.embedded = EmbeddedSettings(_env_file=None)
@@ -91,13 +111,39 @@ class DevStack:
         else:
             say(f"Kafka: using KAFKA_BOOTSTRAP_SERVERS={self.env['KAFKA_BOOTSTRAP_SERVERS']}")
         self._prepare()
-        urls = self._service_urls()
-        self.env.setdefault("NOTIFIER_INGEST_URL", urls["ingest"])
-        for name, url in urls.items():
-            svc = _Service(name, url, self.var / "log" / f"{name}.log")
+        hosts = self._service_hosts()
+        self.env.setdefault("NOTIFIER_INGEST_URL", _url(*hosts["ingest"]))
+        for svc in self.plan(hosts):
             self.services.append(svc)
             self._spawn(svc)
         self._wait_ready()
+
+    def plan(self, hosts: dict[str, tuple[str, int]]) -> list[_Service]:
+        """The processes to start: per service its count, process i on port + PORT_STRIDE x i
+        (set through the service's own `<SERVICE>_PORT`), each with its own log file."""
+        planned: list[_Service] = []
+        for module, (host, port) in hosts.items():
+            for i in range(self.counts[module]):
+                name = module if i == 0 else f"{module}-{i + 1}"
+                own = port + PORT_STRIDE * i
+                planned.append(
+                    _Service(
+                        name,
+                        module,
+                        _url(host, own),
+                        self.var / "log" / f"{name}.log",
+                        env={f"{module.upper()}_PORT": str(own)} if i else {},
+                    )
+                )
+        taken: dict[str, str] = {}
+        for svc in planned:
+            if svc.url in taken:
+                raise ValueError(
+                    f"{svc.name} and {taken[svc.url]} would both listen on {svc.url}: "
+                    "set the services' ports further apart"
+                )
+            taken[svc.url] = svc.name
+        return planned
 
     def _prepare(self) -> None:
         os.environ.update(
@@ -143,7 +189,7 @@ class DevStack:
         path.chmod(0o600)
         return key
 
-    def _service_urls(self) -> dict[str, str]:
+    def _service_hosts(self) -> dict[str, tuple[str, int]]:
         saved = dict(os.environ)
         os.environ.update(self.env)
         try:
@@ -155,13 +201,13 @@ class DevStack:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        return {name: f"http://{h.host}:{h.port}" for name, h in hosts.items()}
+        return {name: (h.host, h.port) for name, h in hosts.items()}
 
     def _spawn(self, svc: _Service) -> None:
         svc.proc = spawn(
-            [sys.executable, "-m", f"tierflow_{svc.name}"],
+            [sys.executable, "-m", f"tierflow_{svc.module}"],
             log_file=svc.log_file,
-            env=self.env,
+            env={**self.env, **svc.env},
             cwd=self.cwd,
         )
 
@@ -173,7 +219,7 @@ class DevStack:
                 if svc.proc is not None and svc.proc.poll() is not None:
                     raise RuntimeError(f"{name} exited during start-up:\n{tail(svc.log_file)}")
                 if _http_ok(svc.url + "/readyz"):
-                    say(f"{name:<10} ready on {svc.url}  (log: {svc.log_file})")
+                    say(f"{name:<12} ready on {svc.url}  (log: {svc.log_file})")
                     del pending[name]
             time.sleep(0.2)
         if pending:
@@ -218,6 +264,10 @@ class DevStack:
             say("PostgreSQL stopped")
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - our own loopback URL
@@ -226,8 +276,8 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def run_stack() -> int:
-    stack = DevStack()
+def run_stack(*, classifiers: int = 1, notifiers: int = 1) -> int:
+    stack = DevStack(classifiers=classifiers, notifiers=notifiers)
 
     def on_signal(signum: int, _frame: object) -> None:
         stack.request_stop()

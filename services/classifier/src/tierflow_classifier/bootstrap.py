@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+import structlog
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tierflow_classifier.adapters import churn_store
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder, model_loop
 from tierflow_classifier.adapters.clock import Clock, FitSchedule, RefreshPolicy, make_clock
+from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.rules import RuleSet
@@ -40,6 +43,8 @@ from tierflow_common.settings import (
 )
 from tierflow_common.tasks import finish
 
+log = structlog.get_logger(__name__)
+
 
 @dataclass
 class Wiring:
@@ -52,6 +57,8 @@ class Wiring:
     handler: ClassifierHandler
     scheduler: ReviewScheduler
     refresher: PopulationRefresher
+    # Which classifier process rebuilds the population and fits the churn model.
+    leadership: Leadership
 
 
 def wire(
@@ -66,6 +73,7 @@ def wire(
     on_committed: Callable[[], None] | None = None,
 ) -> Wiring:
     classifier = Classifier(rules, PopulationHolder(), ChurnModelHolder())
+    leadership = Leadership(engine)
     return Wiring(
         classifier=classifier,
         clock=clock,
@@ -95,7 +103,10 @@ def wire(
             on_committed=on_committed,
             poll_s=settings.population_poll_s,
             sweep_batch=settings.population_sweep_batch,
+            leadership=leadership,
+            follow_grace_s=2 * settings.population_poll_s,
         ),
+        leadership=leadership,
     )
 
 
@@ -148,8 +159,20 @@ def create_app(
     scheduler, refresher = wiring.scheduler, wiring.refresher
     churn = wiring.classifier.churn
 
+    leadership = wiring.leadership
+
+    async def load_published() -> None:
+        """The versions in force before the first batch: a process joining a running group
+        classifies by the population and churn model the others use."""
+        try:
+            await refresher.follow()
+            await churn_store.follow(engine, churn)
+        except Exception as exc:  # the database is away: the loops load them once it is back
+            log.warning("published_versions_not_loaded", error=str(exc))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await load_published()
         tasks = [
             asyncio.create_task(stateful.run()),
             asyncio.create_task(relay.run()),
@@ -166,6 +189,7 @@ def create_app(
                         settle_s=settings.population_settle_s,
                     ),
                     stopping=population_stop,
+                    leadership=leadership,
                 )
             ),
         ]
@@ -179,6 +203,8 @@ def create_app(
             refresher.stop()
             await finish(tasks[3], timeout=15)
             await finish(tasks[4], timeout=15)
+            # Another process may take the lead at once.
+            await leadership.resign()
             await finish(tasks[0], timeout=15)
             await finish(tasks[2], timeout=15)
             relay.stop()

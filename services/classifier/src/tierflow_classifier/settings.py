@@ -30,12 +30,16 @@ class ClassifierSettings(BaseSettings):
     # once the watermark has stood still for population_settle_s (the log is drained).
     population_refresh_event_days: float = Field(default=7.0, gt=0)
     population_settle_s: float = Field(default=3.0, gt=0)
+    # How often each process looks at the clock and for a population version the elected
+    # process published (it loads a new one within this long).
     population_poll_s: float = Field(default=1.0, gt=0)
     # Customers re-evaluated per transaction after a new population version.
     population_sweep_batch: int = Field(default=500, ge=1)
     # The churn model is refitted on the store's own history this often (and by API/CLI).
     churn_fit_interval_s: float = Field(default=86_400.0, gt=0)
-    churn_reload_s: float = Field(default=30.0, gt=0)
+    # How soon a model another process (the elected one, the CLI, the API) fitted is used: a
+    # version read this often.
+    churn_reload_s: float = Field(default=1.0, gt=0)
     # The event-id ledger remembers events whose time is at most this old (weekly partitions,
     # dropped past it). An older resend is still kept from counting twice by its order id
     # (purchases, refunds); interactions and feedback that old would count again.

@@ -1,26 +1,36 @@
 """Churn models in PostgreSQL: the fit job (one streaming pass over customers, then maximum
-likelihood with scipy), versioned storage, and the in-process copy the classifier scores with."""
+likelihood with scipy), versioned storage, and the in-process copy the classifier scores with.
+
+A model's version is content-addressed (domain/churn/fit.py), one row per version; exactly one
+is current, switched under a transaction-scoped advisory lock so racing publishers (the
+elected process, the CLI, any process's API) are serialized. Every process reads the current
+version every CLASSIFIER_CHURN_RELOAD_S and loads the model only when it changed; only the
+elected process (adapters/leadership.py) fits on the schedule."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_classifier.adapters.clock import Clock, FitSchedule, Stillness
+from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.domain.churn import FittedModel, fit_model
 from tierflow_classifier.domain.features import DAY_S
 from tierflow_common.db.tables import churn_models, customers
 
 log = structlog.get_logger(__name__)
 WEEK_DAYS = 7.0
+_PUBLISH_LOCK = zlib.crc32(b"tierflow-classifier:churn-publish")
 
 
 class ChurnModelHolder:
@@ -84,15 +94,9 @@ async def collect(engine: AsyncEngine, at: datetime) -> tuple[np.ndarray, ...]:
     return np.array(xs), np.array(txs), np.array(ts), np.array(spends)
 
 
-async def fit_and_store(
-    engine: AsyncEngine, at: datetime, *, min_customers: int = 50
-) -> FittedModel | None:
-    x, t_x, T, spend = await collect(engine, at)
-    if x.size < min_customers or not np.any(x > 0):
-        log.info("churn_fit_skipped", customers=int(x.size), reason="not enough history")
-        return None
-    model = await asyncio.to_thread(fit_model, x, t_x, T, spend, time_unit_days=WEEK_DAYS)
-    summary = {
+def describe(model: FittedModel, repeat_purchases: float) -> dict[str, Any]:
+    """The summary stored (and served by GET /v1/models/churn) next to a model."""
+    return {
         "variant": model.variant,
         "parameters": {
             "r": model.purchase.r,
@@ -113,27 +117,21 @@ async def fit_and_store(
         "log_likelihood_mbgnbd": model.mbgnbd.log_likelihood if model.mbgnbd else None,
         "fit_seconds": model.fit_seconds,
         "validation": {
-            "repeat_purchases_observed": float(x.sum()),
+            "repeat_purchases_observed": repeat_purchases,
             "document": "docs/model-validation.md (CDNOW: published parameters, holdout AUC)",
         },
     }
-    async with engine.begin() as conn:
-        await conn.execute(
-            update(churn_models).where(churn_models.c.is_current).values(is_current=False)
-        )
-        stmt = insert(churn_models).values(
-            version=model.version,
-            fitted_at=datetime.now(at.tzinfo),
-            data_as_of=at,
-            payload=model.to_dict(),
-            summary=summary,
-            is_current=True,
-        )
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["version"], set_={"is_current": True, "data_as_of": at}
-            )
-        )
+
+
+async def fit_and_store(
+    engine: AsyncEngine, at: datetime, *, min_customers: int = 50
+) -> FittedModel | None:
+    x, t_x, T, spend = await collect(engine, at)
+    if x.size < min_customers or not np.any(x > 0):
+        log.info("churn_fit_skipped", customers=int(x.size), reason="not enough history")
+        return None
+    model = await asyncio.to_thread(fit_model, x, t_x, T, spend, time_unit_days=WEEK_DAYS)
+    await publish_model(engine, model, at, describe(model, float(x.sum())))
     log.info(
         "churn_model_fitted",
         version=model.version,
@@ -144,6 +142,66 @@ async def fit_and_store(
     return model
 
 
+async def publish_model(
+    engine: AsyncEngine, model: FittedModel, at: datetime, summary: dict[str, Any]
+) -> None:
+    """Store `model` (fitted on the history up to `at`) as the current one. Its version is
+    content-addressed (the same data and settings give the same id), and publications are
+    serialized, so two racing publishers neither collide nor leave two models current."""
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PUBLISH_LOCK})
+        await conn.execute(
+            update(churn_models).where(churn_models.c.is_current).values(is_current=False)
+        )
+        now = datetime.now(UTC)
+        stmt = insert(churn_models).values(
+            version=model.version,
+            fitted_at=now,
+            data_as_of=at,
+            payload=model.to_dict(),
+            summary=summary,
+            is_current=True,
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["version"],
+                set_={"is_current": True, "data_as_of": at, "fitted_at": now},
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Published:
+    """The current model's version and when it was fitted (wall time)."""
+
+    version: str
+    fitted_at: datetime
+
+
+async def published(engine: AsyncEngine) -> Published | None:
+    """The current model's version, without its payload (one indexed read: cheap to poll)."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(churn_models.c.version, churn_models.c.fitted_at).where(
+                    churn_models.c.is_current
+                )
+            )
+        ).first()
+    return Published(row.version, row.fitted_at) if row else None
+
+
+async def follow(engine: AsyncEngine, holder: ChurnModelHolder) -> Published | None:
+    """Load the current model into `holder` if it is not the one held; return what is
+    current."""
+    current = await published(engine)
+    held = holder.model.version if holder.model is not None else None
+    if (current.version if current else None) != held:
+        holder.model = await load_current(engine)
+        log.info("churn_model_loaded", version=holder.model.version if holder.model else None)
+    return current
+
+
 async def model_loop(
     engine: AsyncEngine,
     clock: Clock,
@@ -151,37 +209,65 @@ async def model_loop(
     *,
     schedule: FitSchedule,
     stopping: asyncio.Event,
+    leadership: Leadership | None = None,
 ) -> None:
-    """Reload the current model often (another process may have fitted one) and refit when
-    the clock says so (`Clock.fit_due`); a fit needs the store's own history, so the first
-    comes once there is some. On the replay clock a drained replay ends with the model of its
-    whole history: a fit is not repeated at an instant the current model is already as of."""
+    """Every process: load the current model as soon as another one (the elected process,
+    the CLI, the API of any process) publishes a new one — a cheap version read each
+    `schedule.reload_s` at most. The elected process (`leadership`; None: this one) also
+    refits when the clock says so (`Clock.fit_due`); a fit needs the store's own history, so
+    the first comes once there is some. On the replay clock a drained replay ends with the
+    model of its whole history: a fit is not repeated at an instant the current model is
+    already as of.
+
+    The wall schedule is kept in the store, not in the process, so a new leader neither
+    refits a fresh model nor waits a whole interval for a stale one: a fit is due once the
+    current model is `every_s` old, or — no model yet — once this process has led for
+    min(every_s, 60 s) (and then every `every_s` while a fit finds too little history)."""
     loop = asyncio.get_running_loop()
-    next_fit = loop.time() + min(schedule.every_s, 60.0)
-    stillness = Stillness(since=loop.time())
+    began = loop.time()
+    stillness = Stillness(since=began)
     tried_at: datetime | None = None  # the instant of the last fit (or skipped fit)
+    tried_wall: float | None = None  # loop time of that attempt
+    led = False
+    first_s = min(schedule.every_s, 60.0)
     while not stopping.is_set():
         try:
-            holder.model = await load_current(engine)
-            async with engine.connect() as conn:
-                at = await clock.now(conn)
-            due = clock.fit_due(
-                schedule,
-                now=at,
-                steady_s=stillness.observe(at, loop.time()),
-                tried_at=tried_at,
-                wall_due=loop.time() >= next_fit,
-            )
-            if due and at is not None:
-                current = await current_summary(engine)
-                if current is not None and current["data_as_of"] == at:
-                    due, tried_at = False, at
-            if due and at is not None:
-                fitted = await fit_and_store(engine, at)
-                if fitted is not None:
-                    holder.model = fitted
-                next_fit = loop.time() + schedule.every_s
-                tried_at = at  # fitted, or too little history at this instant
+            current = await follow(engine, holder)
+            leading = leadership is None or await leadership.lead()
+            if leading and not led:
+                stillness = Stillness(since=loop.time())
+                tried_at = tried_wall = None
+            led = leading
+            if leading:
+                async with engine.connect() as conn:
+                    at = await clock.now(conn)
+                wall = loop.time()
+                held_s = leadership.held_for_s if leadership is not None else wall - began
+                if current is None:
+                    wall_due = held_s >= first_s and (
+                        tried_wall is None or wall - tried_wall >= schedule.every_s
+                    )
+                else:
+                    age_s = (datetime.now(UTC) - current.fitted_at).total_seconds()
+                    wall_due = age_s >= schedule.every_s and (
+                        tried_wall is None or wall - tried_wall >= first_s
+                    )
+                due = clock.fit_due(
+                    schedule,
+                    now=at,
+                    steady_s=stillness.observe(at, wall),
+                    tried_at=tried_at,
+                    wall_due=wall_due,
+                )
+                if due and at is not None:
+                    summary = await current_summary(engine)
+                    if summary is not None and summary["data_as_of"] == at:
+                        due, tried_at = False, at
+                if due and at is not None:
+                    tried_at, tried_wall = at, wall  # fitted, or too little history here
+                    fitted = await fit_and_store(engine, at)
+                    if fitted is not None:
+                        holder.model = fitted
         except Exception as exc:
             log.warning("churn_model_refresh_failed", error=str(exc))
         with contextlib.suppress(TimeoutError):

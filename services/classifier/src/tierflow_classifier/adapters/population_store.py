@@ -2,20 +2,25 @@
 small, error-bounded) over one streaming pass of the customers table, and keeps them in
 PostgreSQL with the progress of the re-evaluation sweep that follows each new version
 (service_layer/population_refresh.py decides when to rebuild and runs the sweep). Never per
-event."""
+event.
+
+Versions: one row, 'current', replaced by each publication in one statement that numbers the
+new version after the one it replaces (`publish`), so two publishers racing — two processes,
+or a leader that lost the lead mid-rebuild — never get the same version, and statistics as of
+an earlier instant never replace later ones. Every process polls `published_version` (one
+primary-key read) to load a new version within a poll."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import datasketches
 import structlog
 from sqlalchemy import bindparam, literal_column, select, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -189,12 +194,29 @@ def _from_payload(p: dict[str, Any]) -> PopulationStats:
     )
 
 
+class Summary:
+    """The quantile sketches of one pass over the customers: recency (days), orders and spend
+    in the rolling window."""
+
+    def __init__(self) -> None:
+        self.recency = datasketches.kll_floats_sketch(_K)
+        self.frequency = datasketches.kll_floats_sketch(_K)
+        self.monetary = datasketches.kll_floats_sketch(_K)
+
+    def add(self, recency_days: float | None, orders: float, spend: float) -> None:
+        if recency_days is not None:
+            self.recency.update(recency_days)
+        self.frequency.update(orders)
+        self.monetary.update(spend)
+
+
 async def rebuild(
-    engine: AsyncEngine, rules: RuleSet, at: datetime, previous: PopulationStats | None
+    engine: AsyncEngine, rules: RuleSet, at: datetime, previous: PopulationStats | None = None
 ) -> PopulationStats | None:
-    recency = datasketches.kll_floats_sketch(_K)
-    frequency = datasketches.kll_floats_sketch(_K)
-    monetary = datasketches.kll_floats_sketch(_K)
+    """Build the statistics as of `at` from the customers table and publish them; None if
+    there is no customer who bought yet, or a population as of a later instant is already
+    published. (`previous` is unused: the store numbers the versions.)"""
+    summary = Summary()
     # The same window as the customers' own features (domain/features.py).
     window = int(rules.params.get("window_months", 12))
     async with engine.connect() as conn:
@@ -206,11 +228,46 @@ async def rebuild(
         )
         async for last_purchase_at, months in result:
             spend, orders, _ = window_sums(months or {}, at, window)
-            if last_purchase_at is not None:
-                # A partition ahead of the replay watermark may hold later purchases: recency 0.
-                recency.update(max((at - last_purchase_at).total_seconds() / DAY_S, 0.0))
-            frequency.update(float(orders))
-            monetary.update(float(spend))
+            # A partition ahead of the replay watermark may hold later purchases: recency 0.
+            recency = (
+                max((at - last_purchase_at).total_seconds() / DAY_S, 0.0)
+                if last_purchase_at is not None
+                else None
+            )
+            summary.add(recency, float(orders), float(spend))
+    return await publish(engine, rules, at, summary)
+
+
+# One statement numbers and publishes a version: the row lock of the single 'current' row
+# serializes two publishers, each gets the version after the one it replaces, and a
+# population as of an earlier instant never replaces a later one (a leader that lost the
+# lead mid-rebuild, a stray manual run).
+_PUBLISH = text(
+    """
+    INSERT INTO population_stats AS p (name, payload, recency, frequency, monetary, updated_at)
+    VALUES ('current', CAST(:payload AS jsonb) || '{"version": 1}'::jsonb,
+            :recency, :frequency, :monetary, now())
+    ON CONFLICT (name) DO UPDATE SET
+      payload = EXCLUDED.payload
+        || jsonb_build_object('version', (p.payload->>'version')::int + 1),
+      recency = EXCLUDED.recency,
+      frequency = EXCLUDED.frequency,
+      monetary = EXCLUDED.monetary,
+      updated_at = now()
+    WHERE (p.payload->>'computed_at')::timestamptz
+          <= (EXCLUDED.payload->>'computed_at')::timestamptz
+    RETURNING (payload->>'version')::int AS version
+    """
+)
+
+
+async def publish(
+    engine: AsyncEngine, rules: RuleSet, at: datetime, summary: Summary
+) -> PopulationStats | None:
+    """Turn `summary` into statistics as of `at` and publish them as the next version (ids
+    never collide: the database numbers them); None if `summary` is empty or a population as
+    of a later instant is already published."""
+    recency, frequency, monetary = summary.recency, summary.frequency, summary.monetary
     if monetary.is_empty():
         return None
     a_min, b_min = abc_thresholds(
@@ -218,47 +275,54 @@ async def rebuild(
         float(rules.params.get("abc_a_share", 0.8)),
         float(rules.params.get("abc_b_share", 0.15)),
     )
-    stats = PopulationStats(
-        version=(previous.version + 1) if previous else 1,
+    unnumbered = PopulationStats(
+        version=0,
         computed_at=at,
         customers=monetary.n,
-        recency_cuts=tuple(float(x) for x in recency.get_quantiles(_QUINTILES)),
+        recency_cuts=(
+            tuple(float(x) for x in recency.get_quantiles(_QUINTILES))
+            if not recency.is_empty()
+            else (0.0,) * len(_QUINTILES)
+        ),
         frequency_cuts=tuple(float(x) for x in frequency.get_quantiles(_QUINTILES)),
         monetary_cuts=tuple(float(x) for x in monetary.get_quantiles(_QUINTILES)),
         abc_a_min_spend=a_min,
         abc_b_min_spend=b_min,
     )
     payload = {
-        "version": stats.version,
         "computed_at": at.isoformat(),
-        "customers": stats.customers,
-        "recency_cuts": list(stats.recency_cuts),
-        "frequency_cuts": list(stats.frequency_cuts),
-        "monetary_cuts": list(stats.monetary_cuts),
+        "customers": unnumbered.customers,
+        "recency_cuts": list(unnumbered.recency_cuts),
+        "frequency_cuts": list(unnumbered.frequency_cuts),
+        "monetary_cuts": list(unnumbered.monetary_cuts),
         "abc_a_min_spend": a_min,
         "abc_b_min_spend": b_min,
         # The customers to re-evaluate against this version have not been swept yet.
         "sweep_after": "",
         "sweep_done": False,
     }
-    sketches = {
-        "recency": recency.serialize(),
-        "frequency": frequency.serialize(),
-        "monetary": monetary.serialize(),
-    }
     async with engine.begin() as conn:
-        stmt = insert(_table()).values(name="current", payload=payload, **sketches)
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["name"],
-                set_={"payload": stmt.excluded.payload, **{k: stmt.excluded[k] for k in sketches}},
-            )
+        version = await conn.scalar(
+            _PUBLISH,
+            {
+                "payload": json.dumps(payload),
+                "recency": recency.serialize(),
+                "frequency": frequency.serialize(),
+                "monetary": monetary.serialize(),
+            },
         )
+    if version is None:
+        log.info("population_superseded", computed_at=at.isoformat())
+        return None
+    stats = replace(unnumbered, version=int(version))
     log.info("population_refreshed", version=stats.version, customers=stats.customers)
     return stats
 
 
-def _table() -> Any:
-    from tierflow_common.db.tables import population_stats  # noqa: PLC0415
-
-    return population_stats
+async def published_version(engine: AsyncEngine) -> int | None:
+    """The version of the published population (one indexed read: cheap to poll)."""
+    async with engine.connect() as conn:
+        version = await conn.scalar(
+            text("SELECT (payload->>'version')::int FROM population_stats WHERE name = 'current'")
+        )
+    return None if version is None else int(version)

@@ -13,6 +13,13 @@ instant if its partition runs ahead of the replay watermark), its changes publis
 cause "population:<version>"; a customer whose next recency-quintile crossing moved
 earlier gets its review deadline brought forward. The sweep's position is stored with the
 statistics, so a restart resumes it; a newer version supersedes it.
+
+Who: with several classifier processes in one consumer group, only the elected one
+(adapters/leadership.py) rebuilds and sweeps; the store numbers each published version
+(adapters/population_store.publish), so versions never collide. Every process, the leader
+included, looks for a newer published version every CLASSIFIER_POPULATION_POLL_S and loads
+it; the leader gives them that long (twice over) before it sweeps. A process taking the lead
+first finishes the sweep the previous one left unfinished.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_classifier.adapters import population_store as store
 from tierflow_classifier.adapters.clock import Clock, RefreshPolicy, Stillness
+from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.domain.classify import Outside
 from tierflow_classifier.domain.model import Change
@@ -63,6 +71,10 @@ class PopulationRefresher:
     poll_s: float = 1.0
     sweep_batch: int = 500
     sweep_pause_s: float = 0.0
+    # Who rebuilds and sweeps: the elected process (None: this one, e.g. in tests).
+    leadership: Leadership | None = None
+    # How long a new version's sweep waits for the other processes to load it.
+    follow_grace_s: float = 0.0
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -70,7 +82,23 @@ class PopulationRefresher:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def follow(self) -> PopulationStats | None:
+        """Load the published population if it is not the one this process holds (a version
+        read, then the statistics only when they changed); return what is held."""
+        population = self.classifier.population
+        held = population.stats
+        version = await store.published_version(self.engine)
+        if version is not None and (held is None or held.version != version):
+            stats = await store.load_latest(self.engine)
+            if stats is not None:
+                population.stats = stats
+                log.info("population_loaded", version=stats.version)
+        return population.stats
+
     async def run(self) -> None:
+        """Every process follows the published population; the elected one (`leadership`;
+        None: this one) also resumes an unfinished sweep when it takes the lead, and rebuilds
+        when the clock says so."""
         loop = asyncio.get_running_loop()
         population = self.classifier.population
         resumed = False
@@ -78,41 +106,54 @@ class PopulationRefresher:
         stillness = Stillness(since=loop.time())
         while not self._stopping.is_set():
             try:
-                if not resumed:
-                    stats, progress = await store.load_with_progress(self.engine)
-                    population.stats = stats
-                    if stats is not None and progress is not None and not progress.done:
-                        await self.sweep(stats, progress)
-                    resumed = True
-                async with self.unit_of_work() as uow:
-                    now = await self.clock.read(uow.watermarks)
-                wall = loop.time()
-                steady_s = stillness.observe(now, wall)
-                current = population.stats
-                if self.clock.refresh_due(
-                    self.policy,
-                    now=now,
-                    last_at=current.computed_at if current else None,
-                    since_attempt_s=None if last_attempt is None else wall - last_attempt,
-                    steady_s=steady_s,
-                ):
-                    last_attempt = wall
-                    await self.refresh(now)
+                await self.follow()
+                leading = self.leadership is None or await self.leadership.lead()
+                if not leading:
+                    resumed = False
+                else:
+                    if not resumed:
+                        # Taking the lead: what the previous leader left unswept comes first.
+                        last_attempt, stillness = None, Stillness(since=loop.time())
+                        stats, progress = await store.load_with_progress(self.engine)
+                        if stats is not None:
+                            population.stats = stats
+                            if progress is not None and not progress.done:
+                                await self.sweep(stats, progress)
+                        resumed = True
+                    async with self.unit_of_work() as uow:
+                        now = await self.clock.read(uow.watermarks)
+                    wall = loop.time()
+                    steady_s = stillness.observe(now, wall)
+                    current = population.stats
+                    if self.clock.refresh_due(
+                        self.policy,
+                        now=now,
+                        last_at=current.computed_at if current else None,
+                        since_attempt_s=None if last_attempt is None else wall - last_attempt,
+                        steady_s=steady_s,
+                    ):
+                        last_attempt = wall
+                        await self.refresh(now)
             except Exception as exc:
                 log.warning("population_refresh_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.poll_s)
 
     async def refresh(self, at: datetime | None) -> PopulationStats | None:
-        """Rebuild the statistics as of `at` and sweep the customers they re-classify."""
+        """Rebuild the statistics as of `at`, publish them, give the other processes
+        `follow_grace_s` to load them, and sweep the customers they re-classify."""
         if at is None:
             return None
         began = time.monotonic()
         population = self.classifier.population
-        fresh = await store.rebuild(self.engine, self.classifier.rules, at, population.stats)
+        fresh = await store.rebuild(self.engine, self.classifier.rules, at)
         if fresh is not None:
             built = time.monotonic()
             population.stats = fresh
+            # A process still on the previous version would undo what the sweep does for the
+            # customers of its next batch; they all look for a new version every poll.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.follow_grace_s)
             await self.sweep(fresh, SweepProgress(fresh.version))
             log.info(
                 "population_refresh_took",
@@ -149,9 +190,11 @@ class PopulationRefresher:
                         deferred.append(cid)
                     elif not deferred:
                         safe = cid
-                await uow.sweeps.save_progress(SweepProgress(stats.version, safe))
+                current = await uow.sweeps.save_progress(SweepProgress(stats.version, safe))
             cursor = ids[-1]
             self._committed(changes)
+            if not current:
+                return False  # another process published a newer version meanwhile
             # Let fetches, heartbeats and the relay run between batches.
             await asyncio.sleep(self.sweep_pause_s)
         while deferred and not self._stopping.is_set():
