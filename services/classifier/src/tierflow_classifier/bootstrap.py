@@ -17,6 +17,7 @@ from tierflow_classifier.adapters.churn_store import ChurnModelHolder, model_loo
 from tierflow_classifier.adapters.clock import Clock, FitSchedule, RefreshPolicy, make_clock
 from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import PopulationHolder
+from tierflow_classifier.adapters.repository import processed_events_ledger
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
@@ -125,6 +126,8 @@ def create_app(
     settings = settings or ClassifierSettings()
     rules = load_rules(settings.rules_file)  # fails start-up with file:line on a bad rule set
     engine = create_engine(database)
+    # The event-id ledger's weekly partitions: made ahead, dropped past the retention window.
+    ledger = processed_events_ledger(engine, retention_days=settings.ledger_retention_days)
     clock = make_clock(settings.clock)
     population_stop = asyncio.Event()
     relay = OutboxRelay(
@@ -192,6 +195,7 @@ def create_app(
                     leadership=leadership,
                 )
             ),
+            asyncio.create_task(ledger.run()),
         ]
         try:
             yield
@@ -209,6 +213,8 @@ def create_app(
             await finish(tasks[2], timeout=15)
             relay.stop()
             await finish(tasks[1], timeout=15)
+            ledger.stop()
+            await finish(tasks[5], timeout=15)
             await engine.dispose()
 
     async def broker_ready() -> None:
