@@ -136,11 +136,20 @@ def create_app(
         on_committed=lambda: _wake_all(relay, workers),
     )
     changes = NotifierHandler(playbook=playbook, writer=writer, clock=clock)
+    events = EventsHandler(playbook=playbook, clock=clock)
 
+    # Wake only who has work from the committed batch: most batches leave none.
     def changes_committed() -> None:
         changes.tally.publish()
-        scheduler.wake()
-        _wake_all(relay, workers)
+        scheduler.wake_for(changes.earliest_due)
+        if changes.enqueued:
+            relay.wake()
+        if changes.delivering:
+            for w in workers:
+                w.wake()
+
+    def events_committed() -> None:
+        scheduler.wake_for(events.earliest_due)
 
     change_consumer = StatefulConsumer(
         engine=engine,
@@ -164,8 +173,8 @@ def create_app(
         topics=[topics.customer_events],
         dlq_topic=topics.notifier_dlq,
         producer_name=PRODUCER_NAME,
-        handler=EventsHandler(playbook=playbook, clock=clock),
-        on_committed=scheduler.wake,
+        handler=events,
+        on_committed=events_committed,
     )
 
     @asynccontextmanager

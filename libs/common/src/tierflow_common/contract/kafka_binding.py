@@ -6,7 +6,9 @@ Record key = customer id (the CloudEvents `subject`), attributes in `ce_*` heade
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -123,10 +125,85 @@ def _plain_attributes(header_map: dict[str, bytes]) -> dict[str, Any] | None:
         return None
     time = attributes.get("time")
     if time is not None:
-        if _RFC3339.fullmatch(time) is None:
+        instant = parse_instant(time)
+        if instant is None:  # not RFC 3339, or no real instant (month 13): the SDK decides
             return None
-        attributes["time"] = datetime.fromisoformat(time)
+        attributes["time"] = instant
     return attributes
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_instant(text: str) -> datetime | None:
+    """An RFC 3339 date-time with an offset (at most microseconds) as an aware datetime, None
+    for anything else. Cached: a batch's records often share their time (one cause, several
+    changes), and the same text is in the header and in the data."""
+    if _RFC3339.fullmatch(text) is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # shaped right, yet no instant: month 13, hour 24, second 60, ...
+        return None
+
+
+_PLAIN_NAMES = frozenset(_PLAIN_HEADERS)
+_ENCODED_NAMES = (
+    "ce_id",
+    "ce_source",
+    "ce_specversion",
+    "ce_subject",
+    "ce_time",
+    "ce_type",
+    "content-type",
+)
+_REQUIRED_NAMES = frozenset(_REQUIRED)
+
+
+def plain_event_id(headers: Sequence[tuple[str, Any]]) -> str | None:
+    """The `ce_id` of a record whose headers `decode_record` takes on its plain path as they
+    are: each standard header at most once and no other, the required ones present, none
+    empty, UTF-8, specversion 1.0, an RFC 3339 time. Such a record decodes to this id whenever
+    its value is JSON, and only `ce_id` is read, so a consumer that needs nothing else from
+    the headers skips building the attributes. None: ask `decode_record`, which may still
+    accept the record through the SDK, or says why it is poison."""
+    if len(headers) == len(_ENCODED_NAMES):
+        # What encode_event writes, in its order: the names need no further checks.
+        (n0, ce_id), (n1, v1), (n2, v2), (n3, v3), (n4, ce_time), (n5, v5), (n6, v6) = headers
+        if (
+            (n0, n1, n2, n3, n4, n5, n6) == _ENCODED_NAMES
+            and type(ce_id) is type(v1) is type(v2) is type(v3) is bytes
+            and type(ce_time) is type(v5) is type(v6) is bytes
+            and v2 == b"1.0"
+            and ce_id
+            and v1
+            and v3
+            and v5
+            and v6
+            and (ce_id + v1 + v3 + ce_time + v5 + v6).isascii()
+        ):
+            if parse_instant(ce_time.decode()) is None:
+                return None
+            return ce_id.decode()
+    seen: set[str] = set()
+    event_id: str | None = None
+    for name, raw in headers:
+        if name in seen or name not in _PLAIN_NAMES or type(raw) is not bytes or not raw:
+            return None
+        seen.add(name)
+        if not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if name == "ce_id":
+            event_id = raw.decode("utf-8")
+        elif name == "ce_specversion":
+            if raw != b"1.0":
+                return None
+        elif name == "ce_time" and parse_instant(raw.decode("utf-8")) is None:
+            return None
+    if not seen >= _REQUIRED_NAMES:
+        return None
+    return event_id
 
 
 def decode_record(

@@ -4,6 +4,7 @@ JSON), or the completion event POSTed to the ingest API."""
 from __future__ import annotations
 
 import math
+import typing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,12 @@ USER_AGENT = "tierflow-notifier/1"
 # care-actions topic carry the same fields.
 ACTION_FIELDS = tuple(CareActionData.model_fields)
 JSON_FIELDS = ("explanation", "details")
+# The instants, written in UTC (the others are plain JSON values already).
+TIME_FIELDS = tuple(
+    name
+    for name, info in CareActionData.model_fields.items()
+    if info.annotation is datetime or datetime in typing.get_args(info.annotation)
+)
 
 
 def _iso(value: Any) -> Any:
@@ -30,7 +37,9 @@ def action_payload(row: dict[str, Any]) -> dict[str, Any]:
     """The action as receivers see it: everything needed to carry it out, nothing mutable.
 
     JSON columns read as text (a claimed delivery) are embedded as they are, for orjson."""
-    out = {k: _iso(row.get(k)) for k in ACTION_FIELDS}
+    out: dict[str, Any] = {k: row.get(k) for k in ACTION_FIELDS}
+    for k in TIME_FIELDS:
+        out[k] = _iso(out[k])
     for k in JSON_FIELDS:
         if isinstance(out[k], str):
             out[k] = orjson.Fragment(out[k])

@@ -7,14 +7,12 @@ at most one follow-on entry (the next cadence period, next year's birthday).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from tierflow_notifier.domain.playbooks import (
-    ACTION_NAMESPACE,
     BirthdayTrigger,
     CadenceTrigger,
     ComplaintTrigger,
@@ -22,6 +20,7 @@ from tierflow_notifier.domain.playbooks import (
     PlannedAction,
     Rule,
     plan,
+    stable_id,
 )
 
 
@@ -47,7 +46,7 @@ class CustomerFacts:
 
 
 def schedule_id(*parts: str) -> str:
-    return str(uuid.uuid5(ACTION_NAMESPACE, "schedule|" + "|".join(parts)))
+    return stable_id("schedule|" + "|".join(parts))
 
 
 def cadence_entry(rule: Rule, customer_id: str, since: datetime) -> ScheduleEntry:

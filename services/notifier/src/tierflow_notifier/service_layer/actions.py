@@ -68,37 +68,33 @@ class ActionWriter:
             return result
         customers = sorted({p.customer_id for p in unique})
         await repository.lock_customers(conn, customers)
-        existing = await repository.existing_action_ids(conn, [p.action_id for p in unique])
-        new = [p for p in unique if p.action_id not in existing]
+        widest = max((cap.window for cap in self.playbook.policy.caps), default=timedelta(0))
+        inputs = await repository.decision_inputs(
+            conn, [p.action_id for p in unique], customers, now - widest
+        )
+        new = [p for p in unique if p.action_id not in inputs.existing]
         result.tally.duplicates += len(unique) - len(new)
         if not new:
             return result
-        contacts = await projection.load_contacts(conn, customers)
-        reach = {c: projection.reachability(row) for c, row in contacts.items()}
-        widest = max((cap.window for cap in self.playbook.policy.caps), default=timedelta(0))
-        ledger = await repository.load_ledger(conn, customers, now - widest)
+        reach = {c: projection.reachability(row) for c, row in inputs.contacts.items()}
         decisions = decide_all(
             self.playbook.policy,
             [Candidate(p.customer_id, p.rule.action, p.not_before) for p in new],
             reach,
-            ledger,
+            inputs.ledger,
             now=now,
         )
         rows = [
             self._row(p, d, reach.get(p.customer_id), now)
             for p, d in zip(new, decisions, strict=True)
         ]
-        created = await repository.insert_actions(conn, rows)
-        result.tally.duplicates += len(new) - len(created)
+        # Ledger entries and deliveries for every action that reaches the customer; the
+        # statement keeps only those of the actions it actually creates.
         ledger_rows: list[dict[str, Any]] = []
         deliveries: list[dict[str, Any]] = []
         for row in rows:
-            if row["action_id"] not in created:
-                continue
             if row["status"] == "suppressed":
-                result.tally.suppressed[row["suppressed_reason"]] += 1
                 continue
-            result.tally.created[(row["kind"], row["rule_id"])] += 1
             ledger_rows.append(
                 {
                     "action_id": row["action_id"],
@@ -113,9 +109,16 @@ class ActionWriter:
                 repository.delivery_row(row["action_id"], ep, row["priority"], row["deliver_at"])
                 for ep in self.endpoints
             ]
+        created = await repository.create_actions(conn, rows, ledger_rows, deliveries)
+        result.tally.duplicates += len(new) - len(created)
+        for row in rows:
+            if row["action_id"] not in created:
+                continue
+            if row["status"] == "suppressed":
+                result.tally.suppressed[row["suppressed_reason"]] += 1
+                continue
+            result.tally.created[(row["kind"], row["rule_id"])] += 1
             result.emit.append((self.care_actions_topic, _event(row)))
-        await repository.insert_ledger(conn, ledger_rows)
-        await repository.insert_deliveries(conn, deliveries)
         return result
 
     def _row(

@@ -4,13 +4,18 @@ preferred channel, consent), first purchase and complaints, and schedules what t
 
 The classifier owns validation of this topic and dead-letters what is invalid; records the
 notifier cannot use are skipped here, so one topic does not get two dead-letter copies.
+
+Most of the topic is purchases, and a purchase matters here only if it may be the customer's
+first: it is judged from three headers (type, subject, time), its value is never parsed, and a
+customer already known to have bought earlier costs nothing further (see `KnownBuyers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -31,14 +36,16 @@ from tierflow_notifier.domain.schedules import (
     ScheduleEntry,
     birthday_entry,
     complaint_entry,
-    first_purchase_entry,
 )
 
 log = structlog.get_logger(__name__)
 
 
-def _headers(record: Record) -> dict[str, str]:
-    return {k: bytes(v).decode("utf-8", "replace") for k, v in (record.headers or ())}
+_TYPES = {b"purchase": "purchase", b"profile": "profile", b"interaction": "interaction"}
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else bytes(raw).decode("utf-8", "replace")
 
 
 def _time(value: str | None) -> datetime | None:
@@ -67,25 +74,67 @@ def profile_patch(data: ProfileData) -> dict[str, Any]:
 
 
 @dataclass
+class KnownBuyers:
+    """Customers whose stored first purchase is known to be no later than a given time, so a
+    purchase of theirs at or after it cannot change it (nor the follow-up it schedules).
+
+    Filled only with what PostgreSQL already held, committed, before this process's statement
+    ran: the customers whose upsert changed nothing. The stored first purchase only ever moves
+    earlier, so such a bound stays true whatever happens to our own transaction, and in every
+    process. A cache, bounded: forgetting a customer costs one more row in one statement."""
+
+    limit: int = 65_536
+    _first: dict[str, datetime] = field(default_factory=dict)
+
+    def covers(self, customer: str, at: datetime) -> bool:
+        known = self._first.get(customer)
+        return known is not None and known <= at
+
+    def learn(self, customers: dict[str, datetime]) -> None:
+        first = self._first
+        first.update(customers)
+        if len(first) > self.limit:  # forget the oldest quarter
+            for customer in list(islice(first, len(first) - self.limit * 3 // 4)):
+                del first[customer]
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+
+@dataclass
 class EventsHandler:
     playbook: Playbook
     clock: Callable[[], datetime]
+    known: KnownBuyers = field(default_factory=KnownBuyers)
+    # The earliest due time the last call scheduled (read by the on-commit hook).
+    earliest_due: datetime | None = field(default=None, init=False)
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Record]) -> BatchOutcome:
+        self.earliest_due = None
         outcome = BatchOutcome()
         earliest: dict[str, datetime] = {}
         profiles: dict[str, dict[str, Any]] = {}
         complaints: list[tuple[str, str, str, datetime]] = []  # (kind, customer, id, at)
+        known = self.known
         for record in records:
-            headers = _headers(record)
-            ce_type = headers.get("ce_type")
-            customer = headers.get("ce_subject") or (record.key or b"").decode("utf-8", "replace")
-            at = _time(headers.get("ce_time"))
-            if not customer or at is None or ce_type not in ("purchase", "profile", "interaction"):
+            raw_type = raw_subject = raw_time = None
+            for name, raw in record.headers or ():
+                if name == "ce_type":
+                    raw_type = raw
+                elif name == "ce_subject":
+                    raw_subject = raw
+                elif name == "ce_time":
+                    raw_time = raw
+            ce_type = _TYPES.get(bytes(raw_type)) if raw_type is not None else None
+            customer = _text(raw_subject) or (record.key or b"").decode("utf-8", "replace")
+            at = _time(_text(raw_time))
+            if not customer or at is None or ce_type is None:
                 outcome.duplicates += 1  # not for the notifier; counted as skipped
                 continue
             if ce_type == "purchase":
-                if customer not in earliest or at < earliest[customer]:
+                if not known.covers(customer, at) and (
+                    customer not in earliest or at < earliest[customer]
+                ):
                     earliest[customer] = at
                 outcome.applied += 1
                 continue
@@ -110,6 +159,18 @@ class EventsHandler:
         await self._complaints(conn, complaints)
         return outcome
 
+    async def _schedule(
+        self, conn: AsyncConnection, entries: Sequence[ScheduleEntry], merge: projection.Merge
+    ) -> None:
+        if not entries:
+            return
+        await projection.upsert_schedules(conn, entries, merge)
+        self._note_due(min(e.due_at for e in entries))
+
+    def _note_due(self, due: datetime) -> None:
+        if self.earliest_due is None or due < self.earliest_due:
+            self.earliest_due = due
+
     async def _profiles(
         self, conn: AsyncConnection, profiles: dict[str, dict[str, Any]], now: datetime
     ) -> None:
@@ -128,13 +189,21 @@ class EventsHandler:
             for row in await projection.customers_with_birthday(conn, touched)
             for rule in rules
         ]
-        await projection.upsert_schedules(conn, entries, "replace")
+        await self._schedule(conn, entries, "replace")
 
     async def _first_purchases(self, conn: AsyncConnection, earliest: dict[str, datetime]) -> None:
+        if not earliest:
+            return
         rules = self.playbook.scheduled(FirstPurchaseTrigger)
-        changed = await projection.note_first_purchases(conn, earliest)
-        entries = [first_purchase_entry(r, c, t) for c, t in changed.items() for r in rules]
-        await projection.upsert_schedules(conn, entries, "earlier")
+        # Their follow-ups are scheduled by the same statement (first_purchase_entry's entries).
+        changed = await projection.note_first_purchases(conn, earliest, rules)
+        # Unchanged: PostgreSQL already held an earlier (or the same) first purchase.
+        self.known.learn({c: t for c, t in earliest.items() if c not in changed})
+        if changed and rules:
+            self._note_due(
+                min(changed.values())
+                + min(r.trigger.after for r in rules if isinstance(r.trigger, FirstPurchaseTrigger))
+            )
 
     async def _complaints(
         self, conn: AsyncConnection, complaints: list[tuple[str, str, str, datetime]]
@@ -147,4 +216,4 @@ class EventsHandler:
                 entries: list[ScheduleEntry] = [
                     complaint_entry(r, customer, complaint_id, at) for r in rules
                 ]
-                await projection.upsert_schedules(conn, entries, "keep")
+                await self._schedule(conn, entries, "keep")

@@ -1,5 +1,12 @@
 """Turns a batch of classification changes into care actions, exactly once per (trigger, rule),
-and keeps the label-driven cadences (e.g. VIP revisits) scheduled while the label holds."""
+and keeps the label-driven cadences (e.g. VIP revisits) scheduled while the label holds.
+
+Most changes trigger nothing: of a new customer's four first assignments only the value tier's
+may. Every record is still decoded and validated (poison is dead-lettered with its field and
+reason), on the fast path where it is plainly valid (adapters/changes.py); a change of a
+dimension no rule, cadence or projection reads then costs nothing more, and a batch that leaves
+nothing to write writes nothing but its offsets.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +14,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
-from tierflow_common.contract import ClassificationChangedData, decode_record
 from tierflow_common.exceptions import PoisonRecord
 from tierflow_notifier.adapters import projection
+from tierflow_notifier.adapters.changes import Change, decode_change
 from tierflow_notifier.domain.playbooks import (
+    ANY,
     CadenceTrigger,
+    ChangeTrigger,
     PlannedAction,
     Playbook,
+    Rule,
     plan_actions,
 )
 from tierflow_notifier.domain.schedules import ScheduleEntry, cadence_entry
 from tierflow_notifier.service_layer.actions import ActionWriter, Tally
-
-
-def decode_change(record: Record) -> tuple[str, ClassificationChangedData]:
-    attrs = decode_record(record.key, record.value, record.headers)
-    event_id = attrs.get("id")
-    if not isinstance(event_id, str) or not event_id:
-        raise PoisonRecord("missing ce_id", field="headers.ce_id")
-    try:
-        return event_id, ClassificationChangedData.model_validate(attrs["data"])
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field_ = "data." + ".".join(str(p) for p in first["loc"])
-        raise PoisonRecord(f"{field_}: {first['msg']}", field=field_) from exc
 
 
 @dataclass
@@ -52,58 +48,105 @@ class CommitTally:
         self.pending = Tally()
 
 
+def label_dimensions(playbook: Playbook) -> frozenset[str]:
+    """The dimensions whose current label the notifier keeps per customer: the value tier (a
+    coupon's value and every action's `details.tier`) and those a cadence follows (a due
+    cadence fires only while the customer still holds its label). No other label is read."""
+    return frozenset({projection.TIER_DIMENSION, *playbook.cadence_dimensions})
+
+
 @dataclass
 class NotifierHandler:
     playbook: Playbook
     writer: ActionWriter
     clock: Callable[[], datetime]
     tally: CommitTally = field(default_factory=CommitTally)
+    # What the last call left for others once it commits (the on-commit hook reads them): the
+    # earliest due time it scheduled (the scheduler), whether it enqueued records (the relay)
+    # and deliveries (the delivery workers).
+    earliest_due: datetime | None = field(default=None, init=False)
+    enqueued: bool = field(default=False, init=False)
+    delivering: bool = field(default=False, init=False)
+    _labelled: frozenset[str] = field(init=False)
+    _cadences: dict[str, list[Rule]] = field(init=False)
+    _every_dimension: bool = field(init=False)
+    _actionable: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._labelled = label_dimensions(self.playbook)
+        self._cadences = {}
+        for rule in self.playbook.scheduled(CadenceTrigger):
+            assert isinstance(rule.trigger, CadenceTrigger)
+            self._cadences.setdefault(rule.trigger.dimension, []).append(rule)
+        change_dims = {
+            r.trigger.dimension for r in self.playbook.rules if isinstance(r.trigger, ChangeTrigger)
+        }
+        self._every_dimension = ANY in change_dims
+        self._actionable = frozenset(change_dims)
+
+    def wanted(self, dimension: str) -> bool:
+        """Whether a change of `dimension` can matter: a rule may fire on it, a cadence follows
+        it, or its label is kept."""
+        return self._every_dimension or dimension in self._actionable or dimension in self._labelled
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Record]) -> BatchOutcome:
         self.tally.reset()
+        self.earliest_due = None
+        self.enqueued = self.delivering = False
+        outcome = await self._handle(conn, records)
+        self.enqueued = bool(outcome.emit or outcome.dead)
+        self.delivering = bool(outcome.emit and self.writer.endpoints)
+        return outcome
+
+    async def _handle(self, conn: AsyncConnection, records: Sequence[Record]) -> BatchOutcome:
         outcome = BatchOutcome()
+        wanted: list[Change] = []
+        for record in records:
+            try:
+                change = decode_change(record)
+            except PoisonRecord as exc:
+                outcome.dead.append(DeadLetter(record, exc.reason, exc.field))
+                continue
+            if self.wanted(change.dimension):
+                wanted.append(change)
+        if not wanted:
+            return outcome
         planned: list[PlannedAction] = []
         labels: dict[str, dict[str, str]] = {}
         # The last word per (customer, cadence rule) in this batch: enter (entry) or leave.
         cadence: dict[tuple[str, str], ScheduleEntry | str] = {}
-        cadence_rules = self.playbook.scheduled(CadenceTrigger)
-        for record in records:
-            try:
-                trigger_id, change = decode_change(record)
-            except PoisonRecord as exc:
-                outcome.dead.append(DeadLetter(record, exc.reason, exc.field))
-                continue
+        for change in wanted:
             cid = change.customer_id
+            dim = change.dimension
             planned += plan_actions(
                 self.playbook,
-                trigger_event_id=trigger_id,
-                dimension=change.dimension,
+                trigger_event_id=change.event_id,
+                dimension=dim,
                 from_label=change.from_label,
                 to_label=change.to_label,
                 change_reason=change.reason,
                 customer_id=cid,
                 explanation=change.explanation,
             )
-            labels.setdefault(cid, {})[change.dimension] = change.to_label
-            for rule in cadence_rules:
+            if dim in self._labelled:
+                labels.setdefault(cid, {})[dim] = change.to_label
+            for rule in self._cadences.get(dim, ()):
                 trig = rule.trigger
                 assert isinstance(trig, CadenceTrigger)
-                if trig.dimension != change.dimension:
-                    continue
                 if change.to_label == trig.label:
                     cadence[(cid, rule.id)] = cadence_entry(rule, cid, change.effective_at)
                 elif change.from_label == trig.label:
                     cadence[(cid, rule.id)] = trig.label
-        await projection.merge_labels(conn, labels)
-        await projection.end_cadences(
-            conn, [(c, r, v) for (c, r), v in cadence.items() if isinstance(v, str)]
-        )
-        await projection.upsert_schedules(
-            conn, [v for v in cadence.values() if isinstance(v, ScheduleEntry)], "newer"
-        )
-        written = await self.writer.write(conn, planned, self.clock())
-        outcome.emit.extend(written.emit)
-        outcome.applied = written.tally.total_created
-        outcome.duplicates = written.tally.duplicates
-        self.tally.pending = written.tally
+        entries = [v for v in cadence.values() if isinstance(v, ScheduleEntry)]
+        ended = [(c, r, v) for (c, r), v in cadence.items() if isinstance(v, str)]
+        # Labels first: the actions below take the tier as of the end of this batch.
+        await projection.project_changes(conn, labels, ended, entries)
+        if entries:
+            self.earliest_due = min(e.due_at for e in entries)
+        if planned:
+            written = await self.writer.write(conn, planned, self.clock())
+            outcome.emit.extend(written.emit)
+            outcome.applied = written.tally.total_created
+            outcome.duplicates = written.tally.duplicates
+            self.tally.pending = written.tally
         return outcome

@@ -1,14 +1,18 @@
 """Fires due schedule entries: sleeps until the nearest due time (woken early whenever a
 consumer commits, since it may have scheduled something sooner), then claims due rows with
 FOR UPDATE SKIP LOCKED and creates their actions in the same transaction that advances or
-deletes them. Durable: a restart picks up exactly the rows not yet fired."""
+deletes them. Durable: a restart picks up exactly the rows not yet fired.
+
+A consumer's commit wakes it only if it scheduled something due before the scheduler would look
+anyway (`wake_for`): most commits schedule nothing, or a follow-up days ahead, and a tick per
+commit was a transaction and two queries per consumer batch for nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import text
@@ -50,9 +54,21 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._gauge_at = 0.0
+        # While asleep: when it will look again by itself (None: awake, or about to decide).
+        self._asleep_until: datetime | None = None
+        self._next_due: datetime | None = None  # read by the last tick that found nothing due
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def wake_for(self, due: datetime | None) -> None:
+        """Something was scheduled for `due` (None: nothing): wake now unless the scheduler
+        will look before then anyway."""
+        if due is None:
+            return
+        asleep_until = self._asleep_until
+        if asleep_until is None or due < asleep_until:
+            self._wakeup.set()
 
     def stop(self) -> None:
         self._stopping = True
@@ -70,7 +86,7 @@ class Scheduler:
                 if loop.time() - self._gauge_at > GAUGE_EVERY_S:
                     self._gauge_at = loop.time()
                     await self._refresh_open_tasks()
-                sleep = await self._seconds_to_next()
+                sleep = self._until(self._next_due) if not fired else await self._seconds_to_next()
                 delay = 0.1
             except Exception as exc:
                 if not is_transient(exc):
@@ -80,16 +96,22 @@ class Scheduler:
                 sleep = delay
                 delay = min(delay * 2, 5.0)
             if sleep > 0:
+                # Set before waiting, after reading the next due time: a commit from now on
+                # is compared with it; one before found None and set the event.
+                self._asleep_until = self._clock() + timedelta(seconds=sleep)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), sleep)
+                self._asleep_until = None
 
-    async def _seconds_to_next(self) -> float:
-        async with self._engine.connect() as conn:
-            nxt = await projection.next_due(conn)
+    def _until(self, nxt: datetime | None) -> float:
         if nxt is None:
             return self._max_sleep
         # The cap also covers entries other processes schedule (their commits do not wake us).
         return min(max(0.0, (nxt - self._clock()).total_seconds()), self._max_sleep)
+
+    async def _seconds_to_next(self) -> float:
+        async with self._engine.connect() as conn:
+            return self._until(await projection.next_due(conn))
 
     async def tick(self) -> int:
         """Fire what is due now; return how many entries were processed."""
@@ -98,6 +120,7 @@ class Scheduler:
         async with self._engine.begin() as conn:
             due = await projection.claim_due(conn, now, self._batch)
             if not due:
+                self._next_due = await projection.next_due(conn)  # same transaction: no checkout
                 return 0
             planned, advance, finished = await self._plan(conn, due, now)
             written = await self._writer.write(conn, planned, now)
