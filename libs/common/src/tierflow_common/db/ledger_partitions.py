@@ -159,10 +159,10 @@ class LedgerPartitionMissing(TransientError):
 
 
 def is_missing_partition(exc: BaseException) -> bool:
-    if not isinstance(exc, DBAPIError):
-        return False
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code == "23514" and "no partition of relation" in str(exc.orig)
+    """An insert found no partition for its row: from SQLAlchemy, or straight from asyncpg."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return code == "23514" and "no partition of relation" in str(cause)
 
 
 _PARTITIONS = text(

@@ -12,12 +12,12 @@ it was sent before cannot be said (None).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_common.db.ledger_partitions import (
     LedgerPartitionMissing,
@@ -29,10 +29,11 @@ from tierflow_common.db.ledger_partitions import (
 Key = tuple[str, str, datetime]
 TABLE = "ingest_receipts"
 
-_INSERT = text(
+# One statement per group, autocommit, on the writer's own connection: no pool checkout (and
+# its pre-ping), no BEGIN/COMMIT, a prepared statement (asyncpg's cache): 1 round trip, not 6.
+_INSERT = (
     "INSERT INTO ingest_receipts (source, event_id, event_time) "
-    "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]), "
-    "CAST(:times AS timestamptz[])) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) "
     "ON CONFLICT DO NOTHING RETURNING source, event_id, event_time"
 )
 
@@ -47,6 +48,8 @@ class ReceiptWriter:
     ) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self._conn: AsyncConnection | None = None
+        self._raw: Any = None  # the asyncpg connection under self._conn
         self.partitions = partitions or LedgerPartitions(engine, TABLE)
         self._queue: asyncio.Queue[tuple[list[Key], asyncio.Future[list[bool | None]]]] = (
             asyncio.Queue()
@@ -62,6 +65,12 @@ class ReceiptWriter:
         return await future
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self._discard()
+
+    async def _run(self) -> None:
         while True:
             pending = [await self._queue.get()]
             size = len(pending[0][0])
@@ -93,19 +102,32 @@ class ReceiptWriter:
         unique = [k for k in dict.fromkeys(keys) if k[2] >= horizon]
         if not unique:
             return set(), horizon
+        raw = await self._connection()
         try:
-            async with self._engine.begin() as conn:
-                rows = await conn.execute(
-                    _INSERT,
-                    {
-                        "sources": [k[0] for k in unique],
-                        "ids": [k[1] for k in unique],
-                        "times": [k[2] for k in unique],
-                    },
-                )
-                return {(r.source, r.event_id, r.event_time) for r in rows}, horizon
-        except DBAPIError as exc:
-            if not is_missing_partition(exc):
-                raise
-            self.partitions.forget()  # dropped behind this process's back: the next group looks
-            raise LedgerPartitionMissing(str(exc.orig)) from exc
+            rows = await raw.fetch(
+                _INSERT, [k[0] for k in unique], [k[1] for k in unique], [k[2] for k in unique]
+            )
+        except Exception as exc:
+            if is_missing_partition(exc):
+                self.partitions.forget()  # dropped behind this process's back: the next looks
+                raise LedgerPartitionMissing(str(exc)) from exc
+            await self._discard()  # broken: the next group reconnects
+            raise
+        except BaseException:
+            await self._discard()  # interrupted mid-statement: the next group reconnects
+            raise
+        return {(r[0], r[1], r[2]) for r in rows}, horizon
+
+    async def _connection(self) -> Any:
+        if self._raw is None or self._raw.is_closed():
+            await self._discard()
+            self._conn = await self._engine.connect()
+            self._raw = (await self._conn.get_raw_connection()).driver_connection
+        return self._raw
+
+    async def _discard(self) -> None:
+        conn, self._conn, self._raw = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already gone
+                await conn.invalidate()
+                await conn.close()
