@@ -11,9 +11,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierflow_classifier.domain.model import Assignment, Change
-from tierflow_classifier.service_layer.reclassify import CHANGE_NAMESPACE, change_id, change_payload
-from tierflow_common.contract import ClassificationChangedData
+from tierflow_classifier.service_layer.reclassify import (
+    CHANGE_NAMESPACE,
+    change_id,
+    change_payload,
+    change_records,
+)
+from tierflow_common.contract import (
+    ClassificationChangedData,
+    ClassificationsChangedData,
+    EmittedEvent,
+)
 from tierflow_common.contract.ids import rfc3339, uuid5
+from tierflow_common.settings import TopicSettings
 
 text = st.text(max_size=40)
 values = st.one_of(
@@ -112,3 +122,40 @@ def test_instants_are_written_as_pydantic_writes_them(at: datetime) -> None:
         rule_set_version="",
     )
     assert rfc3339(at) == model.model_dump(mode="json")["effective_at"]
+
+
+@given(st.lists(changes(), min_size=1, max_size=8))
+def test_version_2_records_are_what_the_contract_model_serialises_and_keep_every_change(
+    drawn: list[Change],
+) -> None:
+    topics = TopicSettings()
+    unique: dict[str, Change] = {}
+    for c in drawn:
+        unique.setdefault(change_id(c), c)  # as publish() keeps them: one per id
+    identified = list(unique.items())
+    records = change_records(identified, topics)
+    v2 = [e for t, e in records if t == topics.classification_changed]
+    tiers = [e for t, e in records if t == topics.tier_changed]
+    seen: list[str] = []
+    for event in v2:
+        assert isinstance(event, EmittedEvent)
+        model = ClassificationsChangedData.model_validate(event.data)
+        assert orjson.dumps(model.model_dump(mode="json", by_alias=True)) == orjson.dumps(
+            event.data
+        )
+        assert event.subject == model.customer_id
+        for cid, v1 in model.dimension_changes():
+            seen.append(cid)
+            original = dict(identified)[cid]
+            assert orjson.dumps(v1.model_dump(mode="json", by_alias=True)) == orjson.dumps(
+                change_payload(original)
+            )
+    assert sorted(seen) == sorted({cid for cid, _ in identified})
+    # One record per customer, cause and instant; ids unique across both topics.
+    keys = {(c.customer_id, c.cause, c.effective_at) for c in unique.values()}
+    assert len(v2) == len(keys)
+    ids = [e.id for _, e in records if isinstance(e, EmittedEvent)]
+    assert len(ids) == len(set(ids))
+    assert sorted(e.id for e in tiers if isinstance(e, EmittedEvent)) == sorted(
+        cid for cid, c in identified if c.dimension == "value_tier"
+    )

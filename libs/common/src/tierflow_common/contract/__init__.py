@@ -6,9 +6,11 @@ This package is the single place the contract lives; services import it, never c
 from tierflow_common.contract.events import (
     CARE_ACTION_TYPE,
     CLASSIFICATION_CHANGED_TYPE,
+    CLASSIFICATIONS_CHANGED_TYPE,
     TIER_CHANGED_TYPE,
     CareActionData,
     ClassificationChangedData,
+    ClassificationsChangedData,
     CustomerEvent,
     EventType,
     PurchaseData,
@@ -23,10 +25,12 @@ from tierflow_common.contract.kafka_binding import (
 
 __all__ = [
     "CARE_ACTION_TYPE",
+    "CLASSIFICATIONS_CHANGED_TYPE",
     "CLASSIFICATION_CHANGED_TYPE",
     "TIER_CHANGED_TYPE",
     "CareActionData",
     "ClassificationChangedData",
+    "ClassificationsChangedData",
     "CustomerEvent",
     "EmittedEvent",
     "EventType",

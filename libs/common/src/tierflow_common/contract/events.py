@@ -33,6 +33,9 @@ from tierflow_common.contract.customer_events import (
 )
 
 CLASSIFICATION_CHANGED_TYPE = "tierflow.classification.changed"
+# Version 2 of `customer-classification-changed`: one record per customer and cause, holding
+# every dimension that cause changed (version 1: one record per dimension change).
+CLASSIFICATIONS_CHANGED_TYPE = "tierflow.classification.changed.v2"
 TIER_CHANGED_TYPE = "tierflow.tier.changed"
 CARE_ACTION_TYPE = "tierflow.care_action.created"
 
@@ -79,6 +82,63 @@ class ClassificationChangedData(_Strict):
     rule_set_version: str
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class DimensionChange(_Strict):
+    """One dimension's move within a `ClassificationsChangedData` record."""
+
+    change_id: str = Field(
+        description="Stable id of this change (per cause, customer and dimension): the id its "
+        "own record had in version 1, and the CloudEvents id of its `customer-tier-changed` "
+        "record for the value tier"
+    )
+    dimension: str
+    from_label: str | None = Field(alias="from", description="null for the first assignment")
+    to_label: str = Field(alias="to")
+    reason: str = Field(description="Human-readable explanation of the rule that matched")
+    explanation: dict[str, Any] = Field(
+        default_factory=dict, description="Rule id, feature values and thresholds involved"
+    )
+    rule_set_version: str
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class ClassificationsChangedData(_Strict):
+    """Every dimension of one customer that one cause moved, at one instant (the data of a
+    `tierflow.classification.changed.v2` record on `customer-classification-changed`)."""
+
+    customer_id: CustomerId
+    cause: str = Field(
+        description="Why they changed: 'event:<source>/<id>' (that event), 'time:<instant>' (a "
+        "deadline passed), 'rules:<version>' (a new rule set) or 'population:<version>' (a new "
+        "population snapshot moved a population-relative class)"
+    )
+    effective_at: datetime
+    changes: list[DimensionChange] = Field(min_length=1)
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    def dimension_changes(self) -> list[tuple[str, ClassificationChangedData]]:
+        """(change id, the version-1 view) of each change: what a consumer written for one
+        record per change acts on."""
+        return [
+            (
+                c.change_id,
+                ClassificationChangedData(
+                    customer_id=self.customer_id,
+                    dimension=c.dimension,
+                    from_label=c.from_label,
+                    to_label=c.to_label,
+                    reason=c.reason,
+                    explanation=c.explanation,
+                    cause=self.cause,
+                    effective_at=self.effective_at,
+                    rule_set_version=c.rule_set_version,
+                ),
+            )
+            for c in self.changes
+        ]
 
 
 CareActionKind = Literal[
@@ -153,6 +213,7 @@ class CareActionData(_Strict):
 
 __all__ = [
     "CARE_ACTION_TYPE",
+    "CLASSIFICATIONS_CHANGED_TYPE",
     "CLASSIFICATION_CHANGED_TYPE",
     "EVENT_MODELS",
     "EVENT_TYPES",
@@ -162,12 +223,14 @@ __all__ = [
     "CareActionKind",
     "CarePriorityClass",
     "ClassificationChangedData",
+    "ClassificationsChangedData",
     "CloudEventEnvelope",
     "CouponDetails",
     "CurrencyCode",
     "CustomerEvent",
     "CustomerId",
     "DecimalString",
+    "DimensionChange",
     "EventType",
     "FeedbackData",
     "FeedbackEvent",

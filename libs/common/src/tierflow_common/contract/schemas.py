@@ -9,6 +9,7 @@ from typing import Any
 from tierflow_common.contract.events import (
     CareActionData,
     ClassificationChangedData,
+    ClassificationsChangedData,
     customer_event_json_schema,
 )
 
@@ -18,6 +19,9 @@ def contract_schemas() -> dict[str, dict[str, Any]]:
         "customer-event.schema.json": customer_event_json_schema(),
         "classification-changed.data.schema.json": ClassificationChangedData.model_json_schema(
             by_alias=True
+        ),
+        "classification-changed.v2.data.schema.json": (
+            ClassificationsChangedData.model_json_schema(by_alias=True)
         ),
         "care-action.data.schema.json": CareActionData.model_json_schema(),
     }

@@ -28,6 +28,7 @@ from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.service_layer.unit_of_work import OutboxItem, UnitOfWork
 from tierflow_common.contract import (
     CLASSIFICATION_CHANGED_TYPE,
+    CLASSIFICATIONS_CHANGED_TYPE,
     TIER_CHANGED_TYPE,
     EmittedEvent,
 )
@@ -136,6 +137,64 @@ async def publish(
             out.append((topics.tier_changed, _retyped(emitted, TIER_CHANGED_TYPE)))
     uow.outbox.add(out)
     return list(fresh.values())
+
+
+# The CloudEvents ids of version-2 records: their own namespace, so one can never equal a
+# change id.
+RECORD_NAMESPACE = uuid.uuid5(CHANGE_NAMESPACE, "customer-classification-changed/v2")
+
+
+def change_records(
+    changes: Sequence[tuple[str, Change]], topics: TopicSettings
+) -> list[OutboxItem]:
+    """The records of (change id, change) pairs: on `customer-classification-changed` one
+    record per customer, cause and instant holding all of its changes (contract version 2);
+    on `customer-tier-changed` one record per value-tier change, its id the change id."""
+    groups: dict[tuple[str, str, datetime], list[tuple[str, Change]]] = {}
+    for cid, change in changes:
+        key = (change.customer_id, change.cause, change.effective_at)
+        groups.setdefault(key, []).append((cid, change))
+    out: list[OutboxItem] = []
+    for (customer, cause, at), items in groups.items():
+        instant = rfc3339(at)
+        out.append(
+            (
+                topics.classification_changed,
+                EmittedEvent(
+                    id=uuid5(RECORD_NAMESPACE, f"{cause}|{customer}|{instant}"),
+                    type=CLASSIFICATIONS_CHANGED_TYPE,
+                    source=SOURCE,
+                    subject=customer,
+                    time=at,
+                    data={
+                        "customer_id": customer,
+                        "cause": cause,
+                        "effective_at": instant,
+                        "changes": [dimension_change(cid, c) for cid, c in items],
+                    },
+                ),
+            )
+        )
+        out += [
+            (topics.tier_changed, _retyped(change_event(cid, c), TIER_CHANGED_TYPE))
+            for cid, c in items
+            if c.dimension == VALUE_TIER
+        ]
+    return out
+
+
+def dimension_change(cid: str, change: Change) -> dict[str, Any]:
+    """A change inside a version-2 record, as DimensionChange serialises it."""
+    to = change.to
+    return {
+        "change_id": cid,
+        "dimension": change.dimension,
+        "from": change.from_label,
+        "to": to.label,
+        "reason": to.reason,
+        "explanation": to.explanation,
+        "rule_set_version": to.rule_set_version,
+    }
 
 
 def change_event(cid: str, change: Change) -> EmittedEvent:
