@@ -93,20 +93,22 @@ async def test_purchases_are_applied_once_and_tier_changes_published(
     assert loyalty["label"] == "ordinary"
     assert loyalty["reason"] == "no rule matched"
     assert loyalty["explanation"]["evaluated"][0].startswith("(repeat_rate >= loyal_repeat_rate")
-    everything = await read_topic(kafka_settings, topics.classification_changed, expect=5)
-    assert sorted(
-        (c["event"]["data"]["dimension"], c["event"]["data"]["to"]) for c in everything
-    ) == [
+    # Contract version 2: one record per cause (the first purchase, the upgrade), holding
+    # every dimension that cause changed.
+    records = await read_topic(kafka_settings, topics.classification_changed, expect=2)
+    assert [r["event"]["type"] for r in records] == ["tierflow.classification.changed.v2"] * 2
+    everything = [ch for r in records for ch in r["event"]["data"]["changes"]]
+    assert sorted((ch["dimension"], ch["to"]) for ch in everything) == [
         ("behaviour", "low_frequency"),
         ("lifecycle", "new"),
         ("needs", "product_focused"),
         ("value_tier", "important"),
         ("value_tier", "regular"),
     ]
-    tier_ids = {
-        c["event"]["id"] for c in everything if c["event"]["data"]["dimension"] == "value_tier"
-    }
+    tier_ids = {ch["change_id"] for ch in everything if ch["dimension"] == "value_tier"}
     assert tier_ids == {c["event"]["id"] for c in changes}
+    # One event, one id: no record of one topic shares its id with a record of the other.
+    assert not {r["event"]["id"] for r in records} & tier_ids
 
 
 async def test_unknown_customer_is_404_problem(classifier: httpx.AsyncClient) -> None:
@@ -243,9 +245,9 @@ async def test_time_alone_moves_a_class_with_history_and_as_of(
     assert (await client.get("/v1/segments/loyalty/loyal")).json()["members"] == []
     assert distribution["loyalty"] == {"ordinary": 1}
     assert distribution["geography"] == {"unknown": 1}
-    changes = await read_topic(kafka_settings, topics.classification_changed, expect=5)
+    records = await read_topic(kafka_settings, topics.classification_changed, expect=2)
     assert ("new", "active") in {
-        (c["event"]["data"]["from"], c["event"]["data"]["to"]) for c in changes
+        (ch["from"], ch["to"]) for r in records for ch in r["event"]["data"]["changes"]
     }
 
 

@@ -20,6 +20,7 @@ from tests.support import ROOT
 from tierflow_common.consumer import Record
 from tierflow_common.contract import (
     CLASSIFICATION_CHANGED_TYPE,
+    CLASSIFICATIONS_CHANGED_TYPE,
     ClassificationChangedData,
     EmittedEvent,
     decode_record,
@@ -34,6 +35,8 @@ from tierflow_common.exceptions import PoisonRecord
 from tierflow_notifier.adapters.changes import (
     decode_change,
     decode_change_reference,
+    decode_changes,
+    decode_changes_reference,
     fast_change_data,
 )
 from tierflow_notifier.adapters.playbooks_file import load_playbook
@@ -346,3 +349,82 @@ async def test_a_batch_that_triggers_nothing_writes_nothing_but_dead_letters_poi
     assert [(d.field, d.record) for d in outcome.dead] == [("data.effective_at", poison)]
     assert outcome.dead[0].reason.startswith("data.effective_at: ")
     assert (handler.enqueued, handler.delivering, handler.earliest_due) == (True, False, None)
+
+
+# --- contract version 2: one record per customer and cause ----------------------------------
+
+
+def v2_data(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A version-2 record's data made of version-1 change dicts (their shared fields taken
+    from the first), as the classifier's change_records builds it."""
+    first = items[0] if items else change_data()
+    return {
+        "customer_id": first.get("customer_id", "c-1"),
+        "cause": first.get("cause", "event:shop/o-1"),
+        "effective_at": first.get("effective_at", "2026-12-01T07:46:48.514510Z"),
+        "changes": [
+            {
+                "change_id": f"chg-{i}",
+                **{
+                    k: v
+                    for k, v in item.items()
+                    if k not in ("customer_id", "cause", "effective_at")
+                },
+            }
+            for i, item in enumerate(items)
+        ],
+    }
+
+
+def v2_record(data: Any, *, value: bytes | None = None) -> Record:
+    event = EmittedEvent(
+        id="0b7b1b53-2a4d-5d0e-9d67-1ab0c5f6f1e2",
+        type=CLASSIFICATIONS_CHANGED_TYPE,
+        source="tierflow/classifier",
+        subject="c-1",
+        time=AT,
+        data={},
+    )
+    encoded = encode_event(event)
+    raw = orjson.dumps(data) if value is None else value
+    return ConsumerRecord(
+        "changes",
+        0,
+        0,
+        0,
+        0,
+        encoded.key,
+        raw,
+        None,
+        len(encoded.key),
+        len(raw),
+        tuple(encoded.headers),
+    )
+
+
+@given(st.lists(change_dicts(), min_size=0, max_size=4))
+@example([change_data(), change_data(dimension="lifecycle", to="new")])
+@example([])
+def test_version_2_records_decode_as_the_reference_decodes_them(
+    items: list[dict[str, Any]],
+) -> None:
+    rec = v2_record(v2_data(items))
+    assert outcome(decode_changes, rec) == outcome(decode_changes_reference, rec)
+
+
+def test_a_version_2_record_gives_each_of_its_changes_with_its_own_id() -> None:
+    data = v2_data([change_data(), change_data(dimension="lifecycle", to="new", reason="x")])
+    changes = decode_changes(v2_record(data))
+    assert [(c.event_id, c.dimension, c.to_label) for c in changes] == [
+        ("chg-0", "value_tier", "regular"),
+        ("chg-1", "lifecycle", "new"),
+    ]
+    assert changes == decode_changes_reference(v2_record(data))
+    # A version-1 record is one change, as before.
+    assert decode_changes(record(change_data())) == [decode_change(record(change_data()))]
+
+
+def test_a_version_2_record_without_changes_is_poison_naming_the_field() -> None:
+    with pytest.raises(PoisonRecord) as caught:
+        decode_changes(v2_record(v2_data([])))
+    assert caught.value.field == "data.changes"

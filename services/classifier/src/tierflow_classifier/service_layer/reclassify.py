@@ -129,13 +129,7 @@ async def publish(
                 dimension=change.dimension,
                 cause=change.cause,
             )
-    out: list[OutboxItem] = []
-    for cid, change in fresh.items():
-        emitted = change_event(cid, change)
-        out.append((topics.classification_changed, emitted))
-        if change.dimension == VALUE_TIER:
-            out.append((topics.tier_changed, _retyped(emitted, TIER_CHANGED_TYPE)))
-    uow.outbox.add(out)
+    uow.outbox.add(change_records(list(fresh.items()), topics))
     return list(fresh.values())
 
 

@@ -19,7 +19,12 @@ import orjson
 from pydantic import ValidationError
 
 from tierflow_common.consumer import Record
-from tierflow_common.contract import ClassificationChangedData, decode_record
+from tierflow_common.contract import (
+    CLASSIFICATIONS_CHANGED_TYPE,
+    ClassificationChangedData,
+    ClassificationsChangedData,
+    decode_record,
+)
 from tierflow_common.contract.kafka_binding import parse_instant, plain_event_id
 from tierflow_common.exceptions import PoisonRecord
 
@@ -148,3 +153,90 @@ def decode_change(record: Record) -> Change:
         if fast is not None:
             return fast
     return decode_change_reference(record)
+
+
+# --- version 2: one record per customer and cause, holding every dimension it changed ------
+
+_V2_TYPE = CLASSIFICATIONS_CHANGED_TYPE.encode()
+_V2_ITEM_KEYS = frozenset({"change_id", "dimension", "from", "to", "reason", "rule_set_version"})
+
+
+def _record_type(record: Record) -> bytes | None:
+    for name, value in record.headers or ():
+        if name == "ce_type":
+            return bytes(value)
+    return None
+
+
+def decode_changes(record: Record) -> list[Change]:
+    """The changes of a record of either version of `customer-classification-changed`: one
+    for version 1, all of its changes for version 2 (each with its own change id, which the
+    care actions it triggers derive from, as version 1's record id). PoisonRecord as for
+    `decode_change`."""
+    if _record_type(record) != _V2_TYPE:
+        return [decode_change(record)]
+    value = record.value
+    if value is not None and plain_event_id(record.headers) is not None:
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            data = None
+        fast = _fast_v2(data)
+        if fast is not None:
+            return fast
+    return decode_changes_reference(record)
+
+
+def _fast_v2(data: object) -> list[Change] | None:
+    """Version 2's data as ClassificationsChangedData would validate it, each change through
+    `fast_change_data`; None when anything is not plainly valid (pydantic decides then)."""
+    if type(data) is not dict or data.keys() != {"customer_id", "cause", "effective_at", "changes"}:
+        return None
+    items = data["changes"]
+    if type(items) is not list or not items:
+        return None
+    out: list[Change] = []
+    for item in items:
+        if type(item) is not dict or not (
+            _V2_ITEM_KEYS <= item.keys() <= _V2_ITEM_KEYS | {"explanation"}
+        ):
+            return None
+        change_id = item["change_id"]
+        if type(change_id) is not str or not change_id:
+            return None
+        v1 = {k: v for k, v in item.items() if k != "change_id"}
+        v1["customer_id"] = data["customer_id"]
+        v1["cause"] = data["cause"]
+        v1["effective_at"] = data["effective_at"]
+        change = fast_change_data(change_id, v1)
+        if change is None:
+            return None
+        out.append(change)
+    return out
+
+
+def decode_changes_reference(record: Record) -> list[Change]:
+    """Version 2 through the CloudEvents binding and the pydantic contract (the reference)."""
+    attrs = decode_record(record.key, record.value, record.headers)
+    stated = any(name == "ce_id" and raw for name, raw in record.headers or ())
+    if not stated or not isinstance(attrs.get("id"), str) or not attrs.get("id"):
+        raise PoisonRecord("missing ce_id", field="headers.ce_id")
+    try:
+        data = ClassificationsChangedData.model_validate(attrs["data"])
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field_ = "data." + ".".join(str(p) for p in first["loc"])
+        raise PoisonRecord(f"{field_}: {first['msg']}", field=field_) from exc
+    return [
+        Change(
+            event_id=change_id,
+            customer_id=c.customer_id,
+            dimension=c.dimension,
+            from_label=c.from_label,
+            to_label=c.to_label,
+            reason=c.reason,
+            explanation=c.explanation,
+            effective_at=c.effective_at,
+        )
+        for change_id, c in data.dimension_changes()
+    ]

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
 from tierflow_common.exceptions import PoisonRecord
 from tierflow_notifier.adapters import projection
-from tierflow_notifier.adapters.changes import Change, decode_change
+from tierflow_notifier.adapters.changes import Change, decode_changes
 from tierflow_notifier.domain.playbooks import (
     ANY,
     CadenceTrigger,
@@ -103,12 +103,11 @@ class NotifierHandler:
         wanted: list[Change] = []
         for record in records:
             try:
-                change = decode_change(record)
+                changes = decode_changes(record)
             except PoisonRecord as exc:
                 outcome.dead.append(DeadLetter(record, exc.reason, exc.field))
                 continue
-            if self.wanted(change.dimension):
-                wanted.append(change)
+            wanted += [c for c in changes if self.wanted(c.dimension)]
         if not wanted:
             return outcome
         planned: list[PlannedAction] = []
