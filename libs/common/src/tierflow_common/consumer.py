@@ -179,6 +179,8 @@ class StatefulConsumer:
                     timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch
                 )
                 polled_at_seek = self._seeks
+                if batch:
+                    batch = await self._linger(consumer, batch)
                 self.assigned = frozenset(consumer.assignment())
                 ASSIGNED_PARTITIONS.labels(group=self.group_id).set(len(self.assigned))
                 if batch:
@@ -191,6 +193,20 @@ class StatefulConsumer:
             self._consumer = None
             self.assigned = frozenset()
             await consumer.stop()
+
+    async def _linger(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """Top a short batch up with what arrives within `linger_ms` (a seek meanwhile makes
+        the whole batch stale, as for any batch polled before it)."""
+        room = self._settings.max_batch - sum(len(r) for r in batch.values())
+        if self._settings.linger_ms <= 0 or room <= 0:
+            return batch
+        await asyncio.sleep(self._settings.linger_ms / 1000)
+        more = await consumer.getmany(timeout_ms=0, max_records=room)
+        for tp, records in more.items():
+            batch.setdefault(tp, []).extend(records)
+        return batch
 
     async def _start(self, consumer: AIOKafkaConsumer) -> None:
         backoff = Backoff(first=0.2)
