@@ -64,11 +64,15 @@ def change_data(**overrides: Any) -> dict[str, Any]:
 
 
 def record(
-    data: Any, *, headers: list[tuple[str, bytes]] | None = None, value: bytes | None = None
+    data: Any,
+    *,
+    headers: list[tuple[str, bytes]] | None = None,
+    value: bytes | None = None,
+    type_: str = CLASSIFICATION_CHANGED_TYPE,
 ) -> Record:
     event = EmittedEvent(
         id="6f77a5b3-459b-5a2e-99f7-465cf68b605d",
-        type=CLASSIFICATION_CHANGED_TYPE,
+        type=type_,
         source="tierflow/classifier",
         subject="c-1",
         time=AT,
@@ -376,30 +380,8 @@ def v2_data(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def v2_record(data: Any, *, value: bytes | None = None) -> Record:
-    event = EmittedEvent(
-        id="0b7b1b53-2a4d-5d0e-9d67-1ab0c5f6f1e2",
-        type=CLASSIFICATIONS_CHANGED_TYPE,
-        source="tierflow/classifier",
-        subject="c-1",
-        time=AT,
-        data={},
-    )
-    encoded = encode_event(event)
-    raw = orjson.dumps(data) if value is None else value
-    return ConsumerRecord(
-        "changes",
-        0,
-        0,
-        0,
-        0,
-        encoded.key,
-        raw,
-        None,
-        len(encoded.key),
-        len(raw),
-        tuple(encoded.headers),
-    )
+def v2_record(data: Any) -> Record:
+    return record(data, type_=CLASSIFICATIONS_CHANGED_TYPE)
 
 
 @given(st.lists(change_dicts(), min_size=0, max_size=4))

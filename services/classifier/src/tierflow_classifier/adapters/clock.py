@@ -136,9 +136,7 @@ class WallClock:
         since_attempt_s: float | None,
         steady_s: float,
     ) -> bool:
-        if now is None:
-            return False
-        if since_attempt_s is not None and since_attempt_s < policy.min_gap_s:
+        if now is None or not _may_attempt(policy, since_attempt_s):
             return False
         if last_at is None:
             # Nothing to build from yet: retry at the refresh cadence, not at every poll.
@@ -193,9 +191,7 @@ class EventTimeClock:
         since_attempt_s: float | None,
         steady_s: float,
     ) -> bool:
-        if now is None:
-            return False
-        if since_attempt_s is not None and since_attempt_s < policy.min_gap_s:
+        if now is None or not _may_attempt(policy, since_attempt_s):
             return False
         if last_at is None:
             return True
@@ -218,6 +214,11 @@ class EventTimeClock:
 
     def model_poll_s(self, schedule: FitSchedule) -> float:
         return min(schedule.reload_s, schedule.settle_s)
+
+
+def _may_attempt(policy: RefreshPolicy, since_attempt_s: float | None) -> bool:
+    """Never two population rebuilds within `min_gap_s` wall seconds, on either clock."""
+    return since_attempt_s is None or since_attempt_s >= policy.min_gap_s
 
 
 def _own_time(t: datetime) -> datetime:

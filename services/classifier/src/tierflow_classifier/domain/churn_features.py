@@ -24,7 +24,7 @@ from tierflow_classifier.domain.churn import (
     bgnbd,
     score_customer,
 )
-from tierflow_classifier.domain.churn.score import LOGIT_EPS
+from tierflow_classifier.domain.churn.score import LOGIT_EPS, sigmoid
 from tierflow_classifier.domain.model import CustomerState
 
 DAY_S = 86_400.0
@@ -183,7 +183,7 @@ def p_no_purchase_one(params: bgnbd.BgNbdParams, t: float, x: float, t_x: float,
     if x + k > 0:
         odds = math.log(a) - math.log(b + x + k - 1.0)
         odds += (r + x) * (math.log(alpha + T) - math.log(alpha + t_x))
-        alive = _expit(-odds)
+        alive = sigmoid(-odds)
     else:
         alive = 1.0  # no dropout possible before a first repeat purchase
     quiet = math.exp((r + x) * (math.log(alpha + T) - math.log(alpha + T + t)))
@@ -208,13 +208,6 @@ def combined_logit(
             weights.low_satisfaction * _shortfall(satisfaction, config.satisfaction_floor),
         )
     )
-
-
-def _expit(v: float) -> float:
-    if v >= 0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
 
 
 def _logit(p: float) -> float:

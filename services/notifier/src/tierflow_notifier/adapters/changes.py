@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tierflow_common.consumer import Record
 from tierflow_common.contract import (
@@ -112,9 +112,12 @@ def fast_change_data(event_id: str, data: object) -> Change | None:
     )
 
 
-def decode_change_reference(record: Record) -> Change:
-    """Through the CloudEvents binding and the pydantic contract: the reference, and the only
-    path that explains a poison record (PoisonRecord with the field and the reason)."""
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validated(record: Record, model: type[_Model]) -> tuple[str, _Model]:
+    """(ce_id, data as `model`) through the CloudEvents binding and pydantic; PoisonRecord
+    naming the field and the reason otherwise."""
     attrs = decode_record(record.key, record.value, record.headers)
     event_id = attrs.get("id")
     # The SDK makes up a random id for a record without one: the action ids derive from it,
@@ -123,11 +126,17 @@ def decode_change_reference(record: Record) -> Change:
     if not stated or not isinstance(event_id, str) or not event_id:
         raise PoisonRecord("missing ce_id", field="headers.ce_id")
     try:
-        data = ClassificationChangedData.model_validate(attrs["data"])
+        return event_id, model.model_validate(attrs["data"])
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field_ = "data." + ".".join(str(p) for p in first["loc"])
         raise PoisonRecord(f"{field_}: {first['msg']}", field=field_) from exc
+
+
+def decode_change_reference(record: Record) -> Change:
+    """Through the CloudEvents binding and the pydantic contract: the reference, and the only
+    path that explains a poison record (PoisonRecord with the field and the reason)."""
+    event_id, data = _validated(record, ClassificationChangedData)
     return Change(
         event_id=event_id,
         customer_id=data.customer_id,
@@ -217,16 +226,7 @@ def _fast_v2(data: object) -> list[Change] | None:
 
 def decode_changes_reference(record: Record) -> list[Change]:
     """Version 2 through the CloudEvents binding and the pydantic contract (the reference)."""
-    attrs = decode_record(record.key, record.value, record.headers)
-    stated = any(name == "ce_id" and raw for name, raw in record.headers or ())
-    if not stated or not isinstance(attrs.get("id"), str) or not attrs.get("id"):
-        raise PoisonRecord("missing ce_id", field="headers.ce_id")
-    try:
-        data = ClassificationsChangedData.model_validate(attrs["data"])
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field_ = "data." + ".".join(str(p) for p in first["loc"])
-        raise PoisonRecord(f"{field_}: {first['msg']}", field=field_) from exc
+    _, data = _validated(record, ClassificationsChangedData)
     return [
         Change(
             event_id=change_id,

@@ -193,7 +193,8 @@ def frequency_decline(
     return np.asarray(np.where(has_baseline, np.clip(1.0 - ratio, 0.0, 1.0), 0.0), dtype=np.float64)
 
 
-def _sigmoid(z: float) -> float:
+def sigmoid(z: float) -> float:
+    """1 / (1 + e^-z) without overflow for very negative z."""
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
@@ -302,7 +303,7 @@ def score_customer(
             "contribution": weights.of(name) * value,
         }
     z = math.fsum(c["contribution"] for c in contributions.values())
-    probability = _sigmoid(z)
+    probability = sigmoid(z)
     level = config.levels.level(probability)
     explanation: dict[str, Any] = {
         "formula": (
