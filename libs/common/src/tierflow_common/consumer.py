@@ -180,7 +180,7 @@ class StatefulConsumer:
                 )
                 polled_at_seek = self._seeks
                 if batch:
-                    batch = await self._linger(consumer, batch)
+                    batch = await self._linger(consumer, batch, polled_at_seek)
                 self.assigned = frozenset(consumer.assignment())
                 ASSIGNED_PARTITIONS.labels(group=self.group_id).set(len(self.assigned))
                 if batch:
@@ -195,15 +195,25 @@ class StatefulConsumer:
             await consumer.stop()
 
     async def _linger(
-        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Record]]
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[Record]],
+        polled_at_seek: int,
     ) -> dict[TopicPartition, list[Record]]:
-        """Top a short batch up with what arrives within `linger_ms` (a seek meanwhile makes
-        the whole batch stale, as for any batch polled before it)."""
+        """Top a short batch up with what arrives within `linger_ms`.
+
+        Not after a seek: the batch is stale then and will be dropped, and records fetched
+        from the new position would be dropped with it (and never handed out again). The
+        batch lock keeps a seek (the rebalance listener's, which takes it) from slipping in
+        between that check and the poll."""
         room = self._settings.max_batch - sum(len(r) for r in batch.values())
         if self._settings.linger_ms <= 0 or room <= 0:
             return batch
         await asyncio.sleep(self._settings.linger_ms / 1000)
-        more = await consumer.getmany(timeout_ms=0, max_records=room)
+        async with self.batch_lock:
+            if self._seeks != polled_at_seek:
+                return batch
+            more = await consumer.getmany(timeout_ms=0, max_records=room)
         for tp, records in more.items():
             batch.setdefault(tp, []).extend(records)
         return batch
