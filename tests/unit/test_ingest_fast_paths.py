@@ -31,8 +31,9 @@ from starlette.requests import Request
 
 from tierflow_common.contract import EmittedEvent, encode_event
 from tierflow_common.exceptions import BrokerUnavailable
+from tierflow_common.kafka import murmur2, partition_for
 from tierflow_common.keys import hash_key
-from tierflow_ingest.adapters.publisher import KafkaPublisher, murmur2, partition_for, to_record
+from tierflow_ingest.adapters.publisher import KafkaPublisher, to_record
 from tierflow_ingest.domain.access import ANY_SOURCE, ApiKey
 from tierflow_ingest.domain.validation import FieldError, validate_event, validate_events
 from tierflow_ingest.entrypoints import http_io

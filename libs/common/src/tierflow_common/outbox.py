@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,6 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import Row, Text, bindparam, cast, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -24,7 +24,7 @@ from tierflow_common.backoff import Backoff
 from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord, encode_event
 from tierflow_common.db.raw import raw_connection
 from tierflow_common.db.tables import outbox
-from tierflow_common.kafka import make_producer
+from tierflow_common.kafka import make_producer, partition_for
 from tierflow_common.metrics import OUTBOX_PUBLISHED
 from tierflow_common.settings import KafkaSettings
 
@@ -91,7 +91,6 @@ class OutboxRelay:
         self._batch = batch
         self._poll = poll_interval
         self._lock_key = zlib.crc32(f"tierflow-outbox:{producer}".encode())
-        self._partitioner = DefaultPartitioner()
         self._wakeup = asyncio.Event()
         self._stopping = False
 
@@ -164,7 +163,7 @@ class OutboxRelay:
 
         Building the batches here costs a fraction of a send() per record (which schedules
         and tracks each one), and they are partitioned as send() would: by the default
-        partitioner over the record key."""
+        partitioner over the record key (tierflow_common.kafka.partition_for)."""
         partitions: dict[str, list[int]] = {}
         open_batches: dict[tuple[str, int], Any] = {}
         futures: list[asyncio.Future[Any]] = []
@@ -179,21 +178,18 @@ class OutboxRelay:
             if topic not in partitions:
                 partitions[topic] = sorted(await kafka.partitions_for(topic))
             every = partitions[topic]
-            partition = self._partitioner(row.key, every, every)
+            # As send() would: by key; a record without one on any partition.
+            partition = random.choice(every) if row.key is None else partition_for(row.key, every)
             headers = [(k, v.encode()) for k, v in orjson.loads(row.headers)]
-            for attempt in (1, 2):
-                batch = open_batches.get((topic, partition))
-                if batch is None:
-                    batch = open_batches[(topic, partition)] = kafka.create_batch()
-                    fresh = True
-                else:
-                    fresh = False
+            batch = open_batches.get((topic, partition))
+            if batch is not None:
                 added = batch.append(key=row.key, value=row.value, timestamp=None, headers=headers)
                 if added is not None:
-                    break
-                if fresh or attempt == 2:
-                    raise ValueError(f"outbox row {row.id} does not fit in a record batch")
+                    continue
                 await submit(topic, partition)  # full: send it, start the next
+            batch = open_batches[(topic, partition)] = kafka.create_batch()
+            if batch.append(key=row.key, value=row.value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"outbox row {row.id} does not fit in a record batch")
         for topic, partition in list(open_batches):
             await submit(topic, partition)
         return futures
