@@ -22,6 +22,7 @@ from tierflow_classifier.domain.features import (
     oldest_open_complaint,
     window_sums,
 )
+from tierflow_classifier.domain.memo import once_per_object
 from tierflow_classifier.domain.model import Assignment, Change, CustomerState
 from tierflow_classifier.domain.population import PopulationStats
 from tierflow_classifier.domain.rules import (
@@ -84,57 +85,42 @@ def variables_at(
     return variables, deadlines, lazy.get()
 
 
-_CHURN_CONFIGS: dict[int, tuple[RuleSet, ChurnConfig]] = {}
-
-
+@once_per_object
 def _churn_config(rules: RuleSet) -> ChurnConfig:
-    """churn_config of the rule set's params, built once per rule set (a handful per process)."""
-    cached = _CHURN_CONFIGS.get(id(rules))
-    if cached is None or cached[0] is not rules:
-        cached = _CHURN_CONFIGS[id(rules)] = (rules, churn_config(rules.params))
-    return cached[1]
+    """churn_config of the rule set's params (a handful of rule sets per process)."""
+    return churn_config(rules.params)
 
 
-_CHURN_THRESHOLDS: dict[int, tuple[RuleSet, tuple[float, ...] | None]] = {}
 _CHURN_FEATURES = ("churn_probability", "churn_level", "churn_model_no_purchase")
 
 
+@once_per_object
 def _churn_thresholds(rules: RuleSet) -> tuple[float, ...] | None:
     """The values the rule set compares the churn probability with (the churn levels' bounds
     too, where a rule reads the level), when that is all it does with the churn features:
     then labels move with time only when the probability crosses one of them. None when a
     rule or timer uses them otherwise (arithmetic, another feature, the model's own term)."""
-    cached = _CHURN_THRESHOLDS.get(id(rules))
-    if cached is not None and cached[0] is rules:
-        return cached[1]
-    found: set[float] | None = set()
+    found: set[float] = set()
     levels = _churn_config(rules).levels
     for source, inputs in [
         *((r.when, r.inputs) for d in rules.dimensions for r in d.rules),
         *((t.days, _names(t.days)) for t in rules.timers),
     ]:
-        if found is None:
-            break
         if "churn_model_no_purchase" in inputs:
-            found = None
-            break
+            return None
         if "churn_level" in inputs:
             found |= {levels.medium, levels.high, levels.critical}
         if "churn_probability" not in inputs:
             continue
         operands = compared_with(source, "churn_probability")
         if operands is None:
-            found = None
-            break
+            return None
         for operand in operands:
             value = _number(operand, rules.params)
             if value is None:
-                found = None
-                break
+                return None
             found.add(value)
-    result = None if found is None else tuple(sorted(found))
-    _CHURN_THRESHOLDS[id(rules)] = (rules, result)
-    return result
+    return tuple(sorted(found))
 
 
 def _names(source: str) -> tuple[str, ...]:

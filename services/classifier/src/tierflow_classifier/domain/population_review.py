@@ -18,28 +18,23 @@ import cel
 
 from tierflow_classifier.domain.classify import Outside, variables_at
 from tierflow_classifier.domain.features import population_features, window_sums
+from tierflow_classifier.domain.memo import once_per_object
 from tierflow_classifier.domain.model import CustomerState
 from tierflow_classifier.domain.population import POPULATION_FEATURES, population_dimensions
 from tierflow_classifier.domain.rules import RuleSet, choose, days, later_than
 
-_INPUTS: dict[int, tuple[RuleSet, frozenset[str] | None]] = {}
 
-
+@once_per_object
 def _population_inputs(rules: RuleSet) -> frozenset[str] | None:
     """The names the population dimensions read, if all are population features or params
     (else None: they need the customer's full feature set)."""
-    cached = _INPUTS.get(id(rules))
-    if cached is not None and cached[0] is rules:
-        return cached[1]
     names: set[str] = set()
     for dim in population_dimensions(rules):
         if dim.label_from is not None:
             names.add(dim.label_from)
         for rule in dim.rules:
             names.update(rule.inputs)
-    fast = frozenset(names) if names <= POPULATION_FEATURES | set(rules.params) else None
-    _INPUTS[id(rules)] = (rules, fast)
-    return fast
+    return frozenset(names) if names <= POPULATION_FEATURES | set(rules.params) else None
 
 
 def outline_suffices(rules: RuleSet) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 import cel
 
+from tierflow_classifier.domain.memo import once_per_object
+
 Program = Any  # cel.Program: compiled, immutable, thread-safe
 Fast = Callable[[Mapping[str, Any]], Any]
 
@@ -186,23 +188,17 @@ def explain(dimension: Dimension, index: int, variables: Mapping[str, Any]) -> D
     )
 
 
-_DEFAULTS: dict[int, tuple[Dimension, Decision]] = {}
-
-
+@once_per_object
 def _default_decision(dimension: Dimension) -> Decision:
     """A dimension's "no rule matched" decision depends on nothing but the dimension: built
     once (every new customer takes it on most dimensions)."""
-    cached = _DEFAULTS.get(id(dimension))
-    if cached is None or cached[0] is not dimension:
-        decision = Decision(
-            dimension.default,
-            f"{dimension.name}.default",
-            "no rule matched",
-            # Shared by every assignment that takes it; nothing mutates an explanation.
-            {"evaluated": [r.when for r in dimension.rules]},
-        )
-        cached = _DEFAULTS[id(dimension)] = (dimension, decision)
-    return cached[1]
+    return Decision(
+        dimension.default,
+        f"{dimension.name}.default",
+        "no rule matched",
+        # Shared by every assignment that takes it; nothing mutates an explanation.
+        {"evaluated": [r.when for r in dimension.rules]},
+    )
 
 
 def decide(dimension: Dimension, variables: Mapping[str, Any], context: Any) -> Decision:
