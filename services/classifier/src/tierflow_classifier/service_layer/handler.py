@@ -119,15 +119,17 @@ async def apply_events(
             outcome.emit.extend(uow.outbox.take())
             return outcome
         judge_at = await clock.judging(uow.watermarks)
-        step = EventsArrived()
+        arrivals: dict[str, list[Arrival]] = {}
         latest: dict[str, datetime] = {}
         for index, (record, event) in enumerate(fresh):
             at = judge_at(event.meta.time)
-            step.arrivals.setdefault(event.meta.customer_id, []).append(Arrival(index, event, at))
+            arrivals.setdefault(event.meta.customer_id, []).append(Arrival(index, event, at))
             name = partition_name(record.topic, record.partition)
             if name not in latest or latest[name] < at:
                 latest[name] = at
-        done = await reclassify(uow, classifier.basis(), list(step.arrivals), step, topics)
+        done = await reclassify(
+            uow, classifier.basis(), list(arrivals), EventsArrived(arrivals), topics
+        )
         released: list[tuple[str, str]] = []
         for rejected in sorted(done.rejected, key=lambda r: r.index):
             record, event = fresh[rejected.index]

@@ -27,7 +27,6 @@ from tierflow_classifier.domain.reclassification import Basis, Rejected, Step
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.service_layer.unit_of_work import OutboxItem, UnitOfWork
 from tierflow_common.contract import (
-    CLASSIFICATION_CHANGED_TYPE,
     CLASSIFICATIONS_CHANGED_TYPE,
     TIER_CHANGED_TYPE,
     EmittedEvent,
@@ -170,7 +169,7 @@ def change_records(
             )
         )
         out += [
-            (topics.tier_changed, _retyped(change_event(cid, c), TIER_CHANGED_TYPE))
+            (topics.tier_changed, tier_event(cid, c))
             for cid, c in items
             if c.dimension == VALUE_TIER
         ]
@@ -191,12 +190,13 @@ def dimension_change(cid: str, change: Change) -> dict[str, Any]:
     }
 
 
-def change_event(cid: str, change: Change) -> EmittedEvent:
-    """The CloudEvent of a change; its data is what ClassificationChangedData serialises to
-    (tests/unit/test_change_payload.py holds the two together), built without the model."""
+def tier_event(cid: str, change: Change) -> EmittedEvent:
+    """The `customer-tier-changed` CloudEvent of a value-tier change: its data is what
+    ClassificationChangedData serialises to (tests/unit/test_change_payload.py holds the two
+    together), built without the model; its id is the change id."""
     return EmittedEvent(
         id=cid,
-        type=CLASSIFICATION_CHANGED_TYPE,
+        type=TIER_CHANGED_TYPE,
         source=SOURCE,
         subject=change.customer_id,
         time=change.effective_at,
@@ -217,14 +217,3 @@ def change_payload(change: Change) -> dict[str, Any]:
         "effective_at": rfc3339(change.effective_at),
         "rule_set_version": to.rule_set_version,
     }
-
-
-def _retyped(event: EmittedEvent, type_: str) -> EmittedEvent:
-    return EmittedEvent(
-        id=event.id,
-        type=type_,
-        source=event.source,
-        subject=event.subject,
-        time=event.time,
-        data=event.data,
-    )
