@@ -10,7 +10,7 @@ clock they have.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
@@ -72,8 +72,11 @@ class Clock(Protocol):
     def partition_watcher(self, engine: AsyncEngine) -> UnreadPartitions | None:
         """What the consumer must report about its partitions for this clock, if anything."""
 
-    def seconds_until(self, deadline: datetime) -> float | None:
-        """Wall seconds until the clock reads `deadline`; None where that cannot be known."""
+    async def seconds_to_next(
+        self, next_deadline: Callable[[], Awaitable[datetime | None]]
+    ) -> float | None:
+        """Wall seconds until the clock reads the earliest stored deadline (`next_deadline`
+        reads it); None where that cannot be known (then it is not read at all)."""
 
     def refresh_due(
         self,
@@ -124,7 +127,12 @@ class WallClock:
     def partition_watcher(self, engine: AsyncEngine) -> UnreadPartitions | None:
         return None
 
-    def seconds_until(self, deadline: datetime) -> float | None:
+    async def seconds_to_next(
+        self, next_deadline: Callable[[], Awaitable[datetime | None]]
+    ) -> float | None:
+        deadline = await next_deadline()
+        if deadline is None:
+            return None
         return max((deadline - datetime.now(UTC)).total_seconds(), 0.0)
 
     def refresh_due(
@@ -179,7 +187,9 @@ class EventTimeClock:
     def partition_watcher(self, engine: AsyncEngine) -> UnreadPartitions | None:
         return UnreadPartitions(engine)
 
-    def seconds_until(self, deadline: datetime) -> float | None:
+    async def seconds_to_next(
+        self, next_deadline: Callable[[], Awaitable[datetime | None]]
+    ) -> float | None:
         return None  # the watermark moves with the events, not with the wall clock
 
     def refresh_due(

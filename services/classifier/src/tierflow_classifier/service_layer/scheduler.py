@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import datetime
 
 import structlog
 
@@ -102,16 +103,16 @@ class ReviewScheduler:
         if self._pass_version is not None:
             throttle = self._rules_not_before - asyncio.get_running_loop().time()
             wait = min(max(throttle, 0.0), wait)
-        try:
+
+        async def next_deadline() -> datetime | None:
             async with self._uow() as uow:
-                nxt = await uow.customers.next_deadline()
+                return await uow.customers.next_deadline()
+
+        try:
+            until = await self._clock.seconds_to_next(next_deadline)
         except Exception:
             return wait
-        if nxt is not None:
-            until = self._clock.seconds_until(nxt)
-            if until is not None:
-                wait = min(until, wait)
-        return wait
+        return wait if until is None else min(until, wait)
 
     async def _next_stale(self, uow: UnitOfWork, version: str, loop_time: float) -> list[str]:
         """The next customers of the pass classified by a version other than `version`; none
