@@ -4,16 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import httpx
 from aiokafka import AIOKafkaProducer
 
+from tests.support import ROOT, unique
+from tierflow_classifier.bootstrap import create_app as create_classifier
+from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.contract import EmittedEvent, encode_event
-from tierflow_common.settings import KafkaSettings
+from tierflow_common.settings import (
+    ConsumerSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    TopicSettings,
+)
 
 T = TypeVar("T")
+
+
+@asynccontextmanager
+async def classifier_client(
+    kafka: KafkaSettings,
+    database: DatabaseSettings,
+    topics: TopicSettings,
+    *,
+    consumer: ConsumerSettings | None = None,
+    **settings: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A classifier app running in this process (consumer, scheduler, relay, API) in its own
+    consumer group, with an HTTP client on its API; `settings` are ClassifierSettings fields."""
+    app = create_classifier(
+        kafka=kafka,
+        database=database,
+        topics=topics,
+        consumer=consumer or ConsumerSettings(),
+        settings=ClassifierSettings(
+            rules_file=ROOT / "config" / "classifier.yaml",
+            group_id=unique("classifier"),
+            **settings,
+        ),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
+            yield client
 
 
 async def eventually(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.integration.helpers import eventually, produce, purchase_event
+from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
 from tests.support import ROOT, read_topic, unique
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.bootstrap import create_app
@@ -33,19 +33,9 @@ pytestmark = pytest.mark.integration
 async def classifier(
     kafka_settings: KafkaSettings, database: DatabaseSettings, topics: TopicSettings
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(
-        kafka=kafka_settings,
-        database=database,
-        topics=topics,
-        consumer=ConsumerSettings(max_batch=50),
-        settings=ClassifierSettings(
-            rules_file=ROOT / "config" / "classifier.yaml", group_id=unique("classifier")
-        ),
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
-            yield client
+    consumer = ConsumerSettings(max_batch=50)
+    async with classifier_client(kafka_settings, database, topics, consumer=consumer) as client:
+        yield client
 
 
 async def customer(client: httpx.AsyncClient, cid: str) -> dict[str, object] | None:

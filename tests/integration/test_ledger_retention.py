@@ -12,16 +12,13 @@ import httpx
 import orjson
 import pytest
 from alembic import command
-from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.helpers import eventually, produce, purchase_event
-from tests.support import ROOT, Servers, unique
+from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
+from tests.support import Servers, unique
 from tests.unit.test_contract import purchase
 from tierflow_classifier.adapters.repository import claim_events, release_events
-from tierflow_classifier.bootstrap import create_app as create_classifier
-from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.db import ledger_partitions
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.ledger_partitions import (
@@ -223,18 +220,8 @@ async def test_migration_0008_keeps_the_rows_of_a_ledger_and_their_dedup(
 async def classifier(
     kafka_settings: KafkaSettings, database: DatabaseSettings, topics: TopicSettings
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_classifier(
-        kafka=kafka_settings,
-        database=database,
-        topics=topics,
-        settings=ClassifierSettings(
-            rules_file=ROOT / "config" / "classifier.yaml", group_id=unique("classifier")
-        ),
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
-            yield client
+    async with classifier_client(kafka_settings, database, topics) as client:
+        yield client
 
 
 async def counted(client: httpx.AsyncClient, cid: str) -> tuple[int, str] | None:

@@ -11,18 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import func, select, text
 
-from tests.integration.helpers import eventually, produce, purchase_event
-from tests.support import ROOT, unique
+from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
+from tests.support import ROOT
 from tierflow_classifier.adapters import population_store, repository
 from tierflow_classifier.adapters.rules_file import load_rules
-from tierflow_classifier.bootstrap import create_app
 from tierflow_classifier.domain.classify import Outside, variables_at
 from tierflow_classifier.domain.population import population_dimensions
 from tierflow_classifier.domain.rules import decide
-from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.contract import EmittedEvent
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import customers
@@ -44,22 +41,11 @@ SCORED = ("abc", "rfm")
 async def classifier(
     kafka: KafkaSettings, database: DatabaseSettings, topics: TopicSettings, **settings: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(
-        kafka=kafka,
-        database=database,
-        topics=topics,
-        consumer=ConsumerSettings(max_batch=20),
-        settings=ClassifierSettings(
-            rules_file=ROOT / "config" / "classifier.yaml",
-            group_id=unique("classifier"),
-            population_poll_s=0.2,
-            **settings,
-        ),
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
-            yield client
+    consumer = ConsumerSettings(max_batch=20)
+    async with classifier_client(
+        kafka, database, topics, consumer=consumer, population_poll_s=0.2, **settings
+    ) as client:
+        yield client
 
 
 def history_log(start: datetime) -> tuple[list[EmittedEvent], dict[str, int]]:

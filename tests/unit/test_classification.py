@@ -449,7 +449,9 @@ def test_churn_risk_moves_when_the_probability_crosses_its_threshold_not_on_a_ca
     assert evaluations < 25
 
 
-def test_a_rule_doing_arithmetic_on_the_churn_probability_is_re_scored_on_the_cadence() -> None:
+def test_a_rule_doing_arithmetic_on_the_churn_probability_is_re_scored_on_the_cadence(
+    tmp_path: Path,
+) -> None:
     from tierflow_classifier.domain.classify import _churn_thresholds  # noqa: PLC0415
 
     assert _churn_thresholds(RULES) == (0.3, 0.6, 0.85)
@@ -457,13 +459,9 @@ def test_a_rule_doing_arithmetic_on_the_churn_probability_is_re_scored_on_the_ca
     odd = text.replace(
         "churn_probability >= churn_critical", "churn_probability * 1.1 >= churn_critical"
     )
-    path = ROOT / "var" / "test-rules-churn-arith.yaml"
-    path.parent.mkdir(exist_ok=True)
+    path = tmp_path / "classifier.yaml"
     path.write_text(odd)
-    try:
-        rules = load_rules(path)
-    finally:
-        path.unlink()
+    rules = load_rules(path)
     assert _churn_thresholds(rules) is None
     outside = Outside(churn=churn_model())
     state, _ = apply(None, buy(0, "40"), rules, outside=outside)
