@@ -19,6 +19,7 @@ from tierflow_classifier.domain.classify import variables_at
 from tierflow_classifier.domain.fastrules import cel_type, compile_fast
 from tierflow_classifier.domain.features import compute_features
 from tierflow_classifier.domain.model import CustomerState
+from tierflow_classifier.domain.rule_versions import content_id
 from tierflow_classifier.domain.rules import (
     ANCHORS,
     Dimension,
@@ -28,7 +29,7 @@ from tierflow_classifier.domain.rules import (
     RuleSet,
     Timer,
 )
-from tierflow_common.config_file import line_of, load_yaml_model_with_nodes
+from tierflow_common.config_file import ConfigProblems, Problem, parse_yaml_model, position_of
 from tierflow_common.exceptions import ConfigError
 
 _Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -134,13 +135,17 @@ def _params(raw: _RulesFile) -> dict[str, Any]:
 
 
 class _Compiler:
-    def __init__(self, path: Path, root: yaml.Node | None, known: set[str]) -> None:
-        self.path, self.root, self.known = path, root, known
+    def __init__(self, origin: str, root: yaml.Node | None, known: set[str]) -> None:
+        self.origin, self.root, self.known = origin, root, known
 
-    def fail(self, loc: tuple[str | int, ...], message: str) -> ConfigError:
-        where = line_of(self.root, loc) or "?"
+    def fail(self, loc: tuple[str | int, ...], message: str) -> ConfigProblems:
+        line, column = position_of(self.root, loc)
         dotted = ".".join(str(p) for p in loc)
-        return ConfigError(f"{self.path}:{where}: {dotted}: {message}")
+        return ConfigProblems(
+            self.origin,
+            [Problem(line, column, dotted, message)],
+            f"{self.origin}:{line or '?'}: {dotted}: {message}",
+        )
 
     def compile(self, source: str, loc: tuple[str | int, ...]) -> tuple[Any, tuple[str, ...]]:
         try:
@@ -155,13 +160,25 @@ class _Compiler:
 
 
 def load_rules(path: Path) -> RuleSet:
-    raw, root = load_yaml_model_with_nodes(path, _RulesFile)
+    """The rule set in a file (the shipped default, tests, scripts)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_rules(text, str(path))
+
+
+def parse_rules(text: str, origin: str = "rules") -> RuleSet:
+    """A rule set from its YAML text, compiled and checked against the feature vocabulary;
+    ConfigProblems names line, column and problem. Its version is the id of its content
+    (domain/rule_versions.py); the document's `rule_set_version` is its human label."""
+    raw, root = parse_yaml_model(text, origin, _RulesFile)
     params = _params(raw)
     sample = CustomerState(customer_id="sample")
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     features = {**compute_features(sample, epoch, params), **UNSCORED}
     known = set(params) | set(features) | set(raw.timers)
-    compiler = _Compiler(path, root, known)
+    compiler = _Compiler(origin, root, known)
     timers = []
     needed: set[str] = set()
     for name, t in raw.timers.items():
@@ -182,7 +199,8 @@ def load_rules(path: Path) -> RuleSet:
         )
         dimensions.append(Dimension(name, tuple(rules), d.default, d.label_from, hysteresis))
     rule_set = RuleSet(
-        version=raw.rule_set_version,
+        version=content_id(normalised(raw)),
+        label=raw.rule_set_version,
         base_currency=raw.base_currency,
         rates=dict(raw.rates),
         params=params,
@@ -194,6 +212,27 @@ def load_rules(path: Path) -> RuleSet:
     )
     _type_check(rule_set, compiler, sample, epoch)
     return with_fast_paths(rule_set, sample, epoch)
+
+
+def normalised(raw: _RulesFile) -> dict[str, Any]:
+    """The content of a rule-set document, without its label, comments or layout: numbers as
+    the classifier reads them (params as doubles, rates as exact decimals)."""
+    doc = raw.model_dump(mode="python", exclude={"rule_set_version"})
+    doc["rates"] = {c: _decimal_text(r) for c, r in raw.rates.items()}
+    doc["params"] = {
+        k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+        for k, v in raw.params.items()
+    }
+    return doc
+
+
+def _decimal_text(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def normalised_text(text: str, origin: str = "rules") -> dict[str, Any]:
+    """normalised() of a document's text (no compiling: for diffs of stored versions)."""
+    return normalised(parse_yaml_model(text, origin, _RulesFile)[0])
 
 
 def with_fast_paths(rules: RuleSet, sample: CustomerState, at: datetime) -> RuleSet:

@@ -236,7 +236,11 @@ def classify(
     at: datetime,
     cause: str,
     outside: Outside = NOTHING,
+    redefined: frozenset[str] = frozenset(),
 ) -> tuple[CustomerState, list[Change]]:
+    """`redefined`: dimensions a newly activated rule set defines otherwise than the one the
+    customer was judged by. Their new rules decide at once: hysteresis damps a customer's own
+    small moves, not an operator's decision to move a bar (docs/classification.md)."""
     variables, deadlines, context = _variables(state, rules, at, outside)
     version = effective_version(rules, outside)
     labelled = labelled_version(version, outside)
@@ -247,7 +251,10 @@ def classify(
         label, index = choose(dim, variables, context)
         if current is not None and (
             current.label == label
-            or _hysteresis_keeps(dim, label, current, variables, rules, at, deadlines)
+            or (
+                dim.name not in redefined
+                and _hysteresis_keeps(dim, label, current, variables, rules, at, deadlines)
+            )
         ):
             continue
         decision = explain(dim, index, variables)

@@ -8,16 +8,18 @@ another basis.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from tierflow_classifier.domain import rule_versions
 from tierflow_classifier.domain.apply import already_applied, apply
 from tierflow_classifier.domain.classify import NOTHING, Outside, catch_up, classify
 from tierflow_classifier.domain.classify import effective_version as _effective_version
 from tierflow_classifier.domain.model import Change, CustomerEvent, CustomerState
 from tierflow_classifier.domain.population_review import after_refresh, judge_at
+from tierflow_classifier.domain.rule_versions import in_rollout
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.exceptions import UnprocessableEvent
 
@@ -25,15 +27,80 @@ from tierflow_classifier.exceptions import UnprocessableEvent
 @dataclass(frozen=True)
 class Basis:
     """What classes are judged by: the rule set and what lies outside the customer
-    (population statistics, churn model)."""
+    (population statistics, churn model). `activation`: the number of the rule-set
+    activation that put `rules` in force (it names the changes a switch of rule set causes);
+    `known`: the rule sets this process knows by version, so a switch can tell which
+    dimensions the new one redefines."""
 
     rules: RuleSet
     outside: Outside = NOTHING
+    activation: int = 0
+    known: Mapping[str, RuleSet] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
         """The effective version a customer judged by this basis records."""
         return _effective_version(self.rules, self.outside)
+
+    # A Basis judges every customer alike: it is its own Judging.
+    def for_customer(self, customer_id: str) -> Basis:
+        return self
+
+    def version_for(self, customer_id: str) -> str:
+        return self.version
+
+    @property
+    def key(self) -> str:
+        return self.version
+
+    def rule_sets(self) -> tuple[RuleSet, ...]:
+        return (self.rules,)
+
+
+class Judging(Protocol):
+    """Which basis judges each customer: one Basis for all, or a Canary."""
+
+    def for_customer(self, customer_id: str) -> Basis: ...
+
+    def version_for(self, customer_id: str) -> str: ...
+
+    @property
+    def key(self) -> str:
+        """Equal keys: every customer is judged by the same basis under both."""
+        ...
+
+    def rule_sets(self) -> tuple[RuleSet, ...]: ...
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A partial rollout: the stable `percent` share of customers (hash of the id,
+    domain/rule_versions.in_rollout) is judged by `candidate`, the rest by `previous`."""
+
+    candidate: Basis
+    previous: Basis
+    percent: float
+
+    def for_customer(self, customer_id: str) -> Basis:
+        return self.candidate if in_rollout(customer_id, self.percent) else self.previous
+
+    def version_for(self, customer_id: str) -> str:
+        return self.for_customer(customer_id).version
+
+    @property
+    def key(self) -> str:
+        return f"{self.candidate.version}@{self.percent:g}|{self.previous.version}"
+
+    def rule_sets(self) -> tuple[RuleSet, ...]:
+        return (self.candidate.rules, self.previous.rules)
+
+
+RULE_SET_ACTIVATED = "rule_set_activated"
+
+
+def rules_part(version: str) -> str:
+    """The rule-set version inside an effective version (`<rules>[+<churn model>]`)."""
+    return version.split("+", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -116,7 +183,10 @@ class EventsArrived:
 @dataclass(frozen=True)
 class TimePassed:
     """The clock reads `now`: fire the customer's deadlines up to it; a customer judged by
-    another rule set or churn model is judged again by this one (cause "rules:<version>")."""
+    another rule set is judged again by this one (cause "rule_set_activated:<version>/<n>",
+    n the activation), one judged by another churn model by the new model (cause
+    "rules:<effective version>"). The dimensions the new rule set redefines are decided by its
+    rules without hysteresis."""
 
     now: datetime
 
@@ -127,14 +197,21 @@ class TimePassed:
         new, fired = catch_up(state, rules, until=self.now, outside=outside)
         version = basis.version
         if new.rule_set_version != version:
+            before = rules_part(new.rule_set_version)
+            if before != rules.version:
+                cause = f"{RULE_SET_ACTIVATED}:{rules.version}/{basis.activation}"
+                redefined = rule_versions.redefined(basis.known.get(before), rules)
+            else:
+                cause, redefined = f"rules:{version}", frozenset()
             # Never before the customer's own latest instant (in replay its partition may run
             # ahead of the watermark): its history must not go back in time.
             new, more = classify(
                 new,
                 rules,
                 at=judge_at(new, self.now),
-                cause=f"rules:{version}",
+                cause=cause,
                 outside=outside,
+                redefined=redefined,
             )
             fired += more
         return Judged(new if new != state else None, fired)

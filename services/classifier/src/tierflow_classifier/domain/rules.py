@@ -87,6 +87,7 @@ class RefundPolicy:
 
 @dataclass(frozen=True)
 class RuleSet:
+    # The id of the rule set's content (domain/rule_versions.py), what customers record.
     version: str
     base_currency: str
     rates: Mapping[str, Decimal]
@@ -97,6 +98,8 @@ class RuleSet:
     # Every name a rule or timer reads: only these go into the CEL context.
     needed: frozenset[str] = frozenset()
     refunds: RefundPolicy = field(default_factory=RefundPolicy)
+    # The document's own name for itself (`rule_set_version:` in the YAML), for people.
+    label: str = ""
 
 
 @dataclass(frozen=True)

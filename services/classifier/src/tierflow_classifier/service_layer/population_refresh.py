@@ -38,11 +38,10 @@ from tierflow_classifier.adapters import population_store as store
 from tierflow_classifier.adapters.clock import Clock, RefreshPolicy, Stillness
 from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import SweepProgress
-from tierflow_classifier.domain.classify import Outside
 from tierflow_classifier.domain.model import Change
 from tierflow_classifier.domain.population import PopulationStats, population_dimensions
 from tierflow_classifier.domain.population_review import after_refresh, outline_suffices
-from tierflow_classifier.domain.reclassification import Basis, PopulationMoved
+from tierflow_classifier.domain.reclassification import PopulationMoved
 from tierflow_classifier.service_layer.reclassify import Classifier, reclassify
 from tierflow_classifier.service_layer.unit_of_work import UnitOfWork
 from tierflow_common.settings import TopicSettings
@@ -234,23 +233,24 @@ class PopulationRefresher:
         earlier recency crossings forward; return the changes published."""
         if not ids:
             return []
-        rules = self.classifier.rules
         now = await self.clock.read(uow.watermarks)
         at = stats.computed_at if now is None else max(now, stats.computed_at)
-        basis = Basis(rules, Outside(stats, self.classifier.churn.model))
+        basis = self.classifier.basis(stats)
+        rule_sets = basis.rule_sets()
         t1 = time.monotonic()
         candidates = ids
         earlier: list[tuple[str, datetime]] = []
-        if outline_suffices(rules):
+        if all(outline_suffices(r) for r in rule_sets):
             # Judge the outlines (what the population dimensions read); load in full only the
             # customers to re-classify. A customer of an older rule set or churn model is the
             # review scheduler's to re-evaluate; it reads these statistics too.
-            names = [d.name for d in population_dimensions(rules)]
+            names = sorted({d.name for r in rule_sets for d in population_dimensions(r)})
             candidates = []
             for outline in await uow.customers.outlines(ids, names):
-                if outline.rule_set_version != basis.version:
+                mine = basis.for_customer(outline.customer_id)
+                if outline.rule_set_version != mine.version:
                     continue
-                verdict = after_refresh(outline, rules, basis.outside, at)
+                verdict = after_refresh(outline, mine.rules, mine.outside, at)
                 if verdict.reclassify_at is not None:
                     candidates.append(outline.customer_id)
                 elif verdict.review_by is not None:

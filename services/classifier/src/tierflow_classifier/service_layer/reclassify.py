@@ -23,7 +23,8 @@ from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.domain.apply import VALUE_TIER
 from tierflow_classifier.domain.classify import Outside
 from tierflow_classifier.domain.model import Change, CustomerState
-from tierflow_classifier.domain.reclassification import Basis, Rejected, Step
+from tierflow_classifier.domain.population import PopulationStats
+from tierflow_classifier.domain.reclassification import Basis, Canary, Judging, Rejected, Step
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.service_layer.unit_of_work import OutboxItem, UnitOfWork
 from tierflow_common.contract import (
@@ -42,15 +43,41 @@ SOURCE = "tierflow/classifier"
 
 @dataclass
 class Classifier:
-    """What classes are judged by in this process right now: the rule set, and the population
-    statistics and churn model, which background tasks replace when a new version appears."""
+    """What classes are judged by in this process right now: the rule set in force (during a
+    partial rollout: the candidate for its share of customers, the previous version for the
+    rest), and the population statistics and churn model. Background tasks replace each when
+    a new version appears."""
 
     rules: RuleSet
     population: PopulationHolder
     churn: ChurnModelHolder
+    previous: RuleSet | None = None
+    rollout_percent: float = 100.0
+    activation: int = 0
+    # Every rule set this process has compiled, by version (what a switch compares with).
+    known: dict[str, RuleSet] = field(default_factory=dict)
 
-    def basis(self) -> Basis:
-        return Basis(self.rules, Outside(self.population.stats, self.churn.model))
+    def __post_init__(self) -> None:
+        self.known.setdefault(self.rules.version, self.rules)
+
+    def put_in_force(
+        self, rules: RuleSet, previous: RuleSet | None, percent: float, activation: int
+    ) -> None:
+        for rule_set in (rules, previous):
+            if rule_set is not None:
+                self.known.setdefault(rule_set.version, rule_set)
+        self.rules, self.previous = rules, previous
+        self.rollout_percent, self.activation = percent, activation
+
+    def basis(self, population: PopulationStats | None = None) -> Judging:
+        """How each customer is judged now; `population`: these statistics instead of the
+        ones in force (a refresh judging by the statistics it just built)."""
+        outside = Outside(population or self.population.stats, self.churn.model)
+        candidate = Basis(self.rules, outside, self.activation, self.known)
+        if self.previous is None or self.rollout_percent >= 100:
+            return candidate
+        previous = Basis(self.previous, outside, self.activation, self.known)
+        return Canary(candidate, previous, self.rollout_percent)
 
 
 @dataclass
@@ -67,7 +94,7 @@ class Reclassified:
 
 async def reclassify(
     uow: UnitOfWork,
-    basis: Basis,
+    basis: Judging,
     customer_ids: Sequence[str],
     step: Step,
     topics: TopicSettings,
@@ -85,7 +112,7 @@ async def reclassify(
     changes: list[Change] = []
     reviews: list[tuple[str, datetime]] = []
     for cid in ids:
-        judged = step(states.get(cid), cid, basis)
+        judged = step(states.get(cid), cid, basis.for_customer(cid))
         if judged.state is not None:
             saved.append(judged.state)
         changes.extend(judged.changes)

@@ -20,7 +20,7 @@ from datetime import datetime
 import structlog
 
 from tierflow_classifier.adapters.clock import Clock
-from tierflow_classifier.domain.reclassification import TimePassed
+from tierflow_classifier.domain.reclassification import Judging, TimePassed
 from tierflow_classifier.service_layer.reclassify import Classifier, reclassify
 from tierflow_classifier.service_layer.unit_of_work import UnitOfWork
 from tierflow_common.settings import TopicSettings
@@ -114,9 +114,11 @@ class ReviewScheduler:
             return wait
         return wait if until is None else min(until, wait)
 
-    async def _next_stale(self, uow: UnitOfWork, version: str, loop_time: float) -> list[str]:
-        """The next customers of the pass classified by a version other than `version`; none
-        when this round's share of the pass held none (the pass goes on next round)."""
+    async def _next_stale(self, uow: UnitOfWork, basis: Judging, loop_time: float) -> list[str]:
+        """The next customers of the pass classified by a version other than the one `basis`
+        judges them by; none when this round's share of the pass held none (the pass goes on
+        next round)."""
+        version = basis.key
         if self._pass_version != version:
             self._pass_version, self._pass_after = version, ""
         looked = 0
@@ -131,7 +133,7 @@ class ReviewScheduler:
                 self._recheck_at = loop_time + self.RECHECK_S
                 return []
             looked += len(page)
-            stale = [cid for cid, v in page if v != version]
+            stale = [cid for cid, v in page if v != basis.version_for(cid)]
             if stale:
                 take = stale[: self._reevaluate_batch]
                 self._pass_after = take[-1] if len(take) < len(stale) else page[-1][0]
@@ -146,7 +148,7 @@ class ReviewScheduler:
             if now is None:
                 return 0
             basis = self._classifier.basis()
-            version = basis.version
+            version = basis.key
             target = await uow.customers.due(now, self._batch)
             reason = "time"
             loop_time = asyncio.get_running_loop().time()
@@ -159,7 +161,7 @@ class ReviewScheduler:
                     or loop_time >= self._recheck_at
                 )
             ):
-                target = await self._next_stale(uow, version, loop_time)
+                target = await self._next_stale(uow, basis, loop_time)
                 reason = "rules"
                 self._rules_not_before = loop_time + len(target) / self._reevaluate_per_s
             if not target:
