@@ -29,12 +29,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
+from tierflow_common.auth import ANY_SOURCE, Principal, Role
 from tierflow_common.contract import EmittedEvent, encode_event
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.kafka import murmur2, partition_for
 from tierflow_common.keys import hash_key
 from tierflow_ingest.adapters.publisher import KafkaPublisher, to_record
-from tierflow_ingest.domain.access import ANY_SOURCE, ApiKey
 from tierflow_ingest.domain.validation import FieldError, validate_event, validate_events
 from tierflow_ingest.entrypoints import http_io
 from tierflow_ingest.entrypoints.examples import event_examples
@@ -129,7 +129,9 @@ def test_batch_rejections_name_each_field_as_single_events_do() -> None:
 
 @given(st.lists(event_like(), max_size=6), st.booleans())
 def test_check_items_gives_what_check_item_gives(objs: list[Any], any_source: bool) -> None:
-    key = ApiKey("k1", "test", frozenset({ANY_SOURCE} if any_source else {"shop"}))
+    key = Principal(
+        "k1", "test", frozenset({Role.INGEST}), (ANY_SOURCE,) if any_source else ("shop",)
+    )
     settings = IngestSettings()
     together = http_io.check_items(copy.deepcopy(objs), key, now=NOW, settings=settings)
     one_by_one = [
@@ -260,17 +262,18 @@ class FakeReceipts:
 class FakeKeys:
     loaded = True
 
-    def lookup(self, key: str) -> ApiKey | None:
-        return {hash_key("tf_shop"): ApiKey("k1", "shop key", frozenset({"shop"}))}.get(
-            hash_key(key)
-        )
+    def lookup(self, key: str) -> Principal | None:
+        return {
+            hash_key("tf_shop"): Principal("k1", "shop key", frozenset({Role.INGEST}), ("shop",)),
+            hash_key("tf_read"): Principal("k2", "dashboard", frozenset({Role.READ}), ()),
+        }.get(hash_key(key))
 
 
 def ingest_app(*, hot: bool) -> FastAPI:
     settings = IngestSettings(max_batch_events=3, max_body_bytes=4096)
     intake = Intake(started(FakeProducer(hold=b"held"), timeout_s=0.2), FakeReceipts())  # type: ignore[arg-type]
     limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
-    router = build_router(intake, FakeKeys(), limiter, settings, clock=lambda: NOW)  # type: ignore[arg-type]
+    router = build_router(intake, FakeKeys(), limiter, settings, clock=lambda: NOW)
     app = FastAPI()
     app.include_router(router)
     if hot:
@@ -295,6 +298,7 @@ REQUESTS: list[tuple[str, str, dict[str, str], bytes]] = [
     ("/v1/events", CE, {}, orjson.dumps(PURCHASE)),
     ("/v1/events", CE, {"authorization": "Bearer tf_nope"}, orjson.dumps(PURCHASE)),
     ("/v1/events", CE, {"authorization": "Basic tf_shop"}, orjson.dumps(PURCHASE)),
+    ("/v1/events", CE, {"authorization": "Bearer tf_read"}, orjson.dumps(PURCHASE)),  # no role
     (
         "/v1/events:batch",
         BATCH,
@@ -333,7 +337,7 @@ async def answers(app: FastAPI) -> list[tuple[int, dict[str, str], bytes]]:
 async def test_hot_routes_answer_as_the_framework_routes() -> None:
     hot, plain = await answers(ingest_app(hot=True)), await answers(ingest_app(hot=False))
     assert [a[0] for a in plain] == [202, 202, 202, 503, 422, 403, 400, 415, 413, 401, 401, 401,
-                                     200, 200, 503, 413, 400, 200, 415, 307, 405]  # fmt: skip
+                                     403, 200, 200, 503, 413, 400, 200, 415, 307, 405]  # fmt: skip
     assert hot == plain
 
 

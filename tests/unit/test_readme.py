@@ -17,6 +17,7 @@ CLASSES: list[type[BaseSettings]] = [
     common.DatabaseSettings,
     common.TopicSettings,
     common.LogSettings,
+    common.MetricsSettings,
     common.IngestHttpSettings,
     common.ClassifierHttpSettings,
     common.NotifierHttpSettings,

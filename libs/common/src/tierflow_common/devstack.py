@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tierflow_common.auth import ALL_ROLES, Role
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.embedded import EmbeddedPostgres, EmbeddedTansu
 from tierflow_common.embedded.process import spawn, stop_process, tail
@@ -157,9 +158,14 @@ class DevStack:
         if self.postgres is not None:
             self.dev_key = self._development_key(db)
             if not self.env.get("NOTIFIER_INGEST_API_KEY"):
-                # Completed care tasks are reported back through the ingest, like any source.
+                # Completed care tasks are reported back through the ingest, like any source:
+                # with a key of its own that may only send for the notifier's source.
                 self.env["NOTIFIER_INGEST_API_KEY"] = self._stored_key(
-                    db, "notifier-api-key", "notifier (tierflow run)", ["tierflow/notifier"]
+                    db,
+                    "notifier-api-key",
+                    "notifier (tierflow run)",
+                    ["tierflow/notifier"],
+                    {Role.INGEST},
                 )
 
         async def topics_ready() -> list[str]:
@@ -173,18 +179,31 @@ class DevStack:
         )
 
     def _development_key(self, db: DatabaseSettings) -> str:
-        """A key for every source, kept in var/ so the quick start works across restarts."""
-        return self._stored_key(db, "dev-api-key", "development (tierflow run)", ["*"])
+        """A key with every role, for every source, kept in var/ so the quick start works
+        across restarts."""
+        return self._stored_key(db, "dev-api-key", "development (tierflow run)", ["*"], ALL_ROLES)
 
-    def _stored_key(self, db: DatabaseSettings, file: str, name: str, sources: list[str]) -> str:
-        from tierflow_common.keys import create_key_sync, key_is_active_sync  # noqa: PLC0415
+    def _stored_key(
+        self,
+        db: DatabaseSettings,
+        file: str,
+        name: str,
+        sources: list[str],
+        roles: frozenset[Role] | set[Role],
+    ) -> str:
+        """The key saved in var/`file` while it is active with exactly these roles and sources;
+        else a new one (a saved key of an older version, e.g. without roles, is revoked)."""
+        from tierflow_common.keys import create_key_sync, find_key_sync, revoke_key_sync  # noqa: PLC0415
 
         path = self.var / file
         if path.exists():
             key = path.read_text().strip()
-            if key and key_is_active_sync(db, key):
+            found = find_key_sync(db, key) if key else None
+            if found is not None and found.roles == roles and found.sources == tuple(sources):
                 return key
-        _, key = create_key_sync(db, name=name, sources=sources)
+            if found is not None:
+                revoke_key_sync(db, found.key_id)
+        _, key = create_key_sync(db, name=name, sources=sources, roles=roles)
         path.write_text(key + "\n")
         path.chmod(0o600)
         return key

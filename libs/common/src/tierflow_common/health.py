@@ -1,4 +1,5 @@
-"""`/livez`, `/readyz` and `/metrics`, the same on every service."""
+"""`/livez`, `/readyz` and `/metrics`, the same on every service. The first two answer anyone
+(orchestrators probe them); who may read `/metrics` is METRICS_ACCESS (tierflow_common.auth)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tierflow_common.auth import metrics_guard
+from tierflow_common.settings import MetricsAccess
+
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 
-def ops_router(checks: Mapping[str, ReadinessCheck], *, timeout: float = 2.0) -> APIRouter:
+def ops_router(
+    checks: Mapping[str, ReadinessCheck],
+    *,
+    metrics_access: MetricsAccess = "loopback",
+    timeout: float = 2.0,
+) -> APIRouter:
     """Readiness is the conjunction of the named checks; each raises when its dependency is away."""
     router = APIRouter(tags=["operations"])
 
@@ -42,7 +51,12 @@ def ops_router(checks: Mapping[str, ReadinessCheck], *, timeout: float = 2.0) ->
             status_code=200 if ok else 503,
         )
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=[metrics_guard(metrics_access)],
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,7 +1,8 @@
-"""API keys of upstream sources: generated here, stored only as SHA-256 hashes.
+"""API keys: generated here, stored only as SHA-256 hashes, each with its roles
+(tierflow_common.auth) and, for `ingest` keys, the sources it may send for.
 
 Keys carry 256 random bits, so a fast hash is as safe as a slow KDF and keeps authentication
-cheap. Used by the ingest (authentication), the CLI (`tierflow keys ...`) and `tierflow run`.
+cheap. Used by every service (`KeyCache`), the CLI (`tierflow keys ...`) and `tierflow run`.
 """
 
 from __future__ import annotations
@@ -9,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tierflow_common.auth import Principal, Role
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import api_keys
 from tierflow_common.settings import DatabaseSettings
 
 KEY_PREFIX = "tf"
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+_ROLE_NAMES = frozenset(Role)
 
 
 def new_key() -> tuple[str, str]:
@@ -34,13 +39,39 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def key_roles(roles: Collection[Role | str] | None, sources: Sequence[str]) -> frozenset[Role]:
+    """The roles a new key gets. No roles given means an `ingest` key (as every key was before
+    roles existed). Sources belong to `ingest` keys: one needs them, the others take none."""
+    given = frozenset(Role(r) for r in roles) if roles else frozenset({Role.INGEST})
+    if Role.INGEST in given and not sources:
+        raise ValueError("an ingest key needs at least one source (--source; '*' = any)")
+    if sources and Role.INGEST not in given:
+        raise ValueError("sources only apply to ingest keys: add --role ingest or drop --source")
+    return given
+
+
+def _principal(row: Any) -> Principal:
+    # A role this version does not know (a newer one wrote it) grants nothing here.
+    roles = frozenset(Role(r) for r in row.roles if r in _ROLE_NAMES)
+    return Principal(row.key_id, row.name, roles, tuple(sorted(row.sources)))
+
+
 async def create_key(
-    conn: AsyncConnection, *, name: str, sources: Sequence[str]
+    conn: AsyncConnection,
+    *,
+    name: str,
+    sources: Sequence[str] = (),
+    roles: Collection[Role | str] | None = None,
 ) -> tuple[str, str]:
+    granted = key_roles(roles, sources)
     key_id, key = new_key()
     await conn.execute(
         insert(api_keys).values(
-            key_id=key_id, name=name, key_hash=hash_key(key), sources=sorted(set(sources))
+            key_id=key_id,
+            name=name,
+            key_hash=hash_key(key),
+            sources=sorted(set(sources)),
+            roles=[str(r) for r in sorted(granted)],
         )
     )
     return key_id, key
@@ -55,13 +86,15 @@ async def revoke_key(conn: AsyncConnection, key_id: str) -> bool:
     return bool(result.rowcount)
 
 
-async def key_is_active(conn: AsyncConnection, key: str) -> bool:
-    row = await conn.execute(
-        select(api_keys.c.key_id).where(
+async def find_key(conn: AsyncConnection, key: str) -> Principal | None:
+    """The active key `key` is, or None (unknown or revoked)."""
+    rows = await conn.execute(
+        select(api_keys.c.key_id, api_keys.c.name, api_keys.c.sources, api_keys.c.roles).where(
             api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
         )
     )
-    return row.first() is not None
+    row = rows.first()
+    return _principal(row) if row is not None else None
 
 
 async def list_keys(conn: AsyncConnection) -> list[dict[str, Any]]:
@@ -69,12 +102,55 @@ async def list_keys(conn: AsyncConnection) -> list[dict[str, Any]]:
         select(
             api_keys.c.key_id,
             api_keys.c.name,
+            api_keys.c.roles,
             api_keys.c.sources,
             api_keys.c.created_at,
             api_keys.c.revoked_at,
         ).order_by(api_keys.c.created_at)
     )
     return [dict(r._mapping) for r in rows]
+
+
+class KeyCache:
+    """Active keys by hash, refreshed every few seconds: a lookup is one SHA-256 and a dict
+    lookup (no database round trip on a request), a new or revoked key takes effect within
+    one refresh, and a brief database outage does not stop the APIs."""
+
+    def __init__(self, engine: AsyncEngine, *, refresh_s: float) -> None:
+        self._engine = engine
+        self._refresh_s = refresh_s
+        self._keys: dict[bytes, Principal] = {}
+        self.loaded = False
+
+    def lookup(self, key: str) -> Principal | None:
+        return self._keys.get(hash_key(key))
+
+    async def refresh(self) -> None:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    api_keys.c.key_id,
+                    api_keys.c.name,
+                    api_keys.c.key_hash,
+                    api_keys.c.sources,
+                    api_keys.c.roles,
+                ).where(api_keys.c.revoked_at.is_(None))
+            )
+            self._keys = {bytes(r.key_hash): _principal(r) for r in rows}
+        self.loaded = True
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.warning("api_keys_refresh_failed", error=str(exc))
+            await asyncio.sleep(self._refresh_s)
+
+    async def ready(self) -> None:
+        """Readiness check: the keys were read at least once."""
+        if not self.loaded:
+            raise RuntimeError("API keys not loaded yet")
 
 
 def _in_transaction(db: DatabaseSettings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
@@ -89,8 +165,16 @@ def _in_transaction(db: DatabaseSettings, work: Callable[[AsyncConnection], Awai
     return asyncio.run(main())
 
 
-def create_key_sync(db: DatabaseSettings, *, name: str, sources: Sequence[str]) -> tuple[str, str]:
-    return _in_transaction(db, lambda conn: create_key(conn, name=name, sources=sources))
+def create_key_sync(
+    db: DatabaseSettings,
+    *,
+    name: str,
+    sources: Sequence[str] = (),
+    roles: Collection[Role | str] | None = None,
+) -> tuple[str, str]:
+    return _in_transaction(
+        db, lambda conn: create_key(conn, name=name, sources=sources, roles=roles)
+    )
 
 
 def revoke_key_sync(db: DatabaseSettings, key_id: str) -> bool:
@@ -101,5 +185,5 @@ def list_keys_sync(db: DatabaseSettings) -> list[dict[str, Any]]:
     return _in_transaction(db, list_keys)
 
 
-def key_is_active_sync(db: DatabaseSettings, key: str) -> bool:
-    return _in_transaction(db, lambda conn: key_is_active(conn, key))
+def find_key_sync(db: DatabaseSettings, key: str) -> Principal | None:
+    return _in_transaction(db, lambda conn: find_key(conn, key))

@@ -15,6 +15,7 @@ EMBEDDED_KAFKA_PORT = 9092
 EMBEDDED_POSTGRES_PORT = 54329
 EMBEDDED_KAFKA_BOOTSTRAP = f"127.0.0.1:{EMBEDDED_KAFKA_PORT}"
 EMBEDDED_DATABASE_URL = f"postgresql+asyncpg://postgres@127.0.0.1:{EMBEDDED_POSTGRES_PORT}/tierflow"
+MetricsAccess = Literal["open", "loopback", "key"]
 
 
 class KafkaSettings(BaseSettings):
@@ -104,6 +105,15 @@ class LogSettings(BaseSettings):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
+
+
+class MetricsSettings(BaseSettings):
+    """Who may read a service's `/metrics`: `open` (anyone), `loopback` (callers on 127.0.0.1
+    or ::1; others need a `read` key), `key` (only callers with a `read` key)."""
+
+    model_config = SettingsConfigDict(env_prefix="METRICS_", extra="ignore")
+
+    access: MetricsAccess = "loopback"
 
 
 class HttpSettings(BaseSettings):

@@ -10,15 +10,22 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from tierflow_common.auth import install_auth
 from tierflow_common.checks import broker_check, database_check
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.ledger_partitions import LedgerPartitions
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.health import ops_router
 from tierflow_common.kafka import make_producer
+from tierflow_common.keys import KeyCache
 from tierflow_common.logging import configure_logging
-from tierflow_common.settings import DatabaseSettings, KafkaSettings, LogSettings, TopicSettings
-from tierflow_ingest.adapters.api_keys import KeyCache
+from tierflow_common.settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    LogSettings,
+    MetricsSettings,
+    TopicSettings,
+)
 from tierflow_ingest.adapters.publisher import KafkaPublisher
 from tierflow_ingest.adapters.receipts import TABLE as RECEIPTS_TABLE
 from tierflow_ingest.adapters.receipts import ReceiptWriter
@@ -40,6 +47,7 @@ def create_app(
     database: DatabaseSettings | None = None,
     topics: TopicSettings | None = None,
     settings: IngestSettings | None = None,
+    metrics: MetricsSettings | None = None,
 ) -> FastAPI:
     kafka = kafka or KafkaSettings()
     database = database or DatabaseSettings()
@@ -105,9 +113,11 @@ def create_app(
     app.add_middleware(HotRoutes, routes=hot_routes(events))
     _publish_event_components(app)
     app.include_router(build_bulk_router(intake, keys, limiter, settings))
+    install_auth(app, keys)
     app.include_router(
         ops_router(
-            {"broker": broker_ready, "database": database_check(engine), "api_keys": keys_ready}
+            {"broker": broker_ready, "database": database_check(engine), "api_keys": keys_ready},
+            metrics_access=(metrics or MetricsSettings()).access,
         )
     )
     return app

@@ -68,6 +68,27 @@ api_keys = Table(
     Column("sources", ARRAY(Text), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # tierflow_common.auth.Role values (migration 0010; keys made before it are ingest keys).
+    Column("roles", ARRAY(Text), nullable=False, server_default=text("'{ingest}'")),
+)
+
+# Every call of an operate/admin route of any service (tierflow_common.audit), denied and failed
+# ones included. `target` holds the route's path parameters (action id, delivery id, ...).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("audit_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("service", Text, nullable=False),
+    Column("key_id", Text, nullable=True),
+    Column("key_name", Text, nullable=True),
+    Column("role", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("route", Text, nullable=False),
+    Column("target", JSONB, nullable=False),
+    Column("status", Integer, nullable=False),
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_key_id", "key_id", "audit_id"),
 )
 
 # One row per (source, id) the broker acknowledged: lets the ingest report resends as duplicates.

@@ -1,21 +1,9 @@
-"""Who may send what, and how fast. Pure: no I/O, clock injected."""
+"""How fast a key may send (who may send what: tierflow_common.auth). Pure: clock injected."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-ANY_SOURCE = "*"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    key_id: str
-    name: str
-    sources: frozenset[str]
-
-    def owns(self, source: str) -> bool:
-        return ANY_SOURCE in self.sources or source in self.sources
 
 
 @dataclass

@@ -16,15 +16,15 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from tierflow_common.auth import Credentials, KeyLookup
 from tierflow_common.contract import CustomerEvent
+from tierflow_common.errors_http import PROBLEM_SCHEMA
 from tierflow_common.exceptions import BrokerUnavailable
-from tierflow_ingest.adapters.api_keys import KeyCache
 from tierflow_ingest.domain.validation import FieldError
 from tierflow_ingest.entrypoints import http_io
 from tierflow_ingest.entrypoints.examples import ndjson_example
 from tierflow_ingest.entrypoints.metrics import REJECTED
-from tierflow_ingest.entrypoints.problems import PROBLEM_SCHEMA
-from tierflow_ingest.entrypoints.routes import COMMON_ERRORS, PROBLEM, Credentials
+from tierflow_ingest.entrypoints.routes import BEARER_SECURITY, COMMON_ERRORS, PROBLEM
 from tierflow_ingest.exceptions import Overloaded
 from tierflow_ingest.service_layer.intake import Accepted, Intake, RateLimiter
 from tierflow_ingest.settings import IngestSettings
@@ -96,7 +96,7 @@ class _BrokerStop(Exception):
 
 def build_bulk_router(
     intake: Intake,
-    keys: KeyCache,
+    keys: KeyLookup,
     limiter: RateLimiter,
     settings: IngestSettings,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -135,7 +135,8 @@ def build_bulk_router(
                     t: {"schema": {"type": "string"}, "example": ndjson_example()}
                     for t in NDJSON_TYPES
                 },
-            }
+            },
+            **BEARER_SECURITY,
         },
         responses={
             200: {

@@ -10,15 +10,16 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
+from tierflow_common.auth import ANY_SOURCE, AccessDenied, KeyLookup, Principal, Role, authorize
 from tierflow_common.contract import CustomerEvent
-from tierflow_ingest.adapters.api_keys import KeyCache
-from tierflow_ingest.domain.access import ANY_SOURCE, ApiKey
+from tierflow_common.errors_http import problem
 from tierflow_ingest.domain.validation import FieldError, validate_event, validate_events
 from tierflow_ingest.entrypoints.metrics import REJECTED
-from tierflow_ingest.entrypoints.problems import problem
 from tierflow_ingest.settings import IngestSettings
 
-ANONYMOUS = ApiKey("anonymous", "authentication disabled", frozenset({ANY_SOURCE}))
+ANONYMOUS = Principal(
+    "anonymous", "authentication disabled", frozenset({Role.INGEST}), (ANY_SOURCE,)
+)
 
 
 def media_type(request: Request) -> str:
@@ -46,8 +47,8 @@ def bearer_token(request: Request) -> str | None:
 
 
 def authenticate(
-    credentials: HTTPAuthorizationCredentials | None, keys: KeyCache, settings: IngestSettings
-) -> ApiKey | JSONResponse:
+    credentials: HTTPAuthorizationCredentials | None, keys: KeyLookup, settings: IngestSettings
+) -> Principal | JSONResponse:
     token = (
         credentials.credentials
         if credentials is not None and credentials.scheme.lower() == "bearer"
@@ -57,34 +58,22 @@ def authenticate(
 
 
 def authenticate_token(
-    token: str | None, keys: KeyCache, settings: IngestSettings
-) -> ApiKey | JSONResponse:
-    """The key a bearer token stands for, or the 401 problem (in-memory lookup: `KeyCache`)."""
+    token: str | None, keys: KeyLookup, settings: IngestSettings
+) -> Principal | JSONResponse:
+    """The `ingest` key a bearer token stands for, or the 401/403 problem (in-memory lookup:
+    tierflow_common.keys.KeyCache; the check is tierflow_common.auth's, as on every route)."""
     if not settings.auth_required:
         return ANONYMOUS
-    if token is None:
-        REJECTED.labels(reason="unauthorized").inc()
-        return problem(
-            401,
-            "unauthorized",
-            "API key required",
-            "send 'Authorization: Bearer <key>'; create keys with `tierflow keys create`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    key = keys.lookup(token)
-    if key is None:
-        REJECTED.labels(reason="unauthorized").inc()
-        return problem(
-            401,
-            "unauthorized",
-            "Invalid API key",
-            "the API key is unknown or revoked",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return key
+    checked = authorize(
+        keys.lookup(token) if token is not None else None, Role.INGEST, presented=token is not None
+    )
+    if isinstance(checked, AccessDenied):
+        REJECTED.labels(reason="unauthorized" if checked.status == 401 else "forbidden").inc()
+        return checked.response()
+    return checked
 
 
-def forbidden_source(key: ApiKey, source: str) -> FieldError:
+def forbidden_source(key: Principal, source: str) -> FieldError:
     return FieldError(
         "source",
         f"API key {key.key_id} ({key.name}) may not send events for source {source!r}",
@@ -93,7 +82,7 @@ def forbidden_source(key: ApiKey, source: str) -> FieldError:
 
 
 def check_item(
-    obj: Any, key: ApiKey, *, now: datetime, settings: IngestSettings
+    obj: Any, key: Principal, *, now: datetime, settings: IngestSettings
 ) -> CustomerEvent | list[FieldError]:
     """One batch or bulk item: valid, and from a source the key owns (else why not)."""
     checked = validate_event(
@@ -108,7 +97,7 @@ def check_item(
 
 
 def check_items(
-    objs: list[Any], key: ApiKey, *, now: datetime, settings: IngestSettings
+    objs: list[Any], key: Principal, *, now: datetime, settings: IngestSettings
 ) -> list[CustomerEvent | list[FieldError]]:
     """`check_item` of each batch item, in order, the items validated together."""
     checked = validate_events(

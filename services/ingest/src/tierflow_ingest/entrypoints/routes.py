@@ -4,25 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tierflow_common.auth import BEARER, Credentials, KeyLookup, Role
 from tierflow_common.contract.events import (
     customer_event_json_schema,
     customer_event_openapi_schema,
 )
+from tierflow_common.errors_http import PROBLEM_SCHEMA, problem
 from tierflow_common.exceptions import BrokerUnavailable
-from tierflow_ingest.adapters.api_keys import KeyCache
 from tierflow_ingest.domain.validation import validate_event
 from tierflow_ingest.entrypoints import http_io
 from tierflow_ingest.entrypoints.examples import batch_example, event_examples
 from tierflow_ingest.entrypoints.metrics import PUBLISH_SECONDS, REJECTED
-from tierflow_ingest.entrypoints.problems import PROBLEM_SCHEMA, problem
 from tierflow_ingest.exceptions import Overloaded
 from tierflow_ingest.service_layer.intake import Accepted, Intake, Outcome, RateLimiter
 from tierflow_ingest.settings import IngestSettings
@@ -34,11 +33,9 @@ BATCH_TYPES = ("application/cloudevents-batch+json", "application/json")
 EVENT_SCHEMA, EVENT_COMPONENTS = customer_event_openapi_schema()
 STANDALONE_EVENT_SCHEMA = customer_event_json_schema()
 PROBLEM = {"application/problem+json": {"schema": PROBLEM_SCHEMA}}
-bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer tf_...`")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 # The two hot routes read the header themselves (`http_io.bearer_token`, no dependency solved per
-# request) and declare the same scheme; the bulk route's dependency puts it in the components.
-BEARER_SECURITY: dict[str, Any] = {"security": [{bearer.scheme_name: []}]}
+# request) and declare the scheme tierflow_common.auth's routes use, with the role they need.
+BEARER_SECURITY: dict[str, Any] = {"security": [{BEARER.scheme_name: [str(Role.INGEST)]}]}
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed JSON", "content": PROBLEM},
@@ -87,7 +84,7 @@ async def publish(
 
 def build_router(
     intake: Intake,
-    keys: KeyCache,
+    keys: KeyLookup,
     limiter: RateLimiter,
     settings: IngestSettings,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -277,9 +274,15 @@ def build_router(
         headers = {"Retry-After": str(settings.retry_after_s)} if failed else None
         return http_io.json_response(body, 503 if failed else 200, headers)
 
-    @router.get("/schemas/customer-event", summary="JSON Schema of accepted events")
-    async def event_schema() -> dict[str, Any]:
-        return STANDALONE_EVENT_SCHEMA
+    @router.get(
+        "/schemas/customer-event",
+        summary="JSON Schema of accepted events",
+        openapi_extra=BEARER_SECURITY,
+        responses={401: COMMON_ERRORS[401]},
+    )
+    async def event_schema(credentials: Credentials) -> Any:
+        key = http_io.authenticate(credentials, keys, settings)
+        return key if isinstance(key, Response) else STANDALONE_EVENT_SCHEMA
 
     return router
 
