@@ -13,11 +13,13 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.kafka_io import consume_rate, produce, purchase_record
 from bench.loadgen import LoadSpec, percentiles, run_load
 from bench.stack import ServiceProc
+from tierflow_common.kafka import make_consumer, make_producer
+from tierflow_common.settings import KafkaSettings
 
 
 def raw_produce(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
@@ -164,12 +166,15 @@ def trivial_endpoint(
 async def _hop(
     bootstrap: str, topic: str, rate: float, duration: float, fetch_wait_ms: int
 ) -> dict[str, Any]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=fetch_wait_ms
+    # aiokafka's defaults but for the fetch wait under test: the raw client's hop.
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    consumer = make_consumer(
+        kafka,
+        group_id=None,
+        fetch_max_wait_ms=fetch_wait_ms,
+        max_partition_fetch_bytes=1024 * 1024,
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=2
-    )
+    producer = make_producer(kafka, linger_ms=2, max_batch_size=16 * 1024)
     await consumer.start()
     await producer.start()
     n = int(rate * duration)

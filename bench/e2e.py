@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.loadgen import PCTS, LoadSpec, run_load
 from bench.progress import Profile, wait_outbox_empty
 from bench.stack import ServiceProc, Stack
+from tierflow_common.kafka import make_consumer
+from tierflow_common.settings import KafkaSettings
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,11 @@ class TierReader:
 
     async def _run(self) -> None:
         # A short fetch wait, so the instrument itself adds no broker fetch delay (see kafka_hop).
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, fetch_max_wait_ms=20
+        consumer = make_consumer(
+            KafkaSettings(bootstrap_servers=self.bootstrap),
+            group_id=None,
+            fetch_max_wait_ms=20,
+            max_partition_fetch_bytes=1024 * 1024,
         )
         await consumer.start()
         try:

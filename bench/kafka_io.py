@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from tierflow_common.contract import (
     CLASSIFICATION_CHANGED_TYPE,
@@ -24,6 +24,8 @@ from tierflow_common.contract import (
     encode_event,
 )
 from tierflow_common.contract.kafka_binding import KafkaRecord
+from tierflow_common.kafka import make_consumer, make_producer
+from tierflow_common.settings import KafkaSettings
 
 RecordFn = Callable[[int], KafkaRecord]
 # Pre-loaded events are at most 1,000,000 s (11.6 days) apart, starting 20 days before today:
@@ -98,10 +100,8 @@ async def produce(
     max_batch_size: int = 256 * 1024,
 ) -> tuple[int, float]:
     """Send every record with acks=all; return (count, seconds from first send to last ack)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=False,
+    producer = make_producer(
+        KafkaSettings(bootstrap_servers=bootstrap),
         linger_ms=linger_ms,
         max_batch_size=max_batch_size,
     )
@@ -178,11 +178,11 @@ async def consume_rate(
     bootstrap: str, topic: str, *, limit: int, max_seconds: float
 ) -> tuple[int, float]:
     """Read a topic from the beginning as fast as aiokafka can; return (records, seconds)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = make_consumer(
+        KafkaSettings(bootstrap_servers=bootstrap),
         group_id=None,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        # aiokafka's own fetch wait: this measures the raw client, not tierflow's tuning.
+        fetch_max_wait_ms=500,
     )
     await consumer.start()
     try:

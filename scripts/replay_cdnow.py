@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from pydantic import SecretStr
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -65,7 +65,7 @@ from tierflow_common.db.tables import (
 )
 from tierflow_common.embedded import EmbeddedPostgres, EmbeddedTansu, free_port
 from tierflow_common.embedded.process import spawn, stop_process, tail
-from tierflow_common.kafka import ensure_topics, wait_for_broker
+from tierflow_common.kafka import ensure_topics, make_consumer, wait_for_broker
 from tierflow_common.keys import create_key_sync
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
@@ -371,9 +371,7 @@ async def log_end_offsets(
     the end whenever that batch holds several records; the high watermark in its Fetch answers is
     right. So: seek a fresh consumer just before the reported end, fetch once, read the watermark.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers, group_id=None, enable_auto_commit=False
-    )
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -600,12 +598,7 @@ class TierStream:
 async def read_tier_changed(kafka: KafkaSettings, topic: str, timeout: float) -> TierStream:
     """The whole topic from the beginning, in batches; per customer only the last `to` is kept."""
     ends = await log_end_offsets(kafka, topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     out = TierStream()
     try:

@@ -31,11 +31,13 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import psutil
-from aiokafka import AIOKafkaProducer
 from bench.kafka_io import change_record
 from bench.notifier import bench_playbook
 from bench.stack import ROOT, Stack
 from bench.webhook_receiver import Receiver
+
+from tierflow_common.kafka import make_producer
+from tierflow_common.settings import KafkaSettings
 
 HEALTHY, FAILING = "healthy", "failing"
 
@@ -64,9 +66,7 @@ class Stream:
         self._thread.join(30)
 
     async def _run(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False, linger_ms=2
-        )
+        producer = make_producer(KafkaSettings(bootstrap_servers=self.bootstrap), linger_ms=2)
         await producer.start()
         try:
             start = time.monotonic()

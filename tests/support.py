@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from tierflow_common.contract import decode_record
 from tierflow_common.embedded import free_port
 from tierflow_common.embedded.process import spawn, stop_process, tail
+from tierflow_common.kafka import make_consumer
 from tierflow_common.settings import KafkaSettings, TopicSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +55,7 @@ async def read_topic(
     kafka: KafkaSettings, topic: str, *, expect: int, timeout: float = 20.0
 ) -> list[dict[str, Any]]:
     """Read a topic from the beginning until `expect` records arrived (or the timeout)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -93,9 +92,7 @@ async def read_to_end(
 ) -> list[dict[str, Any]]:
     """Every record of `topic` up to its end offsets as of the call (no waiting for more):
     CloudEvent attributes from the `ce_*` headers (`id`, `source`, `subject`, ...), `value`."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,7 +40,7 @@ from tierflow_common.contract import EmittedEvent
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.migrate import upgrade_head_async
 from tierflow_common.db.tables import consumer_offsets, customers, outbox
-from tierflow_common.kafka import ensure_topics
+from tierflow_common.kafka import ensure_topics, make_consumer
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 pytestmark = pytest.mark.e2e
@@ -183,7 +183,7 @@ async def make_world(servers: Servers, now: datetime) -> World:
 
 async def drained(world: World, kafka: KafkaSettings) -> bool:
     """Every record read and committed, the outbox relayed, no review due."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=None)
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
         tps = [TopicPartition(world.topics.customer_events, p) for p in range(6)]

@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
-from aiokafka import AIOKafkaProducer
 
 from tests.support import ROOT, unique
 from tierflow_classifier.bootstrap import create_app as create_classifier
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.contract import EmittedEvent, encode_event
+from tierflow_common.kafka import make_producer
 from tierflow_common.settings import (
     ConsumerSettings,
     DatabaseSettings,
@@ -95,7 +95,7 @@ def purchase_event(
 async def produce(
     kafka: KafkaSettings, topic: str, items: Sequence[EmittedEvent | tuple[bytes, bytes, list[Any]]]
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    producer = make_producer(kafka)
     await producer.start()
     try:
         futures = []

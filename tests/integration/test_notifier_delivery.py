@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner, Result
 
 from tests.integration.helpers import eventually
@@ -27,6 +26,7 @@ from tests.notifier_support import (
 from tests.support import unique
 from tierflow_common.cli import app as cli
 from tierflow_common.contract import encode_event
+from tierflow_common.kafka import make_producer
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 pytestmark = pytest.mark.integration
@@ -181,7 +181,7 @@ async def test_an_endpoint_down_delays_nothing_else_and_then_gets_every_action_o
 ) -> None:
     good, flaky = outage.receivers["good"], outage.receivers["flaky"]
     tag = unique("o")
-    producer = AIOKafkaProducer(bootstrap_servers=outage.kafka.bootstrap_servers, acks="all")
+    producer = make_producer(outage.kafka)
     await producer.start()
     sent: list[str] = []
     recovered_at = 0.0

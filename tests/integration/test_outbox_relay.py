@@ -6,13 +6,14 @@ import asyncio
 from collections import defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from sqlalchemy import func, select
 
 from tests.integration.helpers import eventually
 from tierflow_common.contract.kafka_binding import KafkaRecord
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import outbox
+from tierflow_common.kafka import make_consumer, make_producer
 from tierflow_common.outbox import OutboxRelay, enqueue
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
@@ -25,7 +26,7 @@ KEYS = 37
 async def read_all(
     kafka: KafkaSettings, topic: str, expect: int
 ) -> dict[int, list[tuple[bytes, bytes, dict[str, bytes]]]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=None)
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
         await consumer.topics()  # fetches the metadata
@@ -94,7 +95,7 @@ async def test_a_backlog_arrives_once_in_order_per_key_on_the_partition_send_wou
                 assert numbers == sorted(numbers)  # in enqueue order
 
         # The same keys sent one by one by a plain producer land on the same partitions.
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers)
+        producer = make_producer(kafka_settings)  # aiokafka's default partitioner
         await producer.start()
         try:
             for key, partition in partition_of.items():

@@ -2,6 +2,9 @@
 
 Producers use acks=all and never the idempotent/transactional protocol: the embedded broker
 rejects InitProducerId, and exactness comes from the database (ledger, offsets, outbox).
+
+Every producer, consumer and admin client of the services, the CLI, bench and scripts is made
+here, so each gets the same connection settings (TLS context, SASL) from KafkaSettings.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from tierflow_common.kafka_security import check_broker_security, ssl_context
 from tierflow_common.settings import KafkaSettings, TopicSettings
 
 log = structlog.get_logger(__name__)
@@ -53,9 +57,27 @@ def partition_for(key: bytes, partitions: Sequence[int]) -> int:
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
+def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "request_timeout_ms": settings.request_timeout_ms,
+    }
+    if settings.uses_tls:
+        kwargs["ssl_context"] = ssl_context(settings)
+    if settings.uses_sasl:
+        assert settings.sasl_password is not None  # the settings validate this
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs
+
+
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     kwargs: dict[str, Any] = {
-        **settings.client_kwargs(),
+        **client_kwargs(settings),
         "acks": "all",
         "enable_idempotence": False,
         "linger_ms": settings.linger_ms,
@@ -65,9 +87,12 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
     return AIOKafkaProducer(**kwargs)
 
 
-def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(
+    settings: KafkaSettings, *, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer in a group, or (group_id=None) a reader that assigns partitions itself."""
     kwargs: dict[str, Any] = {
-        **settings.client_kwargs(),
+        **client_kwargs(settings),
         "group_id": group_id,
         # Offsets of record live in PostgreSQL; Kafka commits are only for lag dashboards.
         "enable_auto_commit": False,
@@ -79,9 +104,14 @@ def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -
     return AIOKafkaConsumer(**kwargs)
 
 
+def make_admin(settings: KafkaSettings, **overrides: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**{**client_kwargs(settings), **overrides})
+
+
 async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
     """Create every pipeline topic that does not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await check_broker_security(kafka)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -103,11 +133,13 @@ async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str
 
 
 async def wait_for_broker(kafka: KafkaSettings, *, timeout: float = 30.0) -> None:
-    """Block until the broker answers a metadata request, or raise TimeoutError."""
+    """Block until the broker answers a metadata request, or raise TimeoutError; a TLS or SASL
+    setting the broker refuses raises ConfigError at once (waiting would not cure it)."""
+    await check_broker_security(kafka)
     deadline = asyncio.get_running_loop().time() + timeout
     last: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
-        admin = AIOKafkaAdminClient(**{**kafka.client_kwargs(), "request_timeout_ms": 2_000})
+        admin = make_admin(kafka, request_timeout_ms=2_000)
         try:
             await admin.start()
             await admin.list_topics()

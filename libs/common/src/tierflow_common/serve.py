@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
+import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from tierflow_common.settings import HttpSettings
+from tierflow_common.exceptions import ConfigError
+from tierflow_common.kafka_security import check_broker_security
+from tierflow_common.settings import HttpSettings, KafkaSettings
+
+log = structlog.get_logger(__name__)
 
 
 def settle_garbage_collector() -> None:
@@ -21,7 +27,18 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def serve(app: FastAPI, http: HttpSettings) -> None:
+def check_kafka_settings(kafka: KafkaSettings) -> None:
+    """Exit (code 2) with one log line naming the setting when the broker refuses the TLS or
+    SASL settings: the clients would otherwise retry that as an outage, forever."""
+    try:
+        asyncio.run(check_broker_security(kafka))
+    except ConfigError as exc:
+        log.error("kafka_settings_refused", error=str(exc))
+        raise SystemExit(2) from None
+
+
+def serve(app: FastAPI, http: HttpSettings, kafka: KafkaSettings | None = None) -> None:
+    check_kafka_settings(kafka or KafkaSettings())
     settle_garbage_collector()
     uvicorn.run(
         app,

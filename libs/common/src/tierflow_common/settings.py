@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_KAFKA_PORT = 9092
@@ -19,7 +19,9 @@ MetricsAccess = Literal["open", "loopback", "key"]
 
 
 class KafkaSettings(BaseSettings):
-    """Connection to the Kafka-protocol broker (embedded Tansu or Apache Kafka)."""
+    """Connection to the Kafka-protocol broker (embedded Tansu or Apache Kafka).
+
+    The clients themselves (TLS context, SASL) are made by tierflow_common.kafka."""
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
 
@@ -29,27 +31,43 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # TLS (SSL, SASL_SSL): the CA bundle that signs the brokers' certificates (unset: the
+    # system's), and a client certificate and key for brokers that require one (mutual TLS).
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
     request_timeout_ms: int = Field(default=10_000, ge=1_000)
     # Linger trades a little latency for much larger produce batches under load.
     linger_ms: int = Field(default=2, ge=0)
     # aiokafka's default (500 ms) lets a broker hold an idle fetch that long: a latency floor.
     fetch_max_wait_ms: int = Field(default=20, ge=0)
 
-    def client_kwargs(self) -> dict[str, object]:
-        """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
-        kwargs: dict[str, object] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": self.client_id,
-            "security_protocol": self.security_protocol,
-            "request_timeout_ms": self.request_timeout_ms,
-        }
-        if self.sasl_mechanism is not None:
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
-        return kwargs
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSettings:
+        if self.uses_sasl:
+            missing = [
+                f"KAFKA_{name.upper()}"
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs "
+                    f"{', '.join(missing)} set"
+                )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("KAFKA_SSL_KEYFILE is set but KAFKA_SSL_CERTFILE is not")
+        return self
 
 
 class DatabaseSettings(BaseSettings):

@@ -36,12 +36,24 @@ def resolve_tansu_binary(explicit: Path | None = None) -> str:
 
 class EmbeddedTansu:
     def __init__(
-        self, *, port: int, log_file: Path, host: str = "127.0.0.1", binary: Path | None = None
+        self,
+        *,
+        port: int,
+        log_file: Path,
+        host: str = "127.0.0.1",
+        binary: Path | None = None,
+        advertised: str | None = None,
+        authentication: bool = False,
     ) -> None:
+        """`advertised` (host:port) is the address the broker tells clients to connect to, its
+        own by default: a TLS-terminating proxy's in the TLS tests. `authentication` makes it
+        require a SASL (SCRAM) login."""
         self.port = port
         self.host = host
         self.log_file = log_file.resolve()
         self._binary = binary
+        self._advertised = advertised
+        self._authentication = authentication
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,6 +67,7 @@ class EmbeddedTansu:
                 "or KAFKA_BOOTSTRAP_SERVERS to use another broker"
             )
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self._advertised}" if self._advertised else url
         self._proc = spawn(
             [
                 resolve_tansu_binary(self._binary),
@@ -62,9 +75,10 @@ class EmbeddedTansu:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if self._authentication else []),
             ],
             log_file=self.log_file,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
