@@ -13,11 +13,13 @@ from types import TracebackType
 from typing import Self
 
 from tierflow_classifier.adapters.clock import Watermarks
+from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_classifier.service_layer.unit_of_work import (
     ChangeHistory,
     Customers,
+    Erasures,
     Ledger,
     LedgerEntry,
     Outbox,
@@ -37,6 +39,7 @@ class FakeDatabase:
     outbox: list[OutboxItem] = field(default_factory=list)
     commits: int = 0
     locked: list[list[str]] = field(default_factory=list)
+    erased: dict[str, datetime] = field(default_factory=dict)
 
 
 class _Customers:
@@ -146,6 +149,36 @@ class _Sweeps:
         return True
 
 
+class _Erasures:
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+
+    async def erase(self, customer_id: str) -> ErasedRows:
+        db = self._db
+        state = db.customers.pop(customer_id, None)
+        changes = [i for i, c in db.history.items() if c.customer_id == customer_id]
+        for i in changes:
+            del db.history[i]
+        labels = [k for k in db.labels if k[0] == customer_id]
+        for key in labels:
+            del db.labels[key]
+        entries = [k for k, e in db.ledger.items() if e[2] == customer_id]
+        latest = max((db.ledger[k][3] for k in entries), default=None)
+        for entry in entries:
+            del db.ledger[entry]
+        return ErasedRows(
+            int(state is not None), len(labels), len(changes), len(entries), 0, latest
+        )
+
+    async def record(self, customer_id: str, through: datetime) -> datetime:
+        current = self._db.erased.get(customer_id)
+        self._db.erased[customer_id] = through if current is None else max(current, through)
+        return self._db.erased[customer_id]
+
+    async def boundaries(self, customer_ids: Sequence[str]) -> dict[str, datetime]:
+        return {c: self._db.erased[c] for c in customer_ids if c in self._db.erased}
+
+
 class FakeUnitOfWork:
     def __init__(self, db: FakeDatabase, *, joined: bool = False) -> None:
         self.db = db
@@ -160,6 +193,7 @@ class FakeUnitOfWork:
         self.ledger: Ledger = _Ledger(self._work)
         self.watermarks: Watermarks = _Watermarks(self._work)
         self.sweeps: Sweeps = _Sweeps(self._work)
+        self.erasures: Erasures = _Erasures(self._work)
         return self
 
     async def __aexit__(

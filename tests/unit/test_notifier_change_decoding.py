@@ -21,6 +21,7 @@ from tierflow_common.consumer import Record
 from tierflow_common.contract import (
     CLASSIFICATION_CHANGED_TYPE,
     CLASSIFICATIONS_CHANGED_TYPE,
+    CUSTOMER_ERASED_TYPE,
     ClassificationChangedData,
     EmittedEvent,
     decode_record,
@@ -33,6 +34,7 @@ from tierflow_common.contract.kafka_binding import (
 )
 from tierflow_common.exceptions import PoisonRecord
 from tierflow_notifier.adapters.changes import (
+    Erasure,
     decode_change,
     decode_change_reference,
     decode_changes,
@@ -397,6 +399,7 @@ def test_version_2_records_decode_as_the_reference_decodes_them(
 def test_a_version_2_record_gives_each_of_its_changes_with_its_own_id() -> None:
     data = v2_data([change_data(), change_data(dimension="lifecycle", to="new", reason="x")])
     changes = decode_changes(v2_record(data))
+    assert isinstance(changes, list)
     assert [(c.event_id, c.dimension, c.to_label) for c in changes] == [
         ("chg-0", "value_tier", "regular"),
         ("chg-1", "lifecycle", "new"),
@@ -410,3 +413,19 @@ def test_a_version_2_record_without_changes_is_poison_naming_the_field() -> None
     with pytest.raises(PoisonRecord) as caught:
         decode_changes(v2_record(v2_data([])))
     assert caught.value.field == "data.changes"
+
+
+def test_an_erasure_record_decodes_as_an_erasure_and_a_broken_one_is_poison() -> None:
+    data = {
+        "customer_id": "c-1",
+        "cause": "api",
+        "erased_through": "2026-01-02T03:04:05Z",
+        "erased_at": "2026-01-02T03:04:06Z",
+    }
+    got = decode_changes(record(data, type_=CUSTOMER_ERASED_TYPE))
+    assert got == Erasure(
+        "6f77a5b3-459b-5a2e-99f7-465cf68b605d", "c-1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    )
+    with pytest.raises(PoisonRecord) as caught:
+        decode_changes(record({**data, "customer_id": ""}, type_=CUSTOMER_ERASED_TYPE))
+    assert caught.value.field == "data.customer_id"

@@ -21,6 +21,7 @@ from tierflow_classifier.adapters.repository import processed_events_ledger
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
+from tierflow_classifier.entrypoints.erasure_api import build_erasure_router
 from tierflow_classifier.service_layer.handler import ClassifierHandler
 from tierflow_classifier.service_layer.population_refresh import PopulationRefresher
 from tierflow_classifier.service_layer.reclassify import Classifier
@@ -234,6 +235,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(build_router(engine, rules, churn=churn, clock=clock))
+    app.include_router(build_erasure_router(lambda: SqlUnitOfWork(engine), topics))
     install_database_error_handler(app)
     app.include_router(
         ops_router(

@@ -311,16 +311,51 @@ class ProfileEvent(CloudEventEnvelope):
     data: ProfileData
 
 
+class ErasureData(_Strict):
+    """A request to erase everything tierflow holds about the customer (the `subject`).
+
+    Events for that customer dated at or before this event's `time` belong to the erased
+    customer and are dropped wherever they arrive later; events dated after it start a new
+    customer under the same id."""
+
+    reference_id: ShortText | None = Field(
+        default=None, description="The erasure request's case or ticket id (no personal data)"
+    )
+
+
+class CustomerErasedEvent(CloudEventEnvelope):
+    model_config = ConfigDict(
+        **_example(  # type: ignore[typeddict-item]
+            "customer.erased", {"reference_id": "gdpr-2025-118"}, "crm-erasure-118"
+        )
+    )
+    type: Literal["customer.erased"]
+    data: ErasureData
+
+
 CustomerEvent = Annotated[
-    PurchaseEvent | RefundEvent | InteractionEvent | FeedbackEvent | ProfileEvent,
+    PurchaseEvent
+    | RefundEvent
+    | InteractionEvent
+    | FeedbackEvent
+    | ProfileEvent
+    | CustomerErasedEvent,
     Field(discriminator="type"),
 ]
-EVENT_TYPES: tuple[str, ...] = ("purchase", "refund", "interaction", "feedback", "profile")
+EVENT_TYPES: tuple[str, ...] = (
+    "purchase",
+    "refund",
+    "interaction",
+    "feedback",
+    "profile",
+    "customer.erased",
+)
 EVENT_MODELS: dict[str, type[CloudEventEnvelope]] = {
     "purchase": PurchaseEvent,
     "refund": RefundEvent,
     "interaction": InteractionEvent,
     "feedback": FeedbackEvent,
     "profile": ProfileEvent,
+    "customer.erased": CustomerErasedEvent,
 }
-EventType = Literal["purchase", "refund", "interaction", "feedback", "profile"]
+EventType = Literal["purchase", "refund", "interaction", "feedback", "profile", "customer.erased"]

@@ -15,9 +15,11 @@ from tierflow_common.contract.customer_events import (
     EVENT_TYPES,
     CloudEventEnvelope,
     CurrencyCode,
+    CustomerErasedEvent,
     CustomerEvent,
     CustomerId,
     DecimalString,
+    ErasureData,
     EventType,
     FeedbackData,
     FeedbackEvent,
@@ -38,6 +40,8 @@ CLASSIFICATION_CHANGED_TYPE = "tierflow.classification.changed"
 CLASSIFICATIONS_CHANGED_TYPE = "tierflow.classification.changed.v2"
 TIER_CHANGED_TYPE = "tierflow.tier.changed"
 CARE_ACTION_TYPE = "tierflow.care_action.created"
+# On `customer-classification-changed`: the customer was erased; downstream systems erase too.
+CUSTOMER_ERASED_TYPE = "tierflow.customer.erased"
 
 
 class _Strict(BaseModel):
@@ -141,6 +145,23 @@ class ClassificationsChangedData(_Strict):
         ]
 
 
+class CustomerErasedData(_Strict):
+    """Everything tierflow held about a customer was erased (the data of a
+    `tierflow.customer.erased` record on `customer-classification-changed`): downstream
+    systems erase what they hold about that customer too."""
+
+    customer_id: CustomerId
+    cause: str = Field(
+        description="What asked for it: 'api' (DELETE /v1/customers/{id}) or "
+        "'event:<source>/<id>' (an upstream customer.erased event)"
+    )
+    erased_through: datetime = Field(
+        description="Events for this customer dated at or before this instant belong to the "
+        "erased customer and are dropped; later ones start a new customer under the same id"
+    )
+    erased_at: datetime = Field(description="When the classifier erased its own records")
+
+
 CareActionKind = Literal[
     "revisit", "follow_up", "coupon", "care_message", "escalation", "account_manager_assignment"
 ]
@@ -215,6 +236,7 @@ __all__ = [
     "CARE_ACTION_TYPE",
     "CLASSIFICATIONS_CHANGED_TYPE",
     "CLASSIFICATION_CHANGED_TYPE",
+    "CUSTOMER_ERASED_TYPE",
     "EVENT_MODELS",
     "EVENT_TYPES",
     "TIER_CHANGED_TYPE",
@@ -227,10 +249,13 @@ __all__ = [
     "CloudEventEnvelope",
     "CouponDetails",
     "CurrencyCode",
+    "CustomerErasedData",
+    "CustomerErasedEvent",
     "CustomerEvent",
     "CustomerId",
     "DecimalString",
     "DimensionChange",
+    "ErasureData",
     "EventType",
     "FeedbackData",
     "FeedbackEvent",

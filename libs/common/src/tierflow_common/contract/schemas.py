@@ -10,6 +10,7 @@ from tierflow_common.contract.events import (
     CareActionData,
     ClassificationChangedData,
     ClassificationsChangedData,
+    CustomerErasedData,
     customer_event_json_schema,
 )
 
@@ -24,6 +25,7 @@ def contract_schemas() -> dict[str, dict[str, Any]]:
             ClassificationsChangedData.model_json_schema(by_alias=True)
         ),
         "care-action.data.schema.json": CareActionData.model_json_schema(),
+        "customer-erased.data.schema.json": CustomerErasedData.model_json_schema(),
     }
 
 

@@ -55,6 +55,24 @@ outbox = Table(
     Index("ix_outbox_producer_id", "producer", "id"),
 )
 
+# Erased customers, per service that erased its records (tierflow_common/erasure.py): an event
+# for one of them dated at or before `erased_through` belongs to the erased customer and is
+# dropped on arrival (a replay cannot bring it back); a later one starts a new customer. The
+# id is kept only as its SHA-256; `seq` grows with every erasure (caches of a service watch it).
+customer_erasures = Table(
+    "customer_erasures",
+    metadata,
+    Column("service", Text, nullable=False),
+    Column("customer_key", LargeBinary, nullable=False),
+    Column("erased_through", DateTime(timezone=True), nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column(
+        "seq", BigInteger, nullable=False, server_default=text("nextval('customer_erasures_seq')")
+    ),
+    PrimaryKeyConstraint("service", "customer_key"),
+    Index("ix_customer_erasures_seq", "service", "seq"),
+)
+
 # Ingest -----------------------------------------------------------------------------------
 
 # API keys are stored as SHA-256 of a 256-bit random secret: a slow KDF adds nothing for
@@ -120,6 +138,8 @@ processed_events = Table(
     Column("customer_id", Text, nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("source", "event_id", "event_time"),
+    # Erasure finds a customer's entries (migration 0011).
+    Index("ix_processed_events_customer", "customer_id"),
     postgresql_partition_by="RANGE (event_time)",
 )
 
@@ -182,6 +202,8 @@ classification_changes = Table(
     Column("rule_set_version", Text, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_changes_customer_dimension_time", "customer_id", "dimension", "effective_at"),
+    # Retention prunes by age; rows arrive in recorded_at order, so a BRIN index is enough.
+    Index("ix_changes_recorded_at_brin", "recorded_at", postgresql_using="brin"),
 )
 
 # RFM / ABC population statistics: derived cut points and the KLL sketches they came from.
@@ -295,6 +317,7 @@ contact_ledger = Table(
     Column("channel", Text, nullable=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Index("ix_contact_ledger_customer_at", "customer_id", "at"),
+    Index("ix_contact_ledger_at_brin", "at", postgresql_using="brin"),
 )
 
 # One row per (action, endpoint): pending -> delivered, or dead after N attempts (operator retry

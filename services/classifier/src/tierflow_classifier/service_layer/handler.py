@@ -1,9 +1,14 @@
 """Applies one consumed batch of customer events, inside the consumer's transaction.
 
-decode → drop repeats within the batch → claim the event ids in the ledger (events applied
-before drop out) → reclassify the batch's customers for "events arrived" → forget the ledger
-entries of events that were rejected (they are dead-lettered) → move the clock. The consumer
-stores the offsets and writes the outbox in the same transaction.
+decode → drop repeats within the batch → lock the batch's customers → drop the events of
+erased customers (dated through their erasure) → claim the event ids in the ledger (events
+applied before drop out) → reclassify the batch's customers for "events arrived" → forget the
+ledger entries of events that were rejected (they are dead-lettered) → move the clock. The
+consumer stores the offsets and writes the outbox in the same transaction.
+
+A `customer.erased` event splits the batch: the events before it are applied as above, then
+the customer is erased (service_layer/erasure.py), then the rest follows, so a batch does
+what the records did one by one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tierflow_classifier.adapters.clock import Clock
 from tierflow_classifier.adapters.repository import partition_name
+from tierflow_classifier.domain.erasure import EraseRequest
 from tierflow_classifier.domain.model import (
     CustomerEvent,
     EventMeta,
@@ -27,17 +33,20 @@ from tierflow_classifier.domain.model import (
     Refund,
 )
 from tierflow_classifier.domain.reclassification import Arrival, EventsArrived
+from tierflow_classifier.service_layer.erasure import erase_customer
 from tierflow_classifier.service_layer.reclassify import Classifier, reclassify
 from tierflow_classifier.service_layer.unit_of_work import SqlUnitOfWork, UnitOfWork
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
 from tierflow_common.contract import decode_record, parse_customer_event
 from tierflow_common.contract.events import (
+    CustomerErasedEvent,
     FeedbackEvent,
     InteractionEvent,
     ProfileEvent,
     PurchaseEvent,
     RefundEvent,
 )
+from tierflow_common.erasure import is_erased
 from tierflow_common.exceptions import PoisonRecord
 from tierflow_common.settings import TopicSettings
 
@@ -54,7 +63,7 @@ def utc(t: datetime) -> datetime:
 _ZERO = timedelta(0)
 
 
-def to_domain(record: Record) -> CustomerEvent:
+def to_domain(record: Record) -> CustomerEvent | EraseRequest:
     attrs = decode_record(record.key, record.value, record.headers)
     try:
         event = parse_customer_event(attrs)
@@ -83,6 +92,8 @@ def to_domain(record: Record) -> CustomerEvent:
             return Feedback(meta, d.satisfaction, d.nps)
         case ProfileEvent(data=d):
             return ProfilePatch(meta, d.model_dump(mode="json", exclude_unset=True))
+        case CustomerErasedEvent():
+            return EraseRequest(meta)
     raise PoisonRecord(f"unsupported event type {attrs.get('type')!r}", field="type")
 
 
@@ -95,7 +106,7 @@ async def apply_events(
 ) -> BatchOutcome:
     """The use case behind the consumer: one batch of records, inside `uow`."""
     outcome = BatchOutcome()
-    decoded: list[tuple[Record, CustomerEvent]] = []
+    decoded: list[tuple[Record, CustomerEvent | EraseRequest]] = []
     seen: set[tuple[str, str]] = set()
     for record in records:
         try:
@@ -110,37 +121,77 @@ async def apply_events(
         seen.add(key)
         decoded.append((record, event))
     async with uow:
-        claimed = await uow.ledger.claim(
-            [(e.meta.source, e.meta.event_id, e.meta.customer_id, e.meta.time) for _, e in decoded]
-        )
-        fresh = [(r, e) for r, e in decoded if (e.meta.source, e.meta.event_id) in claimed]
-        outcome.duplicates += len(decoded) - len(fresh)
-        if not fresh:
-            outcome.emit.extend(uow.outbox.take())
-            return outcome
-        judge_at = await clock.judging(uow.watermarks)
-        arrivals: dict[str, list[Arrival]] = {}
-        latest: dict[str, datetime] = {}
-        for index, (record, event) in enumerate(fresh):
-            at = judge_at(event.meta.time)
-            arrivals.setdefault(event.meta.customer_id, []).append(Arrival(index, event, at))
-            name = partition_name(record.topic, record.partition)
-            if name not in latest or latest[name] < at:
-                latest[name] = at
-        done = await reclassify(
-            uow, classifier.basis(), list(arrivals), EventsArrived(arrivals), topics
-        )
-        released: list[tuple[str, str]] = []
-        for rejected in sorted(done.rejected, key=lambda r: r.index):
-            record, event = fresh[rejected.index]
-            outcome.dead.append(DeadLetter(record, rejected.error.reason, rejected.error.field))
-            released.append((event.meta.source, event.meta.event_id))
-        await uow.ledger.release(released)
-        await clock.events_applied(uow.watermarks, latest)
-        outcome.applied += done.applied
-        outcome.duplicates += done.repeats
+        erased: dict[str, datetime] = {}
+        if decoded:
+            ids = sorted({e.meta.customer_id for _, e in decoded})
+            # Locked before the erasures are read: an erasure committed meanwhile is seen.
+            await uow.customers.lock(ids)
+            erased = await uow.erasures.boundaries(ids)
+        segment: list[tuple[Record, CustomerEvent]] = []
+        for record, event in decoded:
+            meta = event.meta
+            if isinstance(event, EraseRequest):
+                await _apply(uow, classifier, clock, topics, segment, outcome)
+                segment = []
+                done = await erase_customer(
+                    uow,
+                    meta.customer_id,
+                    through=meta.time,
+                    cause=meta.cause,
+                    now=datetime.now(UTC),
+                    topics=topics,
+                    locked=True,
+                )
+                erased[meta.customer_id] = done.erased_through
+                outcome.applied += 1
+            elif is_erased(erased, meta.customer_id, meta.time):
+                outcome.duplicates += 1  # the erased customer's: never applied again
+            else:
+                segment.append((record, event))
+        await _apply(uow, classifier, clock, topics, segment, outcome)
         outcome.emit.extend(uow.outbox.take())
     return outcome
+
+
+async def _apply(
+    uow: UnitOfWork,
+    classifier: Classifier,
+    clock: Clock,
+    topics: TopicSettings,
+    decoded: Sequence[tuple[Record, CustomerEvent]],
+    outcome: BatchOutcome,
+) -> None:
+    """Apply events whose customers the caller has locked (their records go to uow.outbox)."""
+    if not decoded:
+        return
+    claimed = await uow.ledger.claim(
+        [(e.meta.source, e.meta.event_id, e.meta.customer_id, e.meta.time) for _, e in decoded]
+    )
+    fresh = [(r, e) for r, e in decoded if (e.meta.source, e.meta.event_id) in claimed]
+    outcome.duplicates += len(decoded) - len(fresh)
+    if not fresh:
+        return
+    judge_at = await clock.judging(uow.watermarks)
+    arrivals: dict[str, list[Arrival]] = {}
+    latest: dict[str, datetime] = {}
+    for index, (record, event) in enumerate(fresh):
+        at = judge_at(event.meta.time)
+        arrivals.setdefault(event.meta.customer_id, []).append(Arrival(index, event, at))
+        name = partition_name(record.topic, record.partition)
+        if name not in latest or latest[name] < at:
+            latest[name] = at
+    done = await reclassify(
+        uow, classifier.basis(), list(arrivals), EventsArrived(arrivals), topics, locked=True
+    )
+    released: list[tuple[str, str]] = []
+    for rejected in sorted(done.rejected, key=lambda r: r.index):
+        record, event = fresh[rejected.index]
+        outcome.dead.append(DeadLetter(record, rejected.error.reason, rejected.error.field))
+        released.append((event.meta.source, event.meta.event_id))
+    await uow.ledger.release(released)
+    await clock.events_applied(uow.watermarks, latest)
+    outcome.applied += done.applied
+    outcome.duplicates += done.repeats
 
 
 @dataclass

@@ -17,11 +17,14 @@ from typing import Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from tierflow_classifier.adapters import erasure as erasure_store
 from tierflow_classifier.adapters import population_store as pop_store
 from tierflow_classifier.adapters import repository as repo
+from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.clock import Watermarks
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_common import erasure as tombstones
 from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord
 from tierflow_common.outbox import enqueue
 
@@ -72,6 +75,17 @@ class Ledger(Protocol):
         """Forget events that were dead-lettered, so a fixed resend applies."""
 
 
+class Erasures(Protocol):
+    async def erase(self, customer_id: str) -> ErasedRows:
+        """Delete every row of the customer (state, labels, history, ledger, receipts)."""
+
+    async def record(self, customer_id: str, through: datetime) -> datetime:
+        """Remember the erasure through `through`; the boundary in force (never moved back)."""
+
+    async def boundaries(self, customer_ids: Sequence[str]) -> dict[str, datetime]:
+        """The erased ones among these customers, with their boundaries (take the locks first)."""
+
+
 class Sweeps(Protocol):
     async def save_progress(self, progress: SweepProgress) -> bool:
         """False when that population version is no longer the current one."""
@@ -97,6 +111,7 @@ class UnitOfWork(Protocol):
     ledger: Ledger
     watermarks: Watermarks
     sweeps: Sweeps
+    erasures: Erasures
     outbox: Outbox
 
     async def __aenter__(self) -> Self: ...
@@ -182,6 +197,20 @@ class _SqlSweeps:
         return await pop_store.save_progress(self._conn, progress)
 
 
+class _SqlErasures:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def erase(self, customer_id: str) -> ErasedRows:
+        return await erasure_store.erase_rows(self._conn, customer_id)
+
+    async def record(self, customer_id: str, through: datetime) -> datetime:
+        return await tombstones.record_erasure(self._conn, PRODUCER_NAME, customer_id, through)
+
+    async def boundaries(self, customer_ids: Sequence[str]) -> dict[str, datetime]:
+        return await tombstones.erased_through(self._conn, PRODUCER_NAME, customer_ids)
+
+
 class SqlUnitOfWork:
     """One PostgreSQL transaction. Commits on a clean exit, rolls back on an exception."""
 
@@ -205,6 +234,7 @@ class SqlUnitOfWork:
         self.ledger: Ledger = _SqlLedger(conn)
         self.watermarks: Watermarks = SqlWatermarks(conn)
         self.sweeps: Sweeps = _SqlSweeps(conn)
+        self.erasures: Erasures = _SqlErasures(conn)
 
     async def __aenter__(self) -> Self:
         self.outbox = Outbox()

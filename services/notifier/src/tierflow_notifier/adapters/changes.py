@@ -21,8 +21,10 @@ from pydantic import BaseModel, ValidationError
 from tierflow_common.consumer import Record
 from tierflow_common.contract import (
     CLASSIFICATIONS_CHANGED_TYPE,
+    CUSTOMER_ERASED_TYPE,
     ClassificationChangedData,
     ClassificationsChangedData,
+    CustomerErasedData,
     decode_record,
 )
 from tierflow_common.contract.kafka_binding import parse_instant, plain_event_id
@@ -41,6 +43,16 @@ class Change:
     reason: str
     explanation: dict[str, Any]
     effective_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """A `tierflow.customer.erased` record: erase the customer (its events dated through
+    `erased_through` are the erased customer's)."""
+
+    event_id: str
+    customer_id: str
+    erased_through: datetime
 
 
 _KEYS = 9  # customer_id, dimension, from, to, reason, explanation, cause, effective_at,
@@ -177,12 +189,18 @@ def _record_type(record: Record) -> bytes | None:
     return None
 
 
-def decode_changes(record: Record) -> list[Change]:
+_ERASED_TYPE = CUSTOMER_ERASED_TYPE.encode()
+
+
+def decode_changes(record: Record) -> list[Change] | Erasure:
     """The changes of a record of either version of `customer-classification-changed`: one
     for version 1, all of its changes for version 2 (each with its own change id, which the
-    care actions it triggers derive from, as version 1's record id). PoisonRecord as for
-    `decode_change`."""
-    if _record_type(record) != _V2_TYPE:
+    care actions it triggers derive from, as version 1's record id); or the erasure a
+    `tierflow.customer.erased` record asks for. PoisonRecord as for `decode_change`."""
+    kind = _record_type(record)
+    if kind == _ERASED_TYPE:
+        return decode_erasure(record)
+    if kind != _V2_TYPE:
         return [decode_change(record)]
     value = record.value
     if value is not None and plain_event_id(record.headers) is not None:
@@ -240,3 +258,10 @@ def decode_changes_reference(record: Record) -> list[Change]:
         )
         for change_id, c in data.dimension_changes()
     ]
+
+
+def decode_erasure(record: Record) -> Erasure:
+    """A `tierflow.customer.erased` record through the binding and the contract (rare: no
+    fast path)."""
+    event_id, data = _validated(record, CustomerErasedData)
+    return Erasure(event_id, data.customer_id, data.erased_through)

@@ -8,6 +8,9 @@ notifier cannot use are skipped here, so one topic does not get two dead-letter 
 Most of the topic is purchases, and a purchase matters here only if it may be the customer's
 first: it is judged from three headers (type, subject, time), its value is never parsed, and a
 customer already known to have bought earlier costs nothing further (see `KnownBuyers`).
+
+An erased customer's events dated through the erasure are dropped (service_layer/erasure.py):
+the customers a batch writes are locked against erasure and their erasures read first.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tierflow_common.consumer import BatchOutcome, Record
 from tierflow_common.contract.events import InteractionData, ProfileData
+from tierflow_common.erasure import erased_through, erasure_epoch, is_erased
+from tierflow_notifier.adapters import erasure as erasure_store
 from tierflow_notifier.adapters import projection
 from tierflow_notifier.domain.playbooks import (
     BirthdayTrigger,
@@ -37,6 +42,7 @@ from tierflow_notifier.domain.schedules import (
     birthday_entry,
     complaint_entry,
 )
+from tierflow_notifier.service_layer.erasure import SERVICE
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +106,9 @@ class KnownBuyers:
     def __len__(self) -> int:
         return len(self._first)
 
+    def clear(self) -> None:
+        self._first.clear()
+
 
 @dataclass
 class EventsHandler:
@@ -108,14 +117,16 @@ class EventsHandler:
     known: KnownBuyers = field(default_factory=KnownBuyers)
     # The earliest due time the last call scheduled (read by the on-commit hook).
     earliest_due: datetime | None = field(default=None, init=False)
+    # The erasures `known` was filled under (tierflow_common.erasure.erasure_epoch).
+    _epoch: int = field(default=0, init=False)
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Record]) -> BatchOutcome:
         self.earliest_due = None
         outcome = BatchOutcome()
-        earliest: dict[str, datetime] = {}
-        profiles: dict[str, dict[str, Any]] = {}
-        complaints: list[tuple[str, str, str, datetime]] = []  # (kind, customer, id, at)
+        # (kind, customer, time, profile patch or complaint id): what the batch may write.
+        items: list[tuple[str, str, datetime, Any]] = []
         known = self.known
+        fresh_epoch = False
         for record in records:
             raw_type = raw_subject = raw_time = None
             for name, raw in record.headers or ():
@@ -132,32 +143,58 @@ class EventsHandler:
                 outcome.duplicates += 1  # not for the notifier; counted as skipped
                 continue
             if ce_type == "purchase":
-                if not known.covers(customer, at) and (
-                    customer not in earliest or at < earliest[customer]
-                ):
-                    earliest[customer] = at
+                if known.covers(customer, at) and not fresh_epoch:
+                    # An erasure since the cache learnt it may have made it a new customer.
+                    await self._check_epoch(conn)
+                    fresh_epoch = True
+                if not known.covers(customer, at):
+                    items.append(("purchase", customer, at, None))
                 outcome.applied += 1
                 continue
             try:
                 data = orjson.loads(record.value or b"null")
                 if ce_type == "profile":
-                    profiles.setdefault(customer, {}).update(
-                        profile_patch(ProfileData.model_validate(data))
-                    )
+                    patch = profile_patch(ProfileData.model_validate(data))
+                    items.append(("profile", customer, at, patch))
                 else:
                     inter = InteractionData.model_validate(data)
                     if inter.kind in ("complaint", "complaint_resolved") and inter.complaint_id:
-                        complaints.append((inter.kind, customer, inter.complaint_id, at))
+                        items.append((inter.kind, customer, at, inter.complaint_id))
             except (orjson.JSONDecodeError, ValidationError):
                 log.debug("customer_event_skipped", offset=record.offset, type=ce_type)
                 outcome.duplicates += 1
                 continue
             outcome.applied += 1
+        if not items:
+            return outcome
+        customers = {item[1] for item in items}
+        await erasure_store.lock_shared(conn, customers)
+        erased = await erased_through(conn, SERVICE, customers)
+        earliest: dict[str, datetime] = {}
+        profiles: dict[str, dict[str, Any]] = {}
+        complaints: list[tuple[str, str, str, datetime]] = []  # (kind, customer, id, at)
+        for kind, customer, at, payload in items:
+            if erased and is_erased(erased, customer, at):
+                outcome.applied -= 1
+                outcome.duplicates += 1  # the erased customer's: never projected again
+            elif kind == "purchase":
+                if customer not in earliest or at < earliest[customer]:
+                    earliest[customer] = at
+            elif kind == "profile":
+                profiles.setdefault(customer, {}).update(payload)
+            else:
+                complaints.append((kind, customer, payload, at))
         now = self.clock()
         await self._profiles(conn, profiles, now)
         await self._first_purchases(conn, earliest)
         await self._complaints(conn, complaints)
         return outcome
+
+    async def _check_epoch(self, conn: AsyncConnection) -> None:
+        epoch = await erasure_epoch(conn, SERVICE)
+        if epoch != self._epoch:
+            self.known.clear()
+            self._epoch = epoch
 
     async def _schedule(
         self, conn: AsyncConnection, entries: Sequence[ScheduleEntry], merge: projection.Merge

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
 from tierflow_common.exceptions import PoisonRecord
 from tierflow_notifier.adapters import projection
-from tierflow_notifier.adapters.changes import Change, decode_changes
+from tierflow_notifier.adapters.changes import Change, Erasure, decode_changes
 from tierflow_notifier.domain.playbooks import (
     ANY,
     CadenceTrigger,
@@ -31,6 +31,7 @@ from tierflow_notifier.domain.playbooks import (
 )
 from tierflow_notifier.domain.schedules import ScheduleEntry, cadence_entry
 from tierflow_notifier.service_layer.actions import ActionWriter, Tally
+from tierflow_notifier.service_layer.erasure import erase_customer
 
 
 @dataclass
@@ -99,17 +100,32 @@ class NotifierHandler:
         return outcome
 
     async def _handle(self, conn: AsyncConnection, records: Sequence[Record]) -> BatchOutcome:
+        """The batch's changes; an erasure record splits it (the changes before it are acted
+        on first, then the customer is erased), so a batch does what its records did one by
+        one."""
         outcome = BatchOutcome()
         wanted: list[Change] = []
         for record in records:
             try:
-                changes = decode_changes(record)
+                decoded = decode_changes(record)
             except PoisonRecord as exc:
                 outcome.dead.append(DeadLetter(record, exc.reason, exc.field))
                 continue
-            wanted += [c for c in changes if self.wanted(c.dimension)]
+            if isinstance(decoded, Erasure):
+                await self._act(conn, wanted, outcome)
+                wanted = []
+                await erase_customer(conn, decoded)
+                outcome.applied += 1
+                continue
+            wanted += [c for c in decoded if self.wanted(c.dimension)]
+        await self._act(conn, wanted, outcome)
+        return outcome
+
+    async def _act(
+        self, conn: AsyncConnection, wanted: Sequence[Change], outcome: BatchOutcome
+    ) -> None:
         if not wanted:
-            return outcome
+            return
         planned: list[PlannedAction] = []
         labels: dict[str, dict[str, str]] = {}
         # The last word per (customer, cadence rule) in this batch: enter (entry) or leave.
@@ -141,11 +157,11 @@ class NotifierHandler:
         # Labels first: the actions below take the tier as of the end of this batch.
         await projection.project_changes(conn, labels, ended, entries)
         if entries:
-            self.earliest_due = min(e.due_at for e in entries)
+            due = min(e.due_at for e in entries)
+            self.earliest_due = due if self.earliest_due is None else min(self.earliest_due, due)
         if planned:
             written = await self.writer.write(conn, planned, self.clock())
             outcome.emit.extend(written.emit)
-            outcome.applied = written.tally.total_created
-            outcome.duplicates = written.tally.duplicates
-            self.tally.pending = written.tally
-        return outcome
+            outcome.applied += written.tally.total_created
+            outcome.duplicates += written.tally.duplicates
+            self.tally.pending.add(written.tally)
