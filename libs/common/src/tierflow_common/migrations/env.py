@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tierflow_common.db.engine import engine_arguments
 from tierflow_common.db.tables import metadata
 
 config = context.config
@@ -22,7 +23,8 @@ def _run(connection: Connection) -> None:
 async def _main() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url is not None
-    engine = create_async_engine(url)
+    parsed, connect_args = engine_arguments(url)
+    engine = create_async_engine(parsed, connect_args=connect_args)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)
