@@ -22,3 +22,8 @@ BATCH_SECONDS = Histogram(
 ASSIGNED_PARTITIONS = Gauge(
     "tierflow_consumer_assigned_partitions", "Partitions assigned to this consumer", ["group"]
 )
+ROWS_PRUNED = Counter(
+    "tierflow_rows_pruned_total",
+    "Rows deleted because they outlived their retention setting (or ledger weeks dropped)",
+    ["table"],
+)

@@ -18,6 +18,7 @@ from tierflow_classifier.adapters.clock import Clock, FitSchedule, RefreshPolicy
 from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.repository import processed_events_ledger
+from tierflow_classifier.adapters.retention import retention_rules
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
@@ -31,6 +32,7 @@ from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.checks import broker_check, database_check
 from tierflow_common.consumer import StatefulConsumer
 from tierflow_common.db.engine import create_engine
+from tierflow_common.db.pruning import Pruner
 from tierflow_common.errors_http import install_database_error_handler
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.health import ops_router
@@ -129,6 +131,13 @@ def create_app(
     engine = create_engine(database)
     # The event-id ledger's weekly partitions: made ahead, dropped past the retention window.
     ledger = processed_events_ledger(engine, retention_days=settings.ledger_retention_days)
+    # Change history past CLASSIFIER_CHANGE_RETENTION_DAYS, pruned in short batches.
+    pruner = Pruner(
+        engine,
+        retention_rules(settings),
+        batch=settings.prune_batch,
+        interval_s=settings.prune_interval_s,
+    )
     clock = make_clock(settings.clock)
     population_stop = asyncio.Event()
     relay = OutboxRelay(
@@ -198,6 +207,7 @@ def create_app(
             ),
             asyncio.create_task(ledger.run()),
         ]
+        pruning = asyncio.create_task(pruner.run())
         try:
             yield
         finally:
@@ -216,6 +226,8 @@ def create_app(
             await finish(tasks[1], timeout=15)
             ledger.stop()
             await finish(tasks[5], timeout=15)
+            pruner.stop()
+            await finish(pruning, timeout=15)
             await engine.dispose()
 
     async def broker_ready() -> None:

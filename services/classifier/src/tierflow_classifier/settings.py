@@ -44,3 +44,9 @@ class ClassifierSettings(BaseSettings):
     # dropped past it). An older resend is still kept from counting twice by its order id
     # (purchases, refunds); interactions and feedback that old would count again.
     ledger_retention_days: int = Field(default=30, ge=1, le=100_000)
+    # Change history (`classification_changes`, what GET .../history and ?as_of= answer from)
+    # is kept this long after it was recorded, then pruned (adapters/retention.py).
+    change_retention_days: int = Field(default=365, ge=1, le=100_000)
+    # The pruning job: how often it runs, and rows deleted per short transaction.
+    prune_interval_s: float = Field(default=3_600.0, gt=0)
+    prune_batch: int = Field(default=1_000, ge=1, le=100_000)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tierflow_common.checks import broker_check, database_check
 from tierflow_common.consumer import StatefulConsumer
 from tierflow_common.db.engine import create_engine
+from tierflow_common.db.pruning import Pruner
 from tierflow_common.errors_http import install_database_error_handler
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.health import ops_router
@@ -30,6 +31,7 @@ from tierflow_common.settings import (
 from tierflow_common.tasks import finish
 from tierflow_notifier.adapters.http import HttpClient
 from tierflow_notifier.adapters.playbooks_file import load_playbook
+from tierflow_notifier.adapters.retention import retention_rules
 from tierflow_notifier.adapters.webhooks import IngestRequests, WebhookRequests
 from tierflow_notifier.domain.delivery import CircuitBreaker
 from tierflow_notifier.entrypoints.api import build_router, install_error_handlers
@@ -110,7 +112,12 @@ def create_app(
     consumer_settings = consumer or ConsumerSettings()
     settings = settings or NotifierSettings()
     playbook = load_playbook(settings.playbooks_file)  # fails start-up with file:line if invalid
+    # Fails start-up if the contact ledger would be kept shorter than a cap counts back.
+    pruning_rules = retention_rules(settings, playbook)
     engine = create_engine(database)
+    pruner = Pruner(
+        engine, pruning_rules, batch=settings.prune_batch, interval_s=settings.prune_interval_s
+    )
     relay = OutboxRelay(
         engine,
         kafka,
@@ -186,6 +193,7 @@ def create_app(
         sched = asyncio.create_task(scheduler.run())
         senders = [asyncio.create_task(w.run()) for w in workers]
         relay_task = asyncio.create_task(relay.run())
+        pruning = asyncio.create_task(pruner.run())
         try:
             yield
         finally:
@@ -205,6 +213,8 @@ def create_app(
                 await client.aclose()
             relay.stop()
             await finish(relay_task, timeout=15)
+            pruner.stop()
+            await finish(pruning, timeout=15)
             await engine.dispose()
 
     async def broker_ready() -> None:

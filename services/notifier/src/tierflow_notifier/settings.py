@@ -54,6 +54,16 @@ class NotifierSettings(BaseSettings):
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     scheduler_max_sleep_s: float = Field(default=0.5, gt=0)
     scheduler_batch: int = Field(default=500, ge=1)
+    # Finished care actions (done, suppressed, or a delivered coupon / care message: nothing
+    # left to do) are kept this long after creation, with their deliveries, then pruned; an
+    # action with a delivery still pending or dead, or a task still open, is never pruned.
+    action_retention_days: int = Field(default=90, ge=1, le=100_000)
+    # Contact-ledger entries are kept this long (at least the widest cap window of the
+    # playbooks: the caps count them; start-up says so otherwise).
+    contact_ledger_retention_days: int = Field(default=90, ge=1, le=100_000)
+    # The pruning job: how often it runs, and rows deleted per short transaction.
+    prune_interval_s: float = Field(default=3_600.0, gt=0)
+    prune_batch: int = Field(default=1_000, ge=1, le=100_000)
 
     @field_validator("webhooks")
     @classmethod

@@ -42,6 +42,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_common.exceptions import TransientError
+from tierflow_common.metrics import ROWS_PRUNED
 from tierflow_common.transient import is_transient
 
 log = structlog.get_logger(__name__)
@@ -338,14 +339,14 @@ class LedgerPartitions:
                     await conn.execute(
                         text(f'ALTER TABLE "{self.table}" DETACH PARTITION "{part.name}" {mode}')
                     )
-                    await conn.execute(text(f'DROP TABLE IF EXISTS "{part.name}"'))
+                    await self._drop_table(conn, part.name)
                     dropped.append(part.name)
                 cutoff = now - self.retention - GRACE
                 escaped = self.table.replace("!", "!!").replace("_", "!_").replace("%", "!%")
                 for (name,) in await conn.execute(_ORPHANS, {"pattern": f"{escaped}!_w%"}):
                     week = _week_of(self.table, name)
                     if week is not None and week + WEEK <= cutoff:
-                        await conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+                        await self._drop_table(conn, name)
                         dropped.append(name)
             finally:
                 with suppress(Exception):
@@ -357,6 +358,13 @@ class LedgerPartitions:
         if dropped:
             log.info("ledger_partitions_dropped", table=self.table, partitions=dropped)
         return dropped
+
+    async def _drop_table(self, conn: AsyncConnection, name: str) -> None:
+        """Drop a detached week, counting its rows as pruned (read once, off the stream: the
+        week is no partition any more)."""
+        rows = await conn.scalar(text(f'SELECT count(*) FROM "{name}"'))  # noqa: S608 - ours
+        await conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+        ROWS_PRUNED.labels(table=self.table).inc(int(rows or 0))
 
     async def run(self) -> None:
         """Maintain at start-up and every `interval_s` until stop(); a failed round (database
