@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from tierflow_classifier.adapters import erasure as erasure_store
 from tierflow_classifier.adapters import population_store as pop_store
 from tierflow_classifier.adapters import repository as repo
-from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.clock import Watermarks
+from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_common import erasure as tombstones
