@@ -52,6 +52,7 @@ from tierflow_classifier.domain.classify import Outside, compose_version, variab
 from tierflow_classifier.domain.population import PopulationStats, population_dimensions
 from tierflow_classifier.domain.population_review import judge_at
 from tierflow_classifier.domain.rules import decide
+from tierflow_common.auth import Role
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.db.tables import (
@@ -265,7 +266,10 @@ class Stack:
         asyncio.run(wait_for_broker(self.kafka))
         upgrade_head(self.database)
         asyncio.run(ensure_topics(self.kafka, self.topics))
-        _, self.api_key = create_key_sync(self.database, name="cdnow-replay", sources=["*"])
+        # Sends the log through the ingest and reads the classifier's answers.
+        _, self.api_key = create_key_sync(
+            self.database, name="cdnow-replay", sources=["*"], roles={Role.INGEST, Role.READ}
+        )
         env = {
             "DATABASE_URL": self.postgres.url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
@@ -974,7 +978,10 @@ async def replay(stack: Stack, rows: Sequence[Row], result: Result, timeout: flo
     ingest, classifier = stack.url("ingest"), stack.url("classifier")
     try:
         async with (
-            httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10)) as http,
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout, connect=10),
+                headers={"authorization": f"Bearer {stack.api_key}"},
+            ) as http,
         ):
             rules = (await http.get(classifier + "/v1/rules")).json()
             result.rule_set_version = str(rules["version"])

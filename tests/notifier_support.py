@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from tests.access import app_client
 from tests.integration.helpers import eventually, produce
 from tests.support import unique
 from tierflow_common.contract import CLASSIFICATION_CHANGED_TYPE, EmittedEvent
@@ -371,10 +372,7 @@ async def start_harness(
         }
     )
     app = create_app(kafka=kafka, database=database, topics=topics, settings=settings)
-    await stack.enter_async_context(app.router.lifespan_context(app))
-    client = await stack.enter_async_context(
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier")
-    )
+    client = await stack.enter_async_context(app_client(app, database, base_url="http://notifier"))
     engine = create_engine(database)
     stack.push_async_callback(engine.dispose)
     harness = Harness(client, engine, kafka, topics, receivers, app)

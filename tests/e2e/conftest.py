@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.access import api_key_sync, bearer
 from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, unique
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.kafka import ensure_topics
-from tierflow_common.keys import create_key_sync
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 
@@ -24,11 +24,11 @@ class Pipeline:
     ingest: ServiceProcess
     classifier: ServiceProcess
     notifier: ServiceProcess
-    key: str = ""
+    key: str = ""  # every role, any source
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.key}"}
+        return bearer(self.key)
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def pipeline(servers: Servers, log_dir: Path) -> Iterator[Pipeline]:
 
     database = DatabaseSettings(database_url=servers.create_database(unique("e2e")))
     upgrade_head(database)
-    _, key = create_key_sync(database, name="e2e", sources=["*"])
+    key = api_key_sync(database, name="e2e")
     kafka = KafkaSettings(bootstrap_servers=servers.bootstrap_servers)
     topics = isolated_topics(partitions=6)
     asyncio.run(ensure_topics(kafka, topics))

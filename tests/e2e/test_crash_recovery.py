@@ -67,7 +67,7 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(pipeline: Pipelin
         expected_count[str(e["subject"])] += 1
         expected_spend[str(e["subject"])] += Decimal(str(e["data"]["amount"]))
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=pipeline.auth) as client:
         sent = 0
         killed = False
         for start in range(0, EVENTS, BATCH):
@@ -120,7 +120,7 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(pipeline: Pipelin
     last: dict[str, str] = {}
     for c in changes:
         last[c["event"]["subject"]] = c["event"]["data"]["to"]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=pipeline.auth) as client:
         for cid in expected_count:
             resp = await client.get(f"{pipeline.classifier.url}/v1/customers/{cid}")
             assert last[cid] == resp.json()["dimensions"]["value_tier"]["label"], cid

@@ -98,7 +98,7 @@ async def test_event_resent_three_times_is_counted_once(pipeline: Pipeline) -> N
         "data": {"order_id": "r1", "amount": "42.00", "currency": "USD"},
     }
     headers = {"content-type": "application/cloudevents+json", **pipeline.auth}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=pipeline.auth) as client:
         answers = [
             (await client.post(f"{pipeline.ingest.url}/v1/events", json=event, headers=headers))
             for _ in range(4)

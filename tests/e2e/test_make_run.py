@@ -66,17 +66,68 @@ def purchase(event_id: str) -> dict[str, object]:
     }
 
 
-def wait_purchases(url: str, count: int, timeout: float = 30) -> dict[str, object]:
+def wait_purchases(url: str, count: int, key: str, timeout: float = 30) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     body: dict[str, object] = {}
     while time.monotonic() < deadline:
-        resp = httpx.get(url, timeout=5)
+        resp = httpx.get(url, timeout=5, headers={"authorization": f"Bearer {key}"})
         if resp.status_code == 200:
             body = resp.json()
             if body["features"]["purchases_lifetime"] == count:  # type: ignore[index]
                 return body
         time.sleep(0.1)
     raise AssertionError(f"expected {count} purchases, last: {body}")
+
+
+def tierflow(env: dict[str, str], *args: str) -> str:
+    """A `tierflow` command against the running stack (its database, found by the port)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tierflow_common.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def check_access(env: dict[str, str], ports: dict[str, int], dev_key: str) -> None:
+    """Anonymous calls to the data endpoints get 401; the development key has every role; a
+    `read` key (made with the CLI) cannot complete a care action; the notifier's own key sends
+    for its source only."""
+    classifier = f"http://127.0.0.1:{ports['classifier']}"
+    notifier = f"http://127.0.0.1:{ports['notifier']}"
+    dev = {"authorization": f"Bearer {dev_key}"}
+    for url in (f"{classifier}/v1/customers/runner-1", f"{notifier}/v1/actions"):
+        assert httpx.get(url, timeout=5).status_code == 401, url
+        assert httpx.get(url, timeout=5, headers=dev).status_code == 200, url
+    created = tierflow(env, "keys", "create", "--name", "dashboard", "--role", "read")
+    read_key = re.search(r"key: (tf_\S+)", created)
+    assert read_key is not None, created
+    complete = f"{notifier}/v1/actions/some-action/complete"
+    deadline = time.monotonic() + 15
+    status = 0
+    while time.monotonic() < deadline:  # the key takes effect within the keys refresh
+        status = httpx.post(
+            complete,
+            json={"outcome": "done"},
+            headers={"authorization": f"Bearer {read_key[1]}"},
+            timeout=5,
+        ).status_code
+        if status != 401:
+            break
+        time.sleep(0.1)
+    assert status == 403
+    listing = tierflow(env, "keys", "list")
+    rows = {line.split()[0]: line for line in listing.splitlines() if line.strip()}
+    notifier_key = (Path(env["TIERFLOW_VAR_DIR"]) / "notifier-api-key").read_text().split("_")[1]
+    assert re.search(r"\bingest\b", rows[notifier_key])
+    assert "tierflow/notifier" in rows[notifier_key]
+    assert not re.search(r"\b(read|operate|admin)\b", rows[notifier_key])
+    dev_row = rows[dev_key.split("_")[1]]
+    assert all(role in dev_row for role in ("ingest", "read", "operate", "admin"))
 
 
 def test_run_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) -> None:
@@ -107,7 +158,8 @@ def test_run_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path)
         children = first.descendants()
         assert len(children) >= 5  # postgres (+ its workers), tansu, three services
         assert httpx.post(ingest, json=purchase("r-1"), headers=headers).status_code == 202
-        wait_purchases(customer, 1)
+        wait_purchases(customer, 1, key)
+        check_access(env, ports, key)
     finally:
         code = first.terminate()
     assert code == 0
@@ -121,9 +173,9 @@ def test_run_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path)
         # The development key survives restarts, like the data.
         assert (tmp_path / "var" / "dev-api-key").read_text().strip() == key
         # PostgreSQL kept the customer; the broker started empty, yet new events still apply.
-        wait_purchases(customer, 1)
+        wait_purchases(customer, 1, key)
         assert httpx.post(ingest, json=purchase("r-2"), headers=headers).status_code == 202
-        body = wait_purchases(customer, 2)
+        body = wait_purchases(customer, 2, key)
         assert body["features"]["net_spend_lifetime"] == "20"  # type: ignore[index]
     finally:
         assert second.terminate() == 0

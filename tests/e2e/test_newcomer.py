@@ -26,7 +26,7 @@ async def test_purchase_to_tier_within_two_seconds(pipeline: Pipeline) -> None:
         "time": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
         "data": {"order_id": "1", "amount": "129.90", "currency": "USD"},
     }
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with httpx.AsyncClient(timeout=5, headers=pipeline.auth) as client:
         resp = await client.post(
             f"{pipeline.ingest.url}/v1/events",
             json=event,

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.access import api_key_sync
 from tests.integration.helpers import eventually
 from tests.notifier_support import (
     ThreadedReceiver,
@@ -34,7 +35,6 @@ from tests.notifier_support import (
 from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, unique
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.kafka import ensure_topics
-from tierflow_common.keys import create_key_sync
 from tierflow_common.settings import DatabaseSettings, KafkaSettings
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,7 @@ class Live:
 def live(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Live]:
     database = DatabaseSettings(database_url=servers.create_database(unique("e2e_care")))
     upgrade_head(database)
-    _, key = create_key_sync(database, name="e2e", sources=["*"])
+    key = api_key_sync(database, name="e2e")
     topics = isolated_topics(partitions=3)
     asyncio.run(ensure_topics(KafkaSettings(bootstrap_servers=servers.bootstrap_servers), topics))
     env = {
@@ -175,7 +175,7 @@ async def test_every_trigger_and_action_from_ingest_to_signed_webhooks(live: Liv
     headers = {"authorization": f"Bearer {live.key}"}
     left = (live.birthday - datetime.now(UTC)).total_seconds()
     assert left > 5, f"services took too long to start: birthday care due in {left:.1f}s"
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=headers) as http:
         for i in range(0, len(events), 500):
             resp = await http.post(
                 f"{live.ingest.url}/v1/events:batch",

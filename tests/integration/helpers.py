@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.access import app_client
 from tests.support import ROOT, unique
 from tierflow_classifier.bootstrap import create_app as create_classifier
 from tierflow_classifier.settings import ClassifierSettings
@@ -36,7 +37,8 @@ async def classifier_client(
     **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A classifier app running in this process (consumer, scheduler, relay, API) in its own
-    consumer group, with an HTTP client on its API; `settings` are ClassifierSettings fields."""
+    consumer group, with an HTTP client on its API that sends a key with every role;
+    `settings` are ClassifierSettings fields."""
     app = create_classifier(
         kafka=kafka,
         database=database,
@@ -48,10 +50,8 @@ async def classifier_client(
             **settings,
         ),
     )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
-            yield client
+    async with app_client(app, database, base_url="http://classifier") as client:
+        yield client
 
 
 async def eventually(

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.access import app_client
 from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
 from tests.support import ROOT, read_topic, unique
 from tierflow_classifier.adapters.rules_file import load_rules
@@ -176,11 +177,9 @@ async def fast_clock_classifier(
         topics=topics,
         settings=ClassifierSettings(rules_file=fast, group_id=unique("classifier")),
     )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
-            await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
-            yield client
+    async with app_client(app, database, base_url="http://classifier") as client:
+        await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        yield client
 
 
 async def test_time_alone_moves_a_class_with_history_and_as_of(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from tests.access import app_client
 from tests.integration.helpers import eventually, produce
 from tests.support import ROOT, read_topic, unique
 from tierflow_common.contract import CLASSIFICATION_CHANGED_TYPE, EmittedEvent
@@ -54,10 +55,8 @@ async def notifier(
             events_group_id=unique("notifier_events"),
         ),
     )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
-            yield client
+    async with app_client(app, database, base_url="http://notifier") as client:
+        yield client
 
 
 async def test_each_trigger_creates_its_actions_exactly_once(

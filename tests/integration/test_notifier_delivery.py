@@ -33,9 +33,11 @@ pytestmark = pytest.mark.integration
 ACTIONS = 40
 
 
-async def tierflow(*args: str, url: str) -> Result:
-    """The `tierflow` CLI, in a thread (it blocks; the notifier serves on this loop)."""
-    return await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--url", url])
+async def tierflow(*args: str, url: str, key: str) -> Result:
+    """The `tierflow` CLI, in a thread (it blocks; the notifier serves on this loop), sending
+    `key` (TIERFLOW_API_KEY)."""
+    runner = CliRunner(env={"TIERFLOW_API_KEY": key})
+    return await asyncio.to_thread(runner.invoke, cli, [*args, "--url", url])
 
 
 def output(result: Result) -> list[str]:
@@ -119,17 +121,20 @@ async def test_bad_and_slow_endpoints_block_nothing_and_dead_ones_can_be_retried
 
     # The operator's view and retry, by CLI (it talks to the notifier API over HTTP).
     url = await harness.serve_http(stack)
-    listed = await tierflow("deliveries", "list", "--state", "dead", "--endpoint", "bad", url=url)
+    key = harness.client.headers["authorization"].removeprefix("Bearer ")
+    listed = await tierflow(
+        "deliveries", "list", "--state", "dead", "--endpoint", "bad", url=url, key=key
+    )
     assert listed.exit_code == 0, listed.output
     assert {line.split()[0] for line in output(listed)} == {d["delivery_id"] for d in dead_rows}
     assert all("HTTP 500" in line for line in output(listed))
     bad.status = 200
-    one = await tierflow("deliveries", "retry", dead_rows[0]["delivery_id"], url=url)
+    one = await tierflow("deliveries", "retry", dead_rows[0]["delivery_id"], url=url, key=key)
     assert one.exit_code == 0, one.output
-    again = await tierflow("deliveries", "retry", dead_rows[0]["delivery_id"], url=url)
+    again = await tierflow("deliveries", "retry", dead_rows[0]["delivery_id"], url=url, key=key)
     assert again.exit_code == 1  # no longer dead: nothing to retry
     assert "not dead" in again.output
-    rest = await tierflow("deliveries", "retry", "--endpoint", "bad", url=url)
+    rest = await tierflow("deliveries", "retry", "--endpoint", "bad", url=url, key=key)
     assert output(rest) == [f"retried {ACTIONS - 1} dead deliveries"]
 
     async def bad_ids() -> set[str]:

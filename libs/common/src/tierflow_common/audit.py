@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tierflow_common.backoff import Backoff
+from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import audit_log
+from tierflow_common.settings import DatabaseSettings
 
 log = structlog.get_logger(__name__)
 AUDIT_SLOT = "tierflow.audit"  # the scope key the middleware hands `requires` the call list in
@@ -141,3 +143,17 @@ async def read_audit(
     if before is not None:
         query = query.where(audit_log.c.audit_id < before)
     return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+def read_audit_sync(db: DatabaseSettings, **filters: Any) -> list[dict[str, Any]]:
+    """`read_audit` outside an event loop (the CLI)."""
+
+    async def main() -> list[dict[str, Any]]:
+        engine = create_engine(db)
+        try:
+            async with engine.connect() as conn:
+                return await read_audit(conn, **filters)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())

@@ -1,4 +1,5 @@
-"""The `tierflow` command: run the pipeline, migrate, create topics, manage API keys, schemas."""
+"""The `tierflow` command: run the pipeline, migrate, create topics, manage API keys, read the
+audit log, schemas."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +17,10 @@ import typer
 from tierflow_common.settings import DatabaseSettings
 
 app = typer.Typer(help="tierflow: real-time customer classification pipeline", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys of upstream sources (stored hashed)", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys and their roles: ingest, read, operate, admin (stored hashed)",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 deliveries_app = typer.Typer(
     help="Webhook deliveries of care actions: list them, retry dead ones (via the notifier API)",
@@ -98,21 +103,44 @@ def topics() -> None:
 def keys_create(
     name: Annotated[str, typer.Option(help="Who the key is for, e.g. 'shop production'")],
     source: Annotated[
-        list[str], typer.Option(help="A CloudEvents source this key may send ('*' = any)")
-    ],
+        list[str] | None,
+        typer.Option(help="A CloudEvents source an ingest key may send ('*' = any); repeatable"),
+    ] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ingest, read, operate or admin; repeatable (default: ingest, which needs "
+            "--source)"
+        ),
+    ] = None,
 ) -> None:
     """Create a key; it is printed once and stored only as a hash."""
-    from tierflow_common.keys import create_key_sync  # noqa: PLC0415
+    from tierflow_common.auth import Role  # noqa: PLC0415
+    from tierflow_common.keys import create_key_sync, key_roles  # noqa: PLC0415
 
+    sources = sorted(set(source or []))
+    known = {str(r) for r in Role}
+    unknown = [r for r in role or [] if r not in known]
+    if unknown:
+        typer.echo(f"--role {unknown[0]!r}: not one of {', '.join(sorted(known))}", err=True)
+        raise typer.Exit(2)
+    try:
+        roles = key_roles(role, sources)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
     with _database() as db:
-        key_id, key = create_key_sync(db, name=name, sources=source)
-    typer.echo(f"key id: {key_id}\nsources: {', '.join(sorted(set(source)))}\nkey: {key}")
+        key_id, key = create_key_sync(db, name=name, sources=sources, roles=roles)
+    typer.echo(f"key id: {key_id}\nroles: {', '.join(sorted(roles))}")
+    if sources:
+        typer.echo(f"sources: {', '.join(sources)}")
+    typer.echo(f"key: {key}")
     typer.echo("Store the key now: it cannot be shown again.", err=True)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key by id (takes effect within INGEST_KEYS_REFRESH_S)."""
+    """Revoke a key by id (takes effect within each service's *_KEYS_REFRESH_S)."""
     from tierflow_common.keys import revoke_key_sync  # noqa: PLC0415
 
     with _database() as db:
@@ -125,14 +153,52 @@ def keys_revoke(key_id: str) -> None:
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (ids, names, sources, state) — never the keys themselves."""
+    """List keys (id, state, roles, sources, name) — never the keys themselves."""
     from tierflow_common.keys import list_keys_sync  # noqa: PLC0415
 
     with _database() as db:
         rows = list_keys_sync(db)
     for r in rows:
         state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
-        typer.echo(f"{r['key_id']}  {state:<18} {','.join(r['sources']):<20} {r['name']}")
+        roles, sources = ",".join(sorted(r["roles"])), ",".join(r["sources"]) or "-"
+        typer.echo(f"{r['key_id']}  {state:<18} {roles:<26} {sources:<20} {r['name']}")
+
+
+@app.command()
+def audit(
+    key: Annotated[str | None, typer.Option(help="Only calls made with this key id")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only calls at or after (ISO 8601; UTC if no zone)")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="Only calls before")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows")] = 100,
+) -> None:
+    """The audit log of every service's operate and admin calls, newest first (from the
+    database; `GET /v1/audit` on the classifier serves the same rows)."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from tierflow_common.audit import read_audit_sync  # noqa: PLC0415
+
+    def aware(at: datetime | None) -> datetime | None:
+        return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+    with _database() as db:
+        rows = read_audit_sync(db, key_id=key, since=aware(since), until=aware(until), limit=limit)
+    table = Table("when (UTC)", "service", "key", "call", "target", "status")
+    for r in rows:
+        who = f"{r['key_id']} ({r['key_name']})" if r["key_id"] else "(no valid key)"
+        target = ", ".join(f"{k}={v}" for k, v in r["target"].items())
+        table.add_row(
+            f"{r['at'].astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            r["service"],
+            who,
+            f"{r['method']} {r['route']}",
+            target,
+            str(r["status"]),
+        )
+    Console(width=200).print(table)
+    typer.echo(f"{len(rows)} calls", err=True)
 
 
 def _notifier_url(url: str | None) -> str:
@@ -143,14 +209,28 @@ def _notifier_url(url: str | None) -> str:
     return f"http://127.0.0.1:{os.environ.get('NOTIFIER_PORT', '8082')}"
 
 
+def _api_key() -> str | None:
+    """TIERFLOW_API_KEY, else the development key `tierflow run` keeps in var/."""
+    from tierflow_common.settings import EmbeddedSettings  # noqa: PLC0415
+
+    if os.environ.get("TIERFLOW_API_KEY"):
+        return os.environ["TIERFLOW_API_KEY"]
+    dev = EmbeddedSettings().var_dir / "dev-api-key"
+    return dev.read_text().strip() if dev.exists() else None
+
+
 def _call(method: str, url: str, body: object | None = None) -> tuple[int, Any]:
     """One JSON request to the notifier API: (status, decoded body). Exits if unreachable."""
     import urllib.error  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
     data = json.dumps(body).encode() if body is not None else None
+    headers = {"content-type": "application/json"}
+    key = _api_key()
+    if key:
+        headers["authorization"] = f"Bearer {key}"
     request = urllib.request.Request(  # noqa: S310 - the operator's own notifier URL
-        url, data=data, method=method, headers={"content-type": "application/json"}
+        url, data=data, method=method, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
@@ -182,7 +262,9 @@ def deliveries_list(
 ) -> None:
     """List deliveries (id, endpoint, state, attempts, action, last error), oldest id first.
 
-    Like every `deliveries` command this talks to the notifier's API rather than the database:
+    Like every `deliveries` command this talks to the notifier's API rather than the database
+    (with the key in $TIERFLOW_API_KEY — `read` to list, `operate` to retry — else the
+    development key of `tierflow run`):
     tierflow_common cannot import the notifier's service layer (the notifier depends on it, not
     the reverse); the API wakes the endpoint's sender so a retry goes out at once instead of at
     its next poll; and an operator needs only the notifier's URL, not database credentials — a

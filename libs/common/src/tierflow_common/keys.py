@@ -139,6 +139,13 @@ class KeyCache:
             self._keys = {bytes(r.key_hash): _principal(r) for r in rows}
         self.loaded = True
 
+    async def first_load(self) -> None:
+        """One refresh before the API serves (if the database is away, `run` retries)."""
+        try:
+            await self.refresh()
+        except Exception as exc:
+            log.warning("api_keys_refresh_failed", error=str(exc))
+
     async def run(self) -> None:
         while True:
             try:

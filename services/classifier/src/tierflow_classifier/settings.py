@@ -13,6 +13,8 @@ class ClassifierSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore")
 
     rules_file: Path = Path("config/classifier.yaml")
+    # How soon a created or revoked API key takes effect (keys are checked in memory).
+    keys_refresh_s: float = Field(default=2.0, gt=0)
     group_id: str = "tierflow-classifier"
     # wall: production. event_time: replay/backtest, "now" is the latest event time applied.
     clock: Literal["wall", "event_time"] = "wall"

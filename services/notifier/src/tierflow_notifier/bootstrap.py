@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tierflow_common.audit import AuditLog
+from tierflow_common.auth import install_auth
 from tierflow_common.checks import broker_check, database_check
 from tierflow_common.consumer import StatefulConsumer
 from tierflow_common.db.engine import create_engine
@@ -19,6 +21,7 @@ from tierflow_common.db.pruning import Pruner
 from tierflow_common.errors_http import install_database_error_handler
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.health import ops_router
+from tierflow_common.keys import KeyCache
 from tierflow_common.logging import configure_logging
 from tierflow_common.outbox import OutboxRelay
 from tierflow_common.settings import (
@@ -26,6 +29,7 @@ from tierflow_common.settings import (
     DatabaseSettings,
     KafkaSettings,
     LogSettings,
+    MetricsSettings,
     TopicSettings,
 )
 from tierflow_common.tasks import finish
@@ -105,6 +109,7 @@ def create_app(
     consumer: ConsumerSettings | None = None,
     settings: NotifierSettings | None = None,
     clock: Callable[[], datetime] = utc_now,
+    metrics: MetricsSettings | None = None,
 ) -> FastAPI:
     kafka = kafka or KafkaSettings()
     database = database or DatabaseSettings()
@@ -118,6 +123,7 @@ def create_app(
     pruner = Pruner(
         engine, pruning_rules, batch=settings.prune_batch, interval_s=settings.prune_interval_s
     )
+    keys = KeyCache(engine, refresh_s=settings.keys_refresh_s)
     relay = OutboxRelay(
         engine,
         kafka,
@@ -186,6 +192,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await keys.first_load()
+        keys_task = asyncio.create_task(keys.run())
         consumers = [
             asyncio.create_task(change_consumer.run()),
             asyncio.create_task(event_consumer.run()),
@@ -213,6 +221,8 @@ def create_app(
                 await client.aclose()
             relay.stop()
             await finish(relay_task, timeout=15)
+            keys_task.cancel()
+            await finish(keys_task, timeout=1)
             pruner.stop()
             await finish(pruning, timeout=15)
             await engine.dispose()
@@ -244,13 +254,16 @@ def create_app(
     )
     install_error_handlers(app)
     install_database_error_handler(app)
+    install_auth(app, keys, audit=AuditLog(engine, service="notifier"))
     app.include_router(
         ops_router(
             {
                 "database": database_check(engine),
                 "broker": broker_ready,
                 "partitions": partitions_ready,
-            }
+                "api_keys": keys.ready,
+            },
+            metrics_access=(metrics or MetricsSettings()).access,
         )
     )
     return app

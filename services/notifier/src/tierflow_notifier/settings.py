@@ -35,6 +35,8 @@ class NotifierSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore")
 
     playbooks_file: Path = Path("config/notifier.yaml")
+    # How soon a created or revoked API key takes effect (keys are checked in memory).
+    keys_refresh_s: float = Field(default=2.0, gt=0)
     group_id: str = "tierflow-notifier"
     events_group_id: str = "tierflow-notifier-events"
     # JSON list of {"name", "url", "secret"}; empty = actions go only to the care-actions topic.

@@ -23,6 +23,9 @@ from tierflow_classifier.adapters.repository import get_state
 from tierflow_classifier.domain.churn_features import churn_config, full_score
 from tierflow_classifier.domain.model import Assignment, CustomerState
 from tierflow_classifier.domain.rules import RuleSet
+from tierflow_common.auth import Role, requires
+
+READ = [requires(Role.READ)]
 
 
 def _finite(value: Any) -> Any:
@@ -209,6 +212,7 @@ def build_router(
 
     @router.get(
         "/customers/{customer_id}",
+        dependencies=READ,
         response_model=CustomerOut | AsOfOut,
         summary="A customer's classes, with explanations and features (or as of a past time)",
         responses={404: {"description": "Unknown customer"}},
@@ -264,6 +268,7 @@ def build_router(
 
     @router.get(
         "/customers/{customer_id}/history",
+        dependencies=READ,
         response_model=HistoryOut,
         summary="Every class change of a customer, oldest first, cursor-paged",
     )
@@ -305,6 +310,7 @@ def build_router(
 
     @router.get(
         "/segments/{dimension}/{label}",
+        dependencies=READ,
         response_model=SegmentOut,
         tags=["segments"],
         summary="Customers currently holding a label, cursor-paged by customer id",
@@ -335,6 +341,7 @@ def build_router(
 
     @router.get(
         "/stats/distribution",
+        dependencies=READ,
         tags=["segments"],
         summary="How many customers hold each label, per dimension",
     )
@@ -344,6 +351,7 @@ def build_router(
 
     @router.get(
         "/models/churn",
+        dependencies=READ,
         response_model=None,
         tags=["models"],
         summary="The churn model in force: parameters, fit time, data size, log-likelihood",
@@ -363,6 +371,7 @@ def build_router(
 
     @router.post(
         "/models/churn:fit",
+        dependencies=[requires(Role.ADMIN)],
         response_model=None,
         tags=["models"],
         summary="Fit the churn model on the store's history now (also runs on a schedule)",
@@ -384,7 +393,12 @@ def build_router(
         fitted_summary: dict[str, Any] = _finite(summary or {})
         return fitted_summary
 
-    @router.get("/rules", tags=["rules"], summary="The rule set in force (version, params, rules)")
+    @router.get(
+        "/rules",
+        tags=["rules"],
+        summary="The rule set in force (version, params, rules)",
+        dependencies=READ,
+    )
     async def get_rules() -> dict[str, Any]:
         return {
             "version": rules.version,

@@ -12,12 +12,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tierflow_common.auth import Role, requires
 from tierflow_notifier.service_layer import tasks
 from tierflow_notifier.settings import INGEST_ENDPOINT
 
 ActionStatus = Literal["open", "acked", "done", "suppressed"]
 DeliveryState = Literal["pending", "delivered", "dead"]
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+READ = [requires(Role.READ)]
+OPERATE = [requires(Role.OPERATE)]
 
 
 class CompleteBody(BaseModel):
@@ -65,7 +68,12 @@ def build_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
-    @router.get("/actions", tags=["actions"], summary="Care actions, cursor-paged by action id")
+    @router.get(
+        "/actions",
+        tags=["actions"],
+        summary="Care actions, cursor-paged by action id",
+        dependencies=READ,
+    )
     async def get_actions(
         status: Annotated[ActionStatus | None, Query(description="Only this status")] = None,
         owner: Annotated[str | None, Query(description="Only this owner or queue")] = None,
@@ -82,13 +90,16 @@ def build_router(
         items = [tasks.action_json(r) for r in rows]
         return {"items": items, "next": items[-1]["action_id"] if len(items) == limit else None}
 
-    @router.get("/actions/{action_id}", tags=["actions"], responses={404: _PROBLEM})
+    @router.get(
+        "/actions/{action_id}", tags=["actions"], responses={404: _PROBLEM}, dependencies=READ
+    )
     async def get_action(action_id: str) -> dict[str, Any]:
         async with engine.connect() as conn:
             return tasks.action_json(await tasks.get_action(conn, action_id))
 
     @router.post(
         "/actions/{action_id}/ack",
+        dependencies=OPERATE,
         tags=["actions"],
         summary="Acknowledge an open action (idempotent)",
         responses={404: _PROBLEM, 409: _PROBLEM},
@@ -100,6 +111,7 @@ def build_router(
 
     @router.post(
         "/actions/{action_id}/complete",
+        dependencies=OPERATE,
         tags=["actions"],
         summary="Complete an action with its outcome (idempotent for the same outcome)",
         responses={404: _PROBLEM, 409: _PROBLEM},
@@ -113,7 +125,12 @@ def build_router(
             wake(INGEST_ENDPOINT)
         return {**tasks.action_json(row), "reported": queued}
 
-    @router.get("/deliveries", tags=["deliveries"], summary="Deliveries, cursor-paged by id")
+    @router.get(
+        "/deliveries",
+        tags=["deliveries"],
+        summary="Deliveries, cursor-paged by id",
+        dependencies=READ,
+    )
     async def get_deliveries(
         state: Annotated[DeliveryState | None, Query(description="e.g. dead")] = None,
         endpoint: Annotated[str | None, Query()] = None,
@@ -130,6 +147,7 @@ def build_router(
 
     @router.post(
         "/deliveries/{delivery_id}/retry",
+        dependencies=OPERATE,
         tags=["deliveries"],
         summary="Send a dead delivery again (fresh attempt budget)",
         responses={404: _PROBLEM, 409: _PROBLEM},
@@ -145,6 +163,7 @@ def build_router(
 
     @router.post(
         "/deliveries:retry-dead",
+        dependencies=OPERATE,
         tags=["deliveries"],
         summary="Send every dead delivery (of one endpoint) again",
     )
