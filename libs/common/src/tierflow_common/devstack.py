@@ -309,7 +309,10 @@ def run_stack(*, classifiers: int = 1, notifiers: int = 1) -> int:
         classifier = next(s.url for s in stack.services if s.name == "classifier")
         key_file = stack.var / "dev-api-key"
         if stack.dev_key:
-            say(f"development API key (any source): {stack.dev_key}  (saved in {key_file})")
+            say(
+                f"development API key (every role, any source): {stack.dev_key}"
+                f"  (saved in {key_file})"
+            )
         say("pipeline up. Try:")
         auth = f'-H "authorization: Bearer $(cat {key_file})" ' if stack.dev_key else ""
         print(
@@ -319,7 +322,7 @@ def run_stack(*, classifiers: int = 1, notifiers: int = 1) -> int:
     -d '{{"specversion":"1.0","id":"order-1","source":"shop","type":"purchase",
          "subject":"c-1","time":"2025-11-20T10:00:00Z",
          "data":{{"order_id":"1","amount":"129.90","currency":"USD"}}}}'
-  curl -s {classifier}/v1/customers/c-1
+  curl -s {classifier}/v1/customers/c-1 {auth.strip()}
 
   Ctrl-C stops everything.
 """,
