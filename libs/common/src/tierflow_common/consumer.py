@@ -24,6 +24,7 @@ from tierflow_common.backoff import Backoff
 from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord
 from tierflow_common.db.offsets import load_offsets, store_offsets
 from tierflow_common.kafka import make_consumer
+from tierflow_common.logging import error_fields
 from tierflow_common.metrics import ASSIGNED_PARTITIONS, BATCH_SECONDS, CONSUMED, DEAD_LETTERED
 from tierflow_common.outbox import enqueue
 from tierflow_common.settings import ConsumerSettings, KafkaSettings
@@ -339,7 +340,11 @@ class StatefulConsumer:
                     committed = await self._commit_batch(owned)
                 except Exception as exc:
                     if not is_transient(exc):
-                        log.exception("batch_failed_isolating_records", group=self.group_id)
+                        log.error(
+                            "batch_failed_isolating_records",
+                            group=self.group_id,
+                            **error_fields(exc),
+                        )
                         committed = await self._commit_one_by_one(owned)
                     else:
                         log.warning(
@@ -384,11 +389,11 @@ class StatefulConsumer:
                 except Exception as exc:
                     if is_transient(exc):
                         raise
-                    log.exception("record_dead_lettered_on_error", offset=record.offset)
+                    error = error_fields(exc)
+                    log.error("record_dead_lettered_on_error", offset=record.offset, **error)
+                    reason = f"unhandled error: {error['error_type']} at {error['raised_at']}"
                     committed.update(
-                        await self._commit_batch(
-                            single, forced_dead=[DeadLetter(record, f"unhandled error: {exc!r}")]
-                        )
+                        await self._commit_batch(single, forced_dead=[DeadLetter(record, reason)])
                     )
         return committed
 

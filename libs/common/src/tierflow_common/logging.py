@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from pathlib import Path
 
 import structlog
 
 from tierflow_common.settings import LogSettings
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """An exception for a log line without its message: its type and where it was raised.
+
+    A handler's exception may quote the record it failed on, and records carry personal data
+    (names, contacts, notes) that must never reach a log; the record itself is kept (dead
+    letters) for whoever may read it."""
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return {"error_type": type(exc).__qualname__, "raised_at": where}
 
 
 def configure_logging(settings: LogSettings, *, service: str) -> None:

@@ -178,7 +178,8 @@ class ProfileData(_Strict):
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
         if value is not None and value not in _zones():
-            raise ValueError(f"unknown IANA time zone {value!r}")
+            # Not the value: this reason is logged when a consumer dead-letters the record.
+            raise ValueError("unknown IANA time zone (e.g. Asia/Shanghai)")
         return value
 
     @model_validator(mode="after")

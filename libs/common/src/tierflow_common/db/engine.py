@@ -56,6 +56,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
         echo=settings.db_echo,
+        # Statement parameters are customer data: never in an error message or a log line.
+        hide_parameters=True,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )
