@@ -30,6 +30,7 @@ from bench.consumers import DrainPlan, run_drain
 from bench.e2e import E2EPlan, run_e2e
 from bench.ingest import IngestPlan, run_ingest
 from bench.notifier import NotifierPlan, run_notifier
+from bench.simulate import SimulatePlan, run_simulate
 from bench.stack import PARTITIONS, ROOT, Stack
 from bench.timelag import LagPlan, run_lag
 
@@ -52,6 +53,7 @@ class Sizes:
     e2e_seconds: float
     e2e_drain_s: float
     lag: LagPlan
+    simulate: SimulatePlan
 
     def describe(self) -> str:
         return (
@@ -63,7 +65,7 @@ class Sizes:
             f"HTTP loads {self.http_seconds:.0f} s each; e2e {self.e2e_seconds:.0f} s per rate; "
             f"raw produce {self.produce:,}; raw upsert {self.upsert_rows:,} rows; "
             f"time-driven lag: {self.lag.due:,} deadlines among {self.lag.customers:,} "
-            "customers."
+            f"customers; what-if simulation over {self.simulate.customers:,} customers."
         )
 
 
@@ -83,6 +85,7 @@ QUICK = Sizes(
     e2e_seconds=2,
     e2e_drain_s=4,
     lag=LagPlan(customers=20_000, due=300, per_step=10, step_s=0.1, grace_s=3.0),
+    simulate=SimulatePlan(customers=20_000),
 )
 # Sized to finish within 10 minutes on a 2-core machine (654 s with larger loads on 2026-11-23).
 FULL = Sizes(
@@ -100,6 +103,7 @@ FULL = Sizes(
     e2e_seconds=8,
     e2e_drain_s=15,
     lag=LagPlan(customers=1_000_000, due=10_000, per_step=50, step_s=0.1, grace_s=5.0),
+    simulate=SimulatePlan(customers=1_000_000),
 )
 
 
@@ -139,7 +143,7 @@ def phase(r: dict[str, Any], key: str, fn: Callable[[], dict[str, Any]]) -> None
         r[key] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
-PHASES = ("ingest", "classifier", "lag", "notifier", "e2e")
+PHASES = ("ingest", "classifier", "lag", "simulate", "notifier", "e2e")
 
 
 def _run_ingest(
@@ -260,6 +264,9 @@ def run(quick: bool, profile: bool, only: frozenset[str] = frozenset(PHASES)) ->
             _run_classifier(r, stack, sizes, profile_dir)
         if "lag" in only:
             _run_lag(r, stack, sizes, profile_dir)
+        if "simulate" in only:
+            say(f"classifier: what-if simulation over {sizes.simulate.customers:,} customers")
+            phase(r, "simulate", functools.partial(run_simulate, stack, sizes.simulate))
         if "notifier" in only:
             say(f"notifier: pre-load {sizes.notifier_events:,} changes, create and deliver")
             notifier = NotifierPlan(

@@ -16,6 +16,7 @@ from tierflow_classifier.adapters.clock import Watermarks
 from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_classifier.domain.rule_versions import Activation, StoredRuleSet
 from tierflow_classifier.service_layer.unit_of_work import (
     ChangeHistory,
     Customers,
@@ -24,6 +25,7 @@ from tierflow_classifier.service_layer.unit_of_work import (
     LedgerEntry,
     Outbox,
     OutboxItem,
+    RuleSets,
     Sweeps,
 )
 
@@ -36,6 +38,8 @@ class FakeDatabase:
     ledger: dict[tuple[str, str], LedgerEntry] = field(default_factory=dict)
     watermarks: dict[str, datetime | None] = field(default_factory=dict)
     sweep: SweepProgress | None = None
+    rule_sets: dict[str, StoredRuleSet] = field(default_factory=dict)
+    activations: list[Activation] = field(default_factory=list)
     outbox: list[OutboxItem] = field(default_factory=list)
     commits: int = 0
     locked: list[list[str]] = field(default_factory=list)
@@ -77,6 +81,9 @@ class _Customers:
     async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
         ids = sorted(i for i in self._db.customers if i > after)[:limit]
         return [(i, self._db.customers[i].rule_set_version) for i in ids]
+
+    async def count(self) -> int:
+        return len(self._db.customers)
 
     async def bought_after(self, after: str, limit: int) -> list[str]:
         bought = (i for i, s in self._db.customers.items() if s.purchases_lifetime > 0)
@@ -149,6 +156,46 @@ class _Sweeps:
         return True
 
 
+class _RuleSets:
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+
+    async def current(self) -> Activation | None:
+        return self._db.activations[-1] if self._db.activations else None
+
+    async def activations(self, limit: int) -> list[Activation]:
+        return list(reversed(self._db.activations))[:limit]
+
+    async def get(self, version: str) -> StoredRuleSet | None:
+        return self._db.rule_sets.get(version)
+
+    async def versions(self, limit: int) -> list[StoredRuleSet]:
+        ordered = sorted(self._db.rule_sets.values(), key=lambda r: r.created_at, reverse=True)
+        return ordered[:limit]
+
+    async def add(self, stored: StoredRuleSet) -> bool:
+        if stored.version in self._db.rule_sets:
+            return False
+        self._db.rule_sets[stored.version] = stored
+        return True
+
+    async def activate(self, activation: Activation) -> bool:
+        if activation.activation != len(self._db.activations) + 1:
+            return False
+        self._db.activations.append(activation)
+        in_force = {activation.version, activation.previous} - {None}
+        for version, stored in self._db.rule_sets.items():
+            status = (
+                "active"
+                if version in in_force
+                else "retired"
+                if stored.status == "active"
+                else stored.status
+            )
+            self._db.rule_sets[version] = replace(stored, status=status)
+        return True
+
+
 class _Erasures:
     def __init__(self, db: FakeDatabase) -> None:
         self._db = db
@@ -194,6 +241,7 @@ class FakeUnitOfWork:
         self.watermarks: Watermarks = _Watermarks(self._work)
         self.sweeps: Sweeps = _Sweeps(self._work)
         self.erasures: Erasures = _Erasures(self._work)
+        self.rule_sets: RuleSets = _RuleSets(self._work)
         return self
 
     async def __aexit__(

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tierflow_common.cli_rules import rules_app
 from tierflow_common.settings import DatabaseSettings
 
 app = typer.Typer(help="tierflow: real-time customer classification pipeline", no_args_is_help=True)
@@ -27,6 +28,7 @@ deliveries_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(rules_app, name="rules")
 
 
 @contextmanager

@@ -19,16 +19,21 @@ from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.repository import processed_events_ledger
 from tierflow_classifier.adapters.retention import retention_rules
-from tierflow_classifier.adapters.rules_file import load_rules
+from tierflow_classifier.adapters.rules_file import load_rules, parse_rules, rule_set_candidate
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
+from tierflow_classifier.entrypoints.audit_api import build_audit_router
 from tierflow_classifier.entrypoints.erasure_api import build_erasure_router
+from tierflow_classifier.entrypoints.rules_api import build_rules_router
 from tierflow_classifier.service_layer.handler import ClassifierHandler
 from tierflow_classifier.service_layer.population_refresh import PopulationRefresher
 from tierflow_classifier.service_layer.reclassify import Classifier
+from tierflow_classifier.service_layer.rule_sets import RuleSetFollower, seed
 from tierflow_classifier.service_layer.scheduler import ReviewScheduler
 from tierflow_classifier.service_layer.unit_of_work import PRODUCER_NAME, SqlUnitOfWork, UnitOfWork
 from tierflow_classifier.settings import ClassifierSettings
+from tierflow_common.audit import AuditLog
+from tierflow_common.auth import install_auth
 from tierflow_common.checks import broker_check, database_check
 from tierflow_common.consumer import StatefulConsumer
 from tierflow_common.db.engine import create_engine
@@ -36,6 +41,7 @@ from tierflow_common.db.pruning import Pruner
 from tierflow_common.errors_http import install_database_error_handler
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.health import ops_router
+from tierflow_common.keys import KeyCache
 from tierflow_common.logging import configure_logging
 from tierflow_common.outbox import OutboxRelay
 from tierflow_common.settings import (
@@ -43,6 +49,7 @@ from tierflow_common.settings import (
     DatabaseSettings,
     KafkaSettings,
     LogSettings,
+    MetricsSettings,
     TopicSettings,
 )
 from tierflow_common.tasks import finish
@@ -61,6 +68,8 @@ class Wiring:
     handler: ClassifierHandler
     scheduler: ReviewScheduler
     refresher: PopulationRefresher
+    # Keeps the process on the rule-set activation in force.
+    rule_sets: RuleSetFollower
     # Which classifier process rebuilds the population and fits the churn model.
     leadership: Leadership
 
@@ -79,6 +88,9 @@ def wire(
     classifier = Classifier(rules, PopulationHolder(), ChurnModelHolder())
     leadership = Leadership(engine)
     return Wiring(
+        rule_sets=RuleSetFollower(
+            unit_of_work, classifier, parse_rules, poll_s=settings.rules_poll_s
+        ),
         classifier=classifier,
         clock=clock,
         handler=ClassifierHandler(classifier, topics, clock, unit_of_work=joining),
@@ -121,14 +133,18 @@ def create_app(
     topics: TopicSettings | None = None,
     consumer: ConsumerSettings | None = None,
     settings: ClassifierSettings | None = None,
+    metrics: MetricsSettings | None = None,
 ) -> FastAPI:
     kafka = kafka or KafkaSettings()
     database = database or DatabaseSettings()
     topics = topics or TopicSettings()
     consumer_settings = consumer or ConsumerSettings()
     settings = settings or ClassifierSettings()
-    rules = load_rules(settings.rules_file)  # fails start-up with file:line on a bad rule set
+    # The file fails start-up with file:line on a bad rule set; it seeds an empty database,
+    # after that the database's activation is in force (service_layer/rule_sets.py).
+    rules = load_rules(settings.rules_file)
     engine = create_engine(database)
+    keys = KeyCache(engine, refresh_s=settings.keys_refresh_s)
     # The event-id ledger's weekly partitions: made ahead, dropped past the retention window.
     ledger = processed_events_ledger(engine, retention_days=settings.ledger_retention_days)
     # Change history past CLASSIFIER_CHANGE_RETENTION_DAYS, pruned in short batches.
@@ -176,8 +192,13 @@ def create_app(
 
     async def load_published() -> None:
         """The versions in force before the first batch: a process joining a running group
-        classifies by the population and churn model the others use."""
+        classifies by the rule set, population and churn model the others use."""
         try:
+            async with SqlUnitOfWork(engine) as uow:
+                await seed(
+                    uow, rule_set_candidate(settings.rules_file), origin=str(settings.rules_file)
+                )
+            await wiring.rule_sets.follow()
             await refresher.follow()
             await churn_store.follow(engine, churn)
         except Exception as exc:  # the database is away: the loops load them once it is back
@@ -185,6 +206,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await keys.first_load()
+        keys_task = asyncio.create_task(keys.run())
         await load_published()
         tasks = [
             asyncio.create_task(stateful.run()),
@@ -206,6 +229,7 @@ def create_app(
                 )
             ),
             asyncio.create_task(ledger.run()),
+            asyncio.create_task(wiring.rule_sets.run()),
         ]
         pruning = asyncio.create_task(pruner.run())
         try:
@@ -226,6 +250,10 @@ def create_app(
             await finish(tasks[1], timeout=15)
             ledger.stop()
             await finish(tasks[5], timeout=15)
+            wiring.rule_sets.stop()
+            await finish(tasks[6], timeout=15)
+            keys_task.cancel()
+            await finish(keys_task, timeout=1)
             pruner.stop()
             await finish(pruning, timeout=15)
             await engine.dispose()
@@ -248,14 +276,26 @@ def create_app(
     )
     app.include_router(build_router(engine, rules, churn=churn, clock=clock))
     app.include_router(build_erasure_router(lambda: SqlUnitOfWork(engine), topics))
+    app.include_router(
+        build_rules_router(
+            unit_of_work=lambda: SqlUnitOfWork(engine),
+            classifier=wiring.classifier,
+            database=database,
+            topics=topics,
+        )
+    )
+    app.include_router(build_audit_router(engine))
     install_database_error_handler(app)
+    install_auth(app, keys, audit=AuditLog(engine, service="classifier"))
     app.include_router(
         ops_router(
             {
                 "database": database_check(engine),
                 "broker": broker_ready,
                 "partitions": partitions_ready,
-            }
+                "api_keys": keys.ready,
+            },
+            metrics_access=(metrics or MetricsSettings()).access,
         )
     )
     return app

@@ -12,9 +12,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ClassifierSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore")
 
+    # Seeds the rule set of an empty database; after that the database's activation is in
+    # force (`tierflow rules ...`, POST /v1/rules:activate).
     rules_file: Path = Path("config/classifier.yaml")
     # How soon a created or revoked API key takes effect (keys are checked in memory).
     keys_refresh_s: float = Field(default=2.0, gt=0)
+    # How often each process looks for a new rule-set activation (in force within this long).
+    rules_poll_s: float = Field(default=1.0, gt=0)
     group_id: str = "tierflow-classifier"
     # wall: production. event_time: replay/backtest, "now" is the latest event time applied.
     clock: Literal["wall", "event_time"] = "wall"

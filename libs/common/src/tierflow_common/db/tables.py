@@ -230,6 +230,34 @@ churn_models = Table(
     Column("is_current", Boolean, nullable=False, server_default="false"),
 )
 
+# Rule sets as versioned data: every version the classifier was given (its id derived from its
+# content), and every activation (the latest is in force).
+rule_sets = Table(
+    "rule_sets",
+    metadata,
+    Column("version", Text, primary_key=True),
+    Column("label", Text, nullable=False),
+    Column("body", Text, nullable=False),  # the YAML as submitted
+    Column("content", JSONB, nullable=False),  # normalised: what the version id is taken of
+    Column("status", Text, nullable=False),  # active, retired, draft
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", Text, nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+)
+
+rule_set_activations = Table(
+    "rule_set_activations",
+    metadata,
+    Column("activation", Integer, primary_key=True),  # 1, 2, ...: a gap-free sequence
+    Column("version", Text, nullable=False),
+    # During a partial rollout, what the customers outside it keep.
+    Column("previous", Text, nullable=True),
+    Column("rollout_percent", Numeric, nullable=False),
+    Column("activated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("activated_by", Text, nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+)
+
 # Notifier ---------------------------------------------------------------------------------
 
 # status: open -> acked -> done, or suppressed (never delivered; suppressed_reason says why).

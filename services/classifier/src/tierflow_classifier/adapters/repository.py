@@ -445,3 +445,7 @@ async def versions_after(conn: AsyncConnection, after: str, limit: int) -> list[
         .limit(limit)
     )
     return [(r.customer_id, r.rule_set_version) for r in rows]
+
+
+async def count_customers(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(customers))).scalar_one())

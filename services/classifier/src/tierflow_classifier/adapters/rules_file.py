@@ -19,7 +19,7 @@ from tierflow_classifier.domain.classify import variables_at
 from tierflow_classifier.domain.fastrules import cel_type, compile_fast
 from tierflow_classifier.domain.features import compute_features
 from tierflow_classifier.domain.model import CustomerState
-from tierflow_classifier.domain.rule_versions import content_id
+from tierflow_classifier.domain.rule_versions import Candidate, content_id
 from tierflow_classifier.domain.rules import (
     ANCHORS,
     Dimension,
@@ -228,6 +228,21 @@ def normalised(raw: _RulesFile) -> dict[str, Any]:
 
 def _decimal_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
+
+
+def candidate(text: str, origin: str = "rules") -> Candidate:
+    """A submitted rule set: compiled (ConfigProblems when it does not), with its content."""
+    raw, _ = parse_yaml_model(text, origin, _RulesFile)
+    return Candidate(body=text, rules=parse_rules(text, origin), content=normalised(raw))
+
+
+def rule_set_candidate(path: Path) -> Candidate:
+    """The rule-set file as a candidate (it seeds an empty database)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return candidate(text, str(path))
 
 
 def normalised_text(text: str, origin: str = "rules") -> dict[str, Any]:

@@ -196,8 +196,10 @@ class TimePassed:
         rules, outside = basis.rules, basis.outside
         new, fired = catch_up(state, rules, until=self.now, outside=outside)
         version = basis.version
-        if new.rule_set_version != version:
-            before = rules_part(new.rule_set_version)
+        # What the customer was judged by before this step (catch_up's deadlines, fired by
+        # these rules, already record them).
+        if state.rule_set_version != version:
+            before = rules_part(state.rule_set_version)
             if before != rules.version:
                 cause = f"{RULE_SET_ACTIVATED}:{rules.version}/{basis.activation}"
                 redefined = rule_versions.redefined(basis.known.get(before), rules)

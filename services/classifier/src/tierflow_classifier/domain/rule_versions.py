@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tierflow_classifier.domain.memo import once_per_object
@@ -111,3 +112,74 @@ def in_rollout(customer_id: str, percent: float) -> bool:
     """Whether a rollout to `percent` % of customers (hash of the id) includes this one. A
     customer in a smaller rollout of the same version is in every larger one."""
     return rollout_bucket(customer_id) < round(percent * ROLLOUT_BUCKETS / 100)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A rule set as submitted: its text, what it compiles to, and its normalised content."""
+
+    body: str
+    rules: RuleSet
+    content: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredRuleSet:
+    """A version as kept: its text as submitted, label, who made it and why, and status
+    (active: in force, for all customers or for its share of a partial rollout; retired: was
+    in force once; draft: never activated)."""
+
+    version: str
+    label: str
+    body: str
+    content: Mapping[str, Any]
+    status: str
+    created_at: datetime
+    created_by: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Activation:
+    """The `activation`-th switch of rule set: `version` for `rollout_percent` % of customers,
+    `previous` for the rest (None at 100 %)."""
+
+    activation: int
+    version: str
+    previous: str | None
+    rollout_percent: float
+    activated_at: datetime
+    activated_by: str
+    note: str = ""
+
+    @property
+    def settled(self) -> str:
+        """The version every customer is on once nothing is partially rolled out: what a new
+        activation's customers outside its share keep."""
+        return self.version if self.previous is None else self.previous
+
+
+def next_activation(
+    current: Activation | None,
+    version: str,
+    percent: float,
+    *,
+    at: datetime,
+    by: str,
+    note: str = "",
+) -> Activation:
+    """The activation that puts `version` in force for `percent` % of customers. Only one
+    version is ever being rolled out: a new activation replaces a partial one, and the
+    customers outside its share keep what they were on before that (rollback = activating
+    that version)."""
+    base = current.settled if current is not None else None
+    full = percent >= 100 or base is None or base == version
+    return Activation(
+        activation=(current.activation if current is not None else 0) + 1,
+        version=version,
+        previous=None if full else base,
+        rollout_percent=100.0 if full else percent,
+        activated_at=at,
+        activated_by=by,
+        note=note,
+    )

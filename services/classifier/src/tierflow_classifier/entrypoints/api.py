@@ -393,32 +393,4 @@ def build_router(
         fitted_summary: dict[str, Any] = _finite(summary or {})
         return fitted_summary
 
-    @router.get(
-        "/rules",
-        tags=["rules"],
-        summary="The rule set in force (version, params, rules)",
-        dependencies=READ,
-    )
-    async def get_rules() -> dict[str, Any]:
-        return {
-            "version": rules.version,
-            "base_currency": rules.base_currency,
-            "window_months": rules.window_months,
-            "params": dict(rules.params),
-            "timers": [{"name": t.name, "anchor": t.anchor, "days": t.days} for t in rules.timers],
-            "dimensions": {
-                d.name: {
-                    "rules": [{"label": r.label, "when": r.when} for r in d.rules],
-                    "default": d.default,
-                    "label_from": d.label_from,
-                    "hysteresis": (
-                        {"band": d.hysteresis.band, "min_dwell_days": d.hysteresis.min_dwell_days}
-                        if d.hysteresis
-                        else None
-                    ),
-                }
-                for d in rules.dimensions
-            },
-        }
-
     return router

@@ -90,6 +90,8 @@ class Reclassified:
     applied: int = 0
     repeats: int = 0
     reviews_lowered: int = 0
+    # (state before, state after) of every customer, when asked for (a simulation reads them).
+    judged: list[tuple[CustomerState | None, CustomerState | None]] = field(default_factory=list)
 
 
 async def reclassify(
@@ -100,6 +102,7 @@ async def reclassify(
     topics: TopicSettings,
     *,
     locked: bool = False,
+    observe: bool = False,
 ) -> Reclassified:
     ids = sorted(set(customer_ids))
     result = Reclassified()
@@ -112,9 +115,12 @@ async def reclassify(
     changes: list[Change] = []
     reviews: list[tuple[str, datetime]] = []
     for cid in ids:
-        judged = step(states.get(cid), cid, basis.for_customer(cid))
+        before = states.get(cid)
+        judged = step(before, cid, basis.for_customer(cid))
         if judged.state is not None:
             saved.append(judged.state)
+        if observe:
+            result.judged.append((before, judged.state or before))
         changes.extend(judged.changes)
         if judged.review_by is not None:
             reviews.append((cid, judged.review_by))

@@ -1,5 +1,6 @@
 """The classifier's unit of work: customers, change history, ledger, watermarks, sweep
-progress and the outbox behind one `async with uow:` — one PostgreSQL transaction.
+progress, rule-set versions and the outbox behind one `async with uow:` — one PostgreSQL
+transaction.
 
 Use cases see only these protocols, never a connection. `SqlUnitOfWork(engine)` opens and
 commits its own transaction (scheduler, sweep); `SqlUnitOfWork.joining(conn)` takes part in a
@@ -23,7 +24,9 @@ from tierflow_classifier.adapters import repository as repo
 from tierflow_classifier.adapters.clock import Watermarks
 from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.population_store import SweepProgress
+from tierflow_classifier.adapters.rule_store import SqlRuleSets
 from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_classifier.domain.rule_versions import Activation, StoredRuleSet
 from tierflow_common import erasure as tombstones
 from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord
 from tierflow_common.outbox import enqueue
@@ -51,6 +54,9 @@ class Customers(Protocol):
 
     async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
         """The next customers in id order after `after`, with the version each was judged by."""
+
+    async def count(self) -> int:
+        """How many customers there are."""
 
     async def bought_after(self, after: str, limit: int) -> list[str]:
         """The next customers in id order after `after` who bought at least once."""
@@ -91,6 +97,25 @@ class Sweeps(Protocol):
         """False when that population version is no longer the current one."""
 
 
+class RuleSets(Protocol):
+    async def current(self) -> Activation | None:
+        """The activation in force (the latest)."""
+
+    async def activations(self, limit: int) -> list[Activation]:
+        """The latest activations, newest first."""
+
+    async def get(self, version: str) -> StoredRuleSet | None: ...
+
+    async def versions(self, limit: int) -> list[StoredRuleSet]:
+        """The newest versions first."""
+
+    async def add(self, stored: StoredRuleSet) -> bool:
+        """Keep a version; False when it is kept already."""
+
+    async def activate(self, activation: Activation) -> bool:
+        """Record an activation; False when another took its number first."""
+
+
 class Outbox:
     """Records to publish once the unit of work commits."""
 
@@ -112,6 +137,7 @@ class UnitOfWork(Protocol):
     watermarks: Watermarks
     sweeps: Sweeps
     erasures: Erasures
+    rule_sets: RuleSets
     outbox: Outbox
 
     async def __aenter__(self) -> Self: ...
@@ -148,6 +174,9 @@ class _SqlCustomers:
 
     async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
         return await repo.versions_after(self._conn, after, limit)
+
+    async def count(self) -> int:
+        return await repo.count_customers(self._conn)
 
     async def bought_after(self, after: str, limit: int) -> list[str]:
         return await pop_store.customers_after(self._conn, after, limit)
@@ -235,6 +264,7 @@ class SqlUnitOfWork:
         self.watermarks: Watermarks = SqlWatermarks(conn)
         self.sweeps: Sweeps = _SqlSweeps(conn)
         self.erasures: Erasures = _SqlErasures(conn)
+        self.rule_sets: RuleSets = SqlRuleSets(conn)
 
     async def __aenter__(self) -> Self:
         self.outbox = Outbox()

@@ -1,0 +1,130 @@
+"""Runs a what-if simulation in a process of its own, so judging a million customers uses the
+other core and its own memory instead of the consumer's event loop (which goes on serving
+events and requests meanwhile). The process gets what the classifier judges by (rule-set texts
+to compile, population statistics, churn model) and reads the database itself, through one
+read-only snapshot (adapters/snapshot.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tierflow_classifier.adapters.care_preview import CarePreview
+from tierflow_classifier.adapters.churn_store import ChurnModelHolder
+from tierflow_classifier.adapters.population_store import PopulationHolder
+from tierflow_classifier.adapters.rules_file import parse_rules
+from tierflow_classifier.adapters.snapshot import SnapshotUnitOfWork
+from tierflow_classifier.domain.churn import FittedModel
+from tierflow_classifier.domain.population import PopulationStats
+from tierflow_classifier.service_layer.reclassify import Classifier
+from tierflow_classifier.service_layer.simulation import simulate
+from tierflow_common.db.engine import create_engine
+from tierflow_common.settings import DatabaseSettings, TopicSettings
+
+
+@dataclass(frozen=True)
+class SimulationRequest:
+    """Everything the simulation process needs (picklable: texts, not compiled programs)."""
+
+    database_url: str
+    topics: TopicSettings
+    candidate_body: str
+    # What the candidate's activation would put in force: the candidate for `percent` % of
+    # customers, `previous` (a version in `bodies`) for the rest.
+    previous: str | None
+    percent: float
+    activation: int
+    base_version: str | None
+    bodies: Mapping[str, str]  # every version customers may be on, to tell what it redefines
+    population: PopulationStats | None
+    churn: FittedModel | None
+    as_of: datetime
+    playbooks_file: Path | None
+    page: int = 1_000
+
+
+def _entry(request: SimulationRequest, messages: Any) -> None:
+    """The simulation process: ("progress", customers) now and then, then ("result", report)
+    or ("error", message)."""
+    try:
+        report = asyncio.run(_run(request, lambda done: messages.put(("progress", done))))
+    except BaseException as exc:  # the parent must hear of it rather than wait forever
+        messages.put(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    messages.put(("result", report))
+
+
+async def _run(request: SimulationRequest, progress: Callable[[int], None]) -> dict[str, Any]:
+    known = {v: parse_rules(body, f"rule set {v}") for v, body in request.bodies.items()}
+    candidate = parse_rules(request.candidate_body, "candidate")
+    classifier = Classifier(candidate, PopulationHolder(), ChurnModelHolder(), known=known)
+    classifier.population.stats = request.population
+    classifier.churn.model = request.churn
+    previous = known.get(request.previous) if request.previous is not None else None
+    classifier.put_in_force(candidate, previous, request.percent, request.activation)
+    engine = create_engine(DatabaseSettings(database_url=request.database_url))
+    try:
+        care = CarePreview.from_file(request.playbooks_file)
+        async with SnapshotUnitOfWork(engine) as uow:
+            report = await simulate(
+                uow,
+                classifier.basis(),
+                base_version=request.base_version,
+                candidate_version=candidate.version,
+                as_of=request.as_of,
+                topics=request.topics,
+                dimensions=[d.name for d in candidate.dimensions],
+                care=care.bound(uow.connection),
+                page=request.page,
+                progress=progress,
+            )
+        return report.as_json()
+    finally:
+        await engine.dispose()
+
+
+class SimulationFailed(RuntimeError):
+    """The simulation process failed (its error) or died."""
+
+
+async def run_in_process(
+    request: SimulationRequest, on_progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Run the simulation in a fresh process (spawned: nothing of this process's state, its
+    sockets or event loop, is inherited) and wait for its report without blocking the loop.
+    Cancelled (the client went away), the process is terminated."""
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    process = context.Process(
+        target=_entry, args=(request, messages), name="tierflow-simulation", daemon=True
+    )
+    process.start()
+    try:
+        while True:
+            try:
+                kind, value = messages.get_nowait()
+            except queue.Empty:
+                if not process.is_alive() and messages.empty():
+                    raise SimulationFailed(
+                        f"the simulation process ended (exit code {process.exitcode})"
+                    ) from None
+                await asyncio.sleep(0.1)
+                continue
+            if kind == "progress":
+                if on_progress is not None:
+                    on_progress(int(value))
+            elif kind == "result":
+                return dict(value)
+            else:
+                raise SimulationFailed(str(value))
+    finally:
+        if process.is_alive():
+            process.terminate()
+        await asyncio.to_thread(process.join, 10)
+        messages.close()

@@ -1,0 +1,158 @@
+"""A unit of work over one consistent snapshot that writes nothing: what a simulation runs the
+reclassify use case against.
+
+One REPEATABLE READ, READ ONLY transaction: every page of customers is read as of the same
+instant, and (MVCC) no lock is taken that a consumer or the scheduler would wait for. What the
+use case saves, records or enqueues is kept in memory for the caller to read, then dropped;
+nothing reaches the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import NoReturn, Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from tierflow_classifier.adapters import repository as repo
+from tierflow_classifier.adapters.clock import Watermarks
+from tierflow_classifier.adapters.population_store import SweepProgress
+from tierflow_classifier.adapters.rule_store import SqlRuleSets
+from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_classifier.service_layer.unit_of_work import (
+    ChangeHistory,
+    Customers,
+    Erasures,
+    Ledger,
+    LedgerEntry,
+    Outbox,
+    RuleSets,
+    SqlWatermarks,
+    Sweeps,
+)
+
+
+class SnapshotCustomers:
+    """Reads from the snapshot; what the use case saves is dropped (it reports the states it
+    judged itself: reclassify(observe=True))."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def lock(self, ids: Sequence[str]) -> None:
+        return None  # nothing is written: nothing to serialise
+
+    async def try_lock(self, ids: Sequence[str]) -> list[str]:
+        return list(ids)
+
+    async def load(self, ids: Sequence[str]) -> dict[str, CustomerState]:
+        return await repo.load_states(self._conn, ids)
+
+    async def save(self, states: Sequence[CustomerState]) -> None:
+        return None
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        return await repo.due_customers(self._conn, now, limit)
+
+    async def next_deadline(self) -> datetime | None:
+        return await repo.next_deadline(self._conn)
+
+    async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
+        return await repo.versions_after(self._conn, after, limit)
+
+    async def count(self) -> int:
+        return await repo.count_customers(self._conn)
+
+    async def bought_after(self, after: str, limit: int) -> list[str]:
+        return []
+
+    async def outlines(self, ids: Sequence[str], dimensions: Sequence[str]) -> list[CustomerState]:
+        return []
+
+    async def lower_reviews(self, deadlines: Sequence[tuple[str, datetime]]) -> None:
+        return None
+
+
+class SnapshotHistory:
+    """Every change counts as new (the history of a simulation is its own)."""
+
+    async def record(self, changes: Sequence[tuple[str, Change]]) -> set[str]:
+        return {cid for cid, _ in changes}
+
+
+class _NoLedger:
+    async def claim(self, entries: Sequence[LedgerEntry]) -> set[tuple[str, str]]:
+        return {(source, event_id) for source, event_id, _, _ in entries}
+
+    async def release(self, keys: Sequence[tuple[str, str]]) -> None:
+        return None
+
+
+class _NoErasures:
+    """A simulation erases nothing (and an erased customer is not in the snapshot)."""
+
+    async def erase(self, customer_id: str) -> NoReturn:
+        raise RuntimeError("a snapshot unit of work writes nothing")
+
+    async def record(self, customer_id: str, through: datetime) -> NoReturn:
+        raise RuntimeError("a snapshot unit of work writes nothing")
+
+    async def boundaries(self, customer_ids: Sequence[str]) -> dict[str, datetime]:
+        return {}
+
+
+class _NoSweeps:
+    async def save_progress(self, progress: SweepProgress) -> bool:
+        return False
+
+
+class SnapshotUnitOfWork:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._tx: AsyncTransaction | None = None
+        self.outbox = Outbox()
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The snapshot's connection, for other read-only adapters (the care preview)."""
+        assert self._conn is not None
+        return self._conn
+
+    async def __aenter__(self) -> Self:
+        conn = await self._engine.connect()
+        try:
+            conn = await conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            self._tx = await conn.begin()
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        self.customers: Customers = SnapshotCustomers(conn)
+        self.history: ChangeHistory = SnapshotHistory()
+        self.ledger: Ledger = _NoLedger()
+        self.watermarks: Watermarks = SqlWatermarks(conn)
+        self.sweeps: Sweeps = _NoSweeps()
+        self.erasures: Erasures = _NoErasures()
+        self.rule_sets: RuleSets = SqlRuleSets(conn)
+        self.outbox = Outbox()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, tx = self._conn, self._tx
+        self._conn = self._tx = None
+        try:
+            if tx is not None:
+                await tx.rollback()  # read only: nothing to keep
+        finally:
+            if conn is not None:
+                await conn.close()
