@@ -156,7 +156,8 @@ def test_records_are_the_bytes_encode_event_gives(objs: list[Any]) -> None:
 
 
 def test_a_profile_patch_keeps_explicit_nulls_and_omits_unset_fields() -> None:
-    event = {**EXAMPLES[-1], "data": {"name": "Li", "region": None}}
+    profile = next(e for e in EXAMPLES if e["type"] == "profile")
+    event = {**profile, "data": {"name": "Li", "region": None}}
     (checked,) = validate_events([event], now=NOW, max_future_skew=SKEW)
     assert not isinstance(checked, list)
     assert orjson.loads(to_record(checked).value) == {"name": "Li", "region": None}
