@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
 from tests.support import ServiceProcess, isolated_topics, read_topic
 from tests.tls_support import KEY_PASSWORD, Pki, TlsBroker, make_pki, tls_broker
+from tierflow_common.cli import app as cli
 from tierflow_common.exceptions import ConfigError
 from tierflow_common.kafka import ensure_topics, make_producer, wait_for_broker
 from tierflow_common.kafka_security import check_broker_security
@@ -123,6 +125,21 @@ async def test_a_wrong_ca_fails_at_once_naming_the_setting(broker: TlsBroker, pk
     assert "not signed by this CA" in str(caught.value)
     with pytest.raises(ConfigError, match="KAFKA_SSL_CAFILE"):
         await ensure_topics(kafka, isolated_topics())
+
+
+def test_tierflow_topics_with_a_wrong_ca_says_which_setting(broker: TlsBroker, pki: Pki) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["topics"],
+        env={
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "KAFKA_SECURITY_PROTOCOL": "SSL",
+            "KAFKA_SSL_CAFILE": str(pki.other_ca_file),
+        },
+    )
+    assert result.exit_code == 2, result.output
+    assert f"error: KAFKA_SSL_CAFILE={pki.other_ca_file}" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_a_service_with_a_wrong_ca_exits_at_start_up_naming_the_setting(

@@ -94,10 +94,15 @@ def migrate() -> None:
 @app.command()
 def topics() -> None:
     """Create the pipeline's topics on KAFKA_BOOTSTRAP_SERVERS (idempotent)."""
+    from tierflow_common.exceptions import ConfigError  # noqa: PLC0415
     from tierflow_common.kafka import ensure_topics  # noqa: PLC0415
     from tierflow_common.settings import KafkaSettings, TopicSettings  # noqa: PLC0415
 
-    created = asyncio.run(ensure_topics(KafkaSettings(), TopicSettings()))
+    try:
+        created = asyncio.run(ensure_topics(KafkaSettings(), TopicSettings()))
+    except ConfigError as exc:  # a TLS / SASL setting the broker refuses: the message names it
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
