@@ -95,6 +95,7 @@ def test_an_unreadable_ca_file_names_the_setting(tmp_path: Path) -> None:
 
 def test_an_encrypted_client_key_needs_its_password_and_never_prompts(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
+
     def settings(password: str | None) -> KafkaSettings:
         return KafkaSettings(
             security_protocol="SSL",
