@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 from alembic import command
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -62,6 +63,10 @@ async def ledger_rows(engine: AsyncEngine, table: str = LEDGER) -> set[tuple[str
     async with engine.connect() as conn:
         rows = await conn.execute(text(f"SELECT source, event_id FROM {table}"))
         return {(r.source, r.event_id) for r in rows}
+
+
+def pruned_rows(table: str) -> float:
+    return REGISTRY.get_sample_value("tierflow_rows_pruned_total", {"table": table}) or 0.0
 
 
 def clock_at(moment: list[datetime]) -> Callable[[], datetime]:
@@ -134,8 +139,10 @@ async def test_retention_drops_the_weeks_past_the_window_and_keeps_the_rest(
     # 15 days on: the week of the 29-day-old event ended more than 30 days (and the grace)
     # ago, those of the others did not.
     moment[0] = now + timedelta(days=15)
+    before = pruned_rows(LEDGER)
     _, dropped = await ledger.maintain()
     assert dropped == [partition_name(LEDGER, week_start(times[2]))]
+    assert pruned_rows(LEDGER) - before == 1  # the dropped week's one entry, counted
     assert week_start(times[2]) not in await weeks(engine)
     assert {week_start(times[0]), week_start(times[1])} <= set(await weeks(engine))
     assert await ledger_rows(engine) == {("shop", "e-0"), ("shop", "e-1")}
