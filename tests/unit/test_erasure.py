@@ -10,10 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fakes import FakeDatabase
+from tests.support import ROOT
 from tests.unit.test_reclassify_service import consume, event, purchase, record, wired
 from tierflow_classifier.domain.erasure import boundary
 from tierflow_common.contract import CUSTOMER_ERASED_TYPE, EmittedEvent
 from tierflow_common.erasure import is_erased
+from tierflow_notifier.adapters.playbooks_file import load_playbook
+from tierflow_notifier.domain.playbooks import FirstPurchaseTrigger, action_id_for
+from tierflow_notifier.domain.schedules import CustomerFacts, fire, first_purchase_entry
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 instants = st.datetimes(
@@ -87,3 +91,19 @@ async def test_the_erased_customers_old_events_resent_later_change_nothing() -> 
     # Erasing again is harmless: nothing left, the boundary never moves back.
     await consume(wiring, db, [record(erased("x1", "ann", T0), 5)])
     assert db.erased["ann"] == T0 + timedelta(days=1)
+
+
+PLAYBOOK = load_playbook(ROOT / "config" / "notifier.yaml")
+
+
+def test_a_customer_after_an_erased_one_gets_scheduled_actions_of_their_own_ids() -> None:
+    (rule,) = PLAYBOOK.scheduled(FirstPurchaseTrigger)
+    entry = first_purchase_entry(rule, "ann", T0)
+    first, _ = fire(entry, rule, CustomerFacts(), T0 + timedelta(days=30))
+    again, _ = fire(entry, rule, CustomerFacts(generation="2026-02-01T00:00:00Z"), T0)
+    assert first is not None
+    assert again is not None
+    # A customer never erased keeps the ids it always had; the next one under the id does not
+    # share them (nor the webhook-ids receivers dedupe by).
+    assert first.action_id == action_id_for("first_purchase:ann", rule.id)
+    assert again.action_id != first.action_id

@@ -192,16 +192,22 @@ def reachability(row: Mapping[str, Any] | None) -> Reachability:
 
 
 def facts(
-    row: Mapping[str, Any] | None, default_tz: str, resolved: frozenset[str] = frozenset()
+    row: Mapping[str, Any] | None,
+    default_tz: str,
+    resolved: frozenset[str] = frozenset(),
+    generation: str | None = None,
 ) -> CustomerFacts:
     if row is None:
-        return CustomerFacts(timezone=default_tz, resolved_complaints=resolved)
+        return CustomerFacts(
+            timezone=default_tz, resolved_complaints=resolved, generation=generation
+        )
     birthday = row.get("birthday")
     return CustomerFacts(
         labels=dict(row.get("labels") or {}),
         birthday=birthday if isinstance(birthday, date) else None,
         timezone=row.get("timezone") or default_tz,
         resolved_complaints=resolved,
+        generation=generation,
     )
 
 

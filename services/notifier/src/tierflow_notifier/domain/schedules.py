@@ -43,6 +43,15 @@ class CustomerFacts:
     birthday: date | None = None
     timezone: str = "UTC"
     resolved_complaints: frozenset[str] = frozenset()
+    # Set once an earlier customer under this id was erased (the erasure's boundary): the
+    # actions of this one must not share ids (and webhook-ids) with the erased one's.
+    generation: str | None = None
+
+
+def trigger_key(base: str, facts: CustomerFacts) -> str:
+    """A scheduled trigger's key: the same as ever for a customer never erased, told apart
+    from an erased predecessor's by the erasure's boundary otherwise."""
+    return base if facts.generation is None else f"{base}@{facts.generation}"
 
 
 def schedule_id(*parts: str) -> str:
@@ -151,7 +160,10 @@ def _fire(
         # After downtime, fire once for the latest elapsed period rather than a burst of them.
         elapsed = int((now - entry.anchor_at) / trig.every)
         period = max(entry.period, elapsed)
-        key = f"cadence:{cid}:{trig.dimension}={trig.label}:{entry.anchor_at.isoformat()}:{period}"
+        key = trigger_key(
+            f"cadence:{cid}:{trig.dimension}={trig.label}:{entry.anchor_at.isoformat()}:{period}",
+            facts,
+        )
         action = plan(
             rule,
             trigger_key=key,
@@ -168,7 +180,7 @@ def _fire(
     if isinstance(trig, FirstPurchaseTrigger):
         return plan(
             rule,
-            trigger_key=f"first_purchase:{cid}",
+            trigger_key=trigger_key(f"first_purchase:{cid}", facts),
             customer_id=cid,
             reason=(
                 f"first purchase {entry.anchor_at:%Y-%m-%d}: follow-up after {_span(trig.after)}"
@@ -181,7 +193,7 @@ def _fire(
             return None, None
         action = plan(
             rule,
-            trigger_key=f"birthday:{cid}:{entry.period}",
+            trigger_key=trigger_key(f"birthday:{cid}:{entry.period}", facts),
             customer_id=cid,
             reason=f"birthday {facts.birthday:%m-%d} ({entry.period})",
             explanation={"trigger": "birthday", "year": entry.period},
@@ -194,7 +206,7 @@ def _fire(
             return None, None
         return plan(
             rule,
-            trigger_key=f"complaint:{cid}:{complaint}",
+            trigger_key=trigger_key(f"complaint:{cid}:{complaint}", facts),
             customer_id=cid,
             reason=(
                 f"complaint {complaint} open since {entry.anchor_at:%Y-%m-%d %H:%M} UTC, "

@@ -18,6 +18,8 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tierflow_common.contract.ids import rfc3339
+from tierflow_common.erasure import erased_through
 from tierflow_common.outbox import enqueue
 from tierflow_common.transient import is_transient
 from tierflow_notifier.adapters import projection
@@ -25,6 +27,7 @@ from tierflow_notifier.domain.playbooks import ComplaintTrigger, PlannedAction, 
 from tierflow_notifier.domain.schedules import ScheduleEntry, fire
 from tierflow_notifier.metrics import OPEN_TASKS, SCHEDULE_LAG, SCHEDULES_FIRED
 from tierflow_notifier.service_layer.actions import ActionWriter, Tally
+from tierflow_notifier.service_layer.erasure import SERVICE
 
 log = structlog.get_logger(__name__)
 GAUGE_EVERY_S = 15.0
@@ -143,6 +146,8 @@ class Scheduler:
         complaint_rules = {r.id for r in self._playbook.scheduled(ComplaintTrigger)}
         pairs = [(e.customer_id, e.ref) for e in due if e.rule_id in complaint_rules and e.ref]
         resolved = await projection.resolved_complaints(conn, pairs)
+        # Customers who follow an erased one under the same id (rare: usually none).
+        erased = await erased_through(conn, SERVICE, [e.customer_id for e in due])
         default_tz = self._playbook.policy.default_timezone
         planned: list[PlannedAction] = []
         advance: list[ScheduleEntry] = []
@@ -153,7 +158,13 @@ class Scheduler:
                 finished.append(entry.schedule_id)
                 continue
             mine = frozenset(c for (cust, c) in resolved if cust == entry.customer_id)
-            facts = projection.facts(contacts.get(entry.customer_id), default_tz, mine)
+            through = erased.get(entry.customer_id)
+            facts = projection.facts(
+                contacts.get(entry.customer_id),
+                default_tz,
+                mine,
+                generation=None if through is None else rfc3339(through),
+            )
             action, nxt = fire(entry, rule, facts, now)
             if action is not None:
                 planned.append(action)
