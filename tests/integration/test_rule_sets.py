@@ -3,6 +3,7 @@ candidate would change is exactly what activating it then publishes, without a r
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +18,7 @@ from tierflow_classifier.adapters import repository as repo
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.apply import apply
 from tierflow_classifier.domain.model import CustomerState, EventMeta, Purchase
+from tierflow_classifier.domain.rule_versions import in_rollout
 from tierflow_common.auth import Role
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import customers
@@ -196,3 +198,88 @@ async def test_simulation_equals_what_activation_publishes(
         listed = (await client.get("/v1/rules")).json()
         statuses = {v["version"]: v["status"] for v in listed["versions"]}
         assert statuses == {base: "retired", report["candidate_version"]: "active"}
+
+
+async def stock_many(database: DatabaseSettings, count: int) -> None:
+    """`count` one-purchase customers (one domain-made state, cloned under distinct ids)."""
+    engine = create_engine(database)
+    now = datetime.now(UTC)
+    template = shopper(1, now)
+    try:
+        async with engine.begin() as conn:
+            for lo in range(0, count, 2_000):
+                await repo.save_states(
+                    conn,
+                    [
+                        dataclasses.replace(template, customer_id=f"m{i:05d}")
+                        for i in range(lo, min(lo + 2_000, count))
+                    ],
+                )
+    finally:
+        await engine.dispose()
+
+
+async def test_a_canary_reaches_its_share_and_two_processes_both_switch(
+    kafka_settings: KafkaSettings,
+    database: DatabaseSettings,
+    topics: TopicSettings,
+) -> None:
+    count = 10_000
+    await stock_many(database, count)
+    engine = create_engine(database)
+    async with engine.begin() as conn:
+        _, key = await create_key(conn, name="rules-canary", roles=[Role.READ, Role.ADMIN])
+    await engine.dispose()
+    auth = {"Authorization": f"Bearer {key}"}
+    async with (
+        classifier_client(kafka_settings, database, topics, reevaluate_per_s=50_000.0) as one,
+        classifier_client(kafka_settings, database, topics, reevaluate_per_s=50_000.0) as two,
+    ):
+        one.headers.update(auth)
+        two.headers.update(auth)
+        higher = RULES_TEXT.replace("important_spend: 1000\n", "important_spend: 1200\n")
+        simulated = await one.post(
+            "/v1/rules:simulate",
+            params={"rollout_percent": 30},
+            content=higher,
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert simulated.status_code == 200, simulated.text
+        candidate = simulated.json()["candidate_version"]
+        activated = await one.post(
+            "/v1/rules:activate",
+            json={"version": candidate, "expected_active": RULES.version, "rollout_percent": 30},
+        )
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["previous"] == RULES.version
+        for client in (one, two):  # both processes use it, no restart
+            await eventually(
+                lambda c=client: c.get("/v1/rules"),  # type: ignore[misc]
+                lambda r: r.json()["version"] == candidate,
+                timeout=5,
+                what="the process to put the activation in force",
+            )
+        # Exactly the customers the stable hash puts in the share move, and no others.
+        share = sum(in_rollout(f"m{i:05d}", 30) for i in range(count))
+        assert abs(share / count - 0.30) <= 0.03
+        moved = await eventually(
+            lambda: on_version(database, candidate),
+            lambda n: n == share,
+            timeout=30,
+            what="the canary share on the candidate",
+        )
+        rest = await on_version(database, RULES.version)
+        assert moved + rest == count
+        # Rollback: the previous version for everyone.
+        back = await two.post(
+            "/v1/rules:activate",
+            json={"version": RULES.version, "expected_active": candidate},
+        )
+        assert back.status_code == 200, back.text
+        assert back.json()["previous"] is None
+        await eventually(
+            lambda: on_version(database, RULES.version),
+            lambda n: n == count,
+            timeout=30,
+            what="every customer back on the previous version",
+        )
