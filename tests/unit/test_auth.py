@@ -233,3 +233,18 @@ def test_openapi_shows_the_bearer_scheme_and_role_on_protected_routes_only() -> 
     assert paths["/v1/things/{thing_id}/fix"]["post"]["security"] == [{"HTTPBearer": ["operate"]}]
     assert "security" not in paths["/livez"]["get"]
     assert "security" not in paths["/readyz"]["get"]
+
+
+@pytest.mark.parametrize(
+    ("access", "security"),
+    [
+        ("open", None),
+        ("loopback", [{"HTTPBearer": ["read"]}, {}]),
+        ("key", [{"HTTPBearer": ["read"]}]),
+    ],
+)
+def test_the_document_says_whether_metrics_needs_a_key(
+    access: str, security: list[dict[str, list[str]]] | None
+) -> None:
+    doc = app_with(Recorded(), access).openapi()
+    assert doc["paths"]["/metrics"]["get"].get("security") == security

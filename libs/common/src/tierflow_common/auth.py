@@ -172,7 +172,7 @@ def metrics_guard(access: MetricsAccess) -> Any:
             return
         await _check(request, credentials, Role.READ)
 
-    return Security(guard)
+    return Security(guard, scopes=[str(Role.READ)])
 
 
 def _is_loopback(host: str) -> bool:

@@ -51,11 +51,16 @@ def ops_router(
             status_code=200 if ok else 503,
         )
 
+    # The document says what the service does: no key (open), a key optional (loopback: `{}`
+    # is "no authentication" among the alternatives), or a read key required.
+    guarded = metrics_access != "open"
+
     @router.get(
         "/metrics",
         summary="Prometheus metrics",
         response_class=Response,
-        dependencies=[metrics_guard(metrics_access)],
+        dependencies=[metrics_guard(metrics_access)] if guarded else [],
+        openapi_extra={"security": [{}]} if metrics_access == "loopback" else None,
     )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

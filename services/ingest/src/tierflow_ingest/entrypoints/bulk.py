@@ -16,7 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from tierflow_common.auth import Credentials, KeyLookup
+from tierflow_common.auth import KeyLookup
 from tierflow_common.contract import CustomerEvent
 from tierflow_common.errors_http import PROBLEM_SCHEMA
 from tierflow_common.exceptions import BrokerUnavailable
@@ -150,8 +150,8 @@ def build_bulk_router(
             },
         },
     )
-    async def post_bulk(request: Request, credentials: Credentials) -> Response:
-        key = http_io.authenticate(credentials, keys, settings)
+    async def post_bulk(request: Request) -> Response:
+        key = http_io.authenticate_token(http_io.bearer_token(request), keys, settings)
         if isinstance(key, Response):
             return key
         wrong = http_io.check_media(request, NDJSON_TYPES)

@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
 
 from tierflow_common.auth import ANY_SOURCE, AccessDenied, KeyLookup, Principal, Role, authorize
 from tierflow_common.contract import CustomerEvent
@@ -45,17 +44,6 @@ def bearer_token(request: Request) -> str | None:
     if not scheme or not token or scheme.lower() != "bearer":
         return None
     return token
-
-
-def authenticate(
-    credentials: HTTPAuthorizationCredentials | None, keys: KeyLookup, settings: IngestSettings
-) -> Principal | JSONResponse:
-    token = (
-        credentials.credentials
-        if credentials is not None and credentials.scheme.lower() == "bearer"
-        else None
-    )
-    return authenticate_token(token, keys, settings)
 
 
 def authenticate_token(

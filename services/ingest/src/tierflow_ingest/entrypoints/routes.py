@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tierflow_common.auth import BEARER, Credentials, KeyLookup, Role
+from tierflow_common.auth import BEARER, KeyLookup, Role
 from tierflow_common.contract.events import (
     customer_event_json_schema,
     customer_event_openapi_schema,
@@ -33,8 +33,9 @@ BATCH_TYPES = ("application/cloudevents-batch+json", "application/json")
 EVENT_SCHEMA, EVENT_COMPONENTS = customer_event_openapi_schema()
 STANDALONE_EVENT_SCHEMA = customer_event_json_schema()
 PROBLEM = {"application/problem+json": {"schema": PROBLEM_SCHEMA}}
-# The two hot routes read the header themselves (`http_io.bearer_token`, no dependency solved per
-# request) and declare the scheme tierflow_common.auth's routes use, with the role they need.
+# The ingest's routes read the header themselves (`http_io.bearer_token`, no dependency solved per
+# request, and INGEST_AUTH_REQUIRED honoured) and declare the scheme tierflow_common.auth's
+# routes use, with the role they need.
 BEARER_SECURITY: dict[str, Any] = {"security": [{BEARER.scheme_name: [str(Role.INGEST)]}]}
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -280,8 +281,8 @@ def build_router(
         openapi_extra=BEARER_SECURITY,
         responses={401: COMMON_ERRORS[401]},
     )
-    async def event_schema(credentials: Credentials) -> Any:
-        key = http_io.authenticate(credentials, keys, settings)
+    async def event_schema(request: Request) -> Any:
+        key = http_io.authenticate_token(http_io.bearer_token(request), keys, settings)
         return key if isinstance(key, Response) else STANDALONE_EVENT_SCHEMA
 
     return router
