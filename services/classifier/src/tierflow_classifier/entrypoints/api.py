@@ -24,6 +24,7 @@ from tierflow_classifier.domain.churn_features import churn_config, full_score
 from tierflow_classifier.domain.model import Assignment, CustomerState
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_common.auth import Role, requires
+from tierflow_common.errors_http import problem
 
 READ = [requires(Role.READ)]
 
@@ -133,19 +134,6 @@ def _features(state: CustomerState) -> FeaturesOut:
     )
 
 
-def _problem(status: int, slug: str, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {
-            "type": f"https://tierflow.dev/problems/{slug}",
-            "title": title,
-            "status": status,
-            "detail": detail,
-        },
-        status_code=status,
-        media_type="application/problem+json",
-    )
-
-
 class ChangeOut(BaseModel):
     change_id: str
     dimension: str
@@ -228,7 +216,7 @@ def build_router(
             if as_of is not None:
                 found = await queries.labels_as_of(conn, customer_id, as_of, defaults)
                 if not found:
-                    return _problem(
+                    return problem(
                         404,
                         "unknown-customer",
                         "Unknown customer",
@@ -242,7 +230,7 @@ def build_router(
             state = await get_state(conn, customer_id)
             now = await clock.now(conn)
         if state is None:
-            return _problem(
+            return problem(
                 404,
                 "unknown-customer",
                 "Unknown customer",
@@ -286,7 +274,7 @@ def build_router(
                 at, _, cid = cursor.partition("|")
                 after = (datetime.fromisoformat(at), cid)
             except ValueError:
-                return _problem(400, "bad-cursor", "Invalid cursor", "use `next` from a page")
+                return problem(400, "bad-cursor", "Invalid cursor", "use `next` from a page")
         async with engine.connect() as conn:
             rows = await queries.history(
                 conn,
@@ -322,7 +310,7 @@ def build_router(
         cursor: str | None = None,
     ) -> SegmentOut | JSONResponse:
         if dimension not in known:
-            return _problem(
+            return problem(
                 404,
                 "unknown-dimension",
                 "Unknown dimension",
@@ -360,7 +348,7 @@ def build_router(
     async def get_churn_model() -> dict[str, Any] | JSONResponse:
         summary = await current_summary(engine)
         if summary is None:
-            return _problem(
+            return problem(
                 404,
                 "no-churn-model",
                 "No churn model yet",
@@ -382,7 +370,7 @@ def build_router(
             at = await clock.now(conn)
         fitted = await fit_and_store(engine, at) if at is not None else None
         if fitted is None:
-            return _problem(
+            return problem(
                 409,
                 "not-enough-history",
                 "Not enough history",

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_common.auth import Role, requires
+from tierflow_common.errors_http import problem
 from tierflow_notifier.service_layer import tasks
 from tierflow_notifier.settings import INGEST_ENDPOINT
 
@@ -40,20 +41,12 @@ class RetryBody(BaseModel):
     endpoint: str | None = Field(default=None, description="Only this endpoint's dead deliveries")
 
 
-def _problem(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail},
-        status_code=status,
-        media_type="application/problem+json",
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
-        return _problem(404, "Not found", str(exc))
+        return problem(404, "not-found", "Not found", str(exc))
 
     async def conflict(_: Request, exc: Exception) -> JSONResponse:
-        return _problem(409, "Conflict", str(exc))
+        return problem(409, "conflict", "Conflict", str(exc))
 
     app.add_exception_handler(tasks.NotFound, not_found)
     app.add_exception_handler(tasks.Conflict, conflict)
