@@ -282,6 +282,7 @@ def create_app(
             classifier=wiring.classifier,
             database=database,
             topics=topics,
+            workers=settings.simulation_workers,
         )
     )
     app.include_router(build_audit_router(engine))

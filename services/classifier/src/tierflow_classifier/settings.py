@@ -19,6 +19,8 @@ class ClassifierSettings(BaseSettings):
     keys_refresh_s: float = Field(default=2.0, gt=0)
     # How often each process looks for a new rule-set activation (in force within this long).
     rules_poll_s: float = Field(default=1.0, gt=0)
+    # Processes a what-if simulation is split over (they run niced, below the consumer).
+    simulation_workers: int = Field(default=2, ge=1, le=64)
     group_id: str = "tierflow-classifier"
     # wall: production. event_time: replay/backtest, "now" is the latest event time applied.
     clock: Literal["wall", "event_time"] = "wall"

@@ -449,3 +449,11 @@ async def versions_after(conn: AsyncConnection, after: str, limit: int) -> list[
 
 async def count_customers(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(customers))).scalar_one())
+
+
+async def customer_at(conn: AsyncConnection, position: int) -> str:
+    """The id of the customer at `position` (0-based) in id order: where to split a walk."""
+    row = await conn.execute(
+        select(customers.c.customer_id).order_by(customers.c.customer_id).offset(position).limit(1)
+    )
+    return str(row.scalar_one())

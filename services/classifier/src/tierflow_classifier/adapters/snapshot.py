@@ -14,6 +14,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import NoReturn, Self
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from tierflow_classifier.adapters import repository as repo
@@ -109,8 +110,12 @@ class _NoSweeps:
 
 
 class SnapshotUnitOfWork:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """`snapshot`: the id another transaction exported (pg_export_snapshot): read what it
+    sees, so that several processes read one instant."""
+
+    def __init__(self, engine: AsyncEngine, *, snapshot: str | None = None) -> None:
         self._engine = engine
+        self._snapshot = snapshot
         self._conn: AsyncConnection | None = None
         self._tx: AsyncTransaction | None = None
         self.outbox = Outbox()
@@ -128,6 +133,8 @@ class SnapshotUnitOfWork:
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
             self._tx = await conn.begin()
+            if self._snapshot is not None:
+                await conn.execute(text("SET TRANSACTION SNAPSHOT " + _quoted(self._snapshot)))
         except BaseException:
             await conn.close()
             raise
@@ -156,3 +163,11 @@ class SnapshotUnitOfWork:
         finally:
             if conn is not None:
                 await conn.close()
+
+
+def _quoted(snapshot_id: str) -> str:
+    """A snapshot id as a literal (SET TRANSACTION SNAPSHOT takes no parameter); ids are
+    hex digits and dashes, anything else is refused."""
+    if not snapshot_id or any(c not in "0123456789ABCDEFabcdef-" for c in snapshot_id):
+        raise ValueError(f"not a snapshot id: {snapshot_id!r}")
+    return f"'{snapshot_id}'"

@@ -17,7 +17,7 @@ from tierflow_classifier.adapters.rules_file import candidate as compile_candida
 from tierflow_classifier.adapters.simulation_process import (
     SimulationFailed,
     SimulationRequest,
-    run_in_process,
+    run_parallel,
 )
 from tierflow_classifier.domain.rule_versions import (
     Activation,
@@ -143,7 +143,7 @@ async def _yaml(request: Request) -> str | JSONResponse:
         return problem(400, "bad-encoding", "Bad encoding", "the rule set must be UTF-8 text")
 
 
-async def _progress_lines(job: SimulationRequest, total: int) -> AsyncIterator[bytes]:
+async def _progress_lines(job: SimulationRequest, total: int, workers: int) -> AsyncIterator[bytes]:
     """NDJSON: {"progress": {"customers", "total"}} about twice a second, then {"result": the
     report} (or {"error": a problem document})."""
     done = 0
@@ -152,7 +152,7 @@ async def _progress_lines(job: SimulationRequest, total: int) -> AsyncIterator[b
         nonlocal done
         done = n
 
-    task = asyncio.ensure_future(run_in_process(job, seen))
+    task = asyncio.ensure_future(run_parallel(job, workers, seen))
     try:
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
@@ -174,6 +174,7 @@ def build_rules_router(
     database: DatabaseSettings,
     topics: TopicSettings,
     playbooks_file: Any = None,
+    workers: int = 1,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["rules"])
 
@@ -304,9 +305,11 @@ def build_rules_router(
             playbooks_file=playbooks_file,
         )
         if "application/x-ndjson" in request.headers.get("accept", ""):
-            return StreamingResponse(_progress_lines(job, total), media_type="application/x-ndjson")
+            return StreamingResponse(
+                _progress_lines(job, total, workers), media_type="application/x-ndjson"
+            )
         try:
-            return await run_in_process(job)
+            return await run_parallel(job, workers)
         except SimulationFailed as exc:
             return problem(500, "simulation-failed", "Simulation failed", str(exc))
 

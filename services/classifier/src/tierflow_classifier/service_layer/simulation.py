@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -93,18 +93,26 @@ async def simulate(
     care: CareCounter | None = None,
     page: int = 1_000,
     progress: Callable[[int], None] | None = None,
+    after: str = "",
+    until: str | None = None,
 ) -> Simulation:
     """Judge every customer at `as_of` as activating the candidate would (`judging`: the
     bases it would put in force), inside the caller's `async with uow:` (a snapshot that writes
-    nothing); count per dimension who moves where, and what care the changes would cause."""
+    nothing); count per dimension who moves where, and what care the changes would cause.
+    `after` / `until`: only the customers with ids in (after, until]."""
     started = time.monotonic()
     report = Simulation(base_version, candidate_version, as_of)
     for name in dimensions:
         report.dimensions[name] = DimensionMoves()
     step = TimePassed(as_of)
-    after = ""
+    # Customers nothing moves: counted by their labels (one tuple each), spread over the
+    # matrices' diagonals at the end.
+    names = tuple(dimensions)
+    unmoved: Counter[tuple[str, ...]] = Counter()
     while True:
         ids = [cid for cid, _ in await uow.customers.versions_after(after, page)]
+        if until is not None:
+            ids = [cid for cid in ids if cid <= until]
         if not ids:
             break
         after = ids[-1]
@@ -113,6 +121,10 @@ async def simulate(
             if after_state is None:
                 continue
             report.customers += 1
+            if after_state is before_state:
+                held = before_state.dimensions
+                unmoved[tuple(a.label if (a := held.get(n)) else NONE for n in names)] += 1
+                continue
             before, now = _labels(before_state), _labels(after_state)
             cid = after_state.customer_id
             for name in now.keys() | before.keys():
@@ -129,5 +141,44 @@ async def simulate(
         if progress is not None:
             progress(report.customers)
         await asyncio.sleep(0)  # a page at a time: the consumer and the API go on between
+    for labels, n in unmoved.items():
+        for name, label in zip(names, labels, strict=True):
+            report.dimensions[name].matrix.setdefault(label, Counter())[label] += n
     report.elapsed_ms = round((time.monotonic() - started) * 1000)
     return report
+
+
+def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Reports of disjoint shares of the customers (Simulation.as_json) as one."""
+    first = reports[0]
+    out: dict[str, Any] = {
+        "base_version": first["base_version"],
+        "candidate_version": first["candidate_version"],
+        "as_of": first["as_of"],
+        "customers": 0,
+        "dimensions": {},
+        "care_actions": Counter(),
+        "care_actions_suppressed": Counter(),
+        "changes": 0,
+        "elapsed_ms": max(r["elapsed_ms"] for r in reports),
+    }
+    for report in reports:
+        out["customers"] += report["customers"]
+        out["changes"] += report["changes"]
+        out["care_actions"].update(report["care_actions"])
+        out["care_actions_suppressed"].update(report["care_actions_suppressed"])
+        for name, moves in report["dimensions"].items():
+            into = out["dimensions"].setdefault(name, {"changed": 0, "matrix": {}, "samples": {}})
+            into["changed"] += moves["changed"]
+            for before, row in moves["matrix"].items():
+                target = into["matrix"].setdefault(before, Counter())
+                target.update(row)
+            for move, ids in moves["samples"].items():
+                kept = into["samples"].setdefault(move, [])
+                kept.extend(ids[: SAMPLES - len(kept)])
+    for moves in out["dimensions"].values():
+        moves["matrix"] = {b: dict(row) for b, row in sorted(moves["matrix"].items())}
+    out["dimensions"] = dict(sorted(out["dimensions"].items()))
+    out["care_actions"] = dict(sorted(out["care_actions"].items()))
+    out["care_actions_suppressed"] = dict(sorted(out["care_actions_suppressed"].items()))
+    return out
