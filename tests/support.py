@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from tierflow_common.contract import decode_record
 from tierflow_common.embedded import free_port
 from tierflow_common.embedded.process import spawn, stop_process, tail
-from tierflow_common.kafka import make_consumer
+from tierflow_common.kafka import make_consumer, make_producer
 from tierflow_common.settings import KafkaSettings, TopicSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,13 @@ def isolated_topics(partitions: int = 3) -> TopicSettings:
         notifier_dlq=f"customer-classification-changed.notifier.dlq-{tag}",
         partitions=partitions,
     )
+
+
+def plain_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
+    """The factory's producer with aiokafka's own batching (no linger, 16 KiB batches), as the
+    tests that write their input were written against: Tansu answers ListOffsets with the start
+    of a partition's last batch, so larger batches would move the "end" such tests wait for."""
+    return make_producer(kafka, linger_ms=0, max_batch_size=16 * 1024)
 
 
 async def read_topic(

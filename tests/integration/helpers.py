@@ -12,11 +12,10 @@ from typing import Any, TypeVar
 import httpx
 
 from tests.access import app_client
-from tests.support import ROOT, unique
+from tests.support import ROOT, plain_producer, unique
 from tierflow_classifier.bootstrap import create_app as create_classifier
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.contract import EmittedEvent, encode_event
-from tierflow_common.kafka import make_producer
 from tierflow_common.settings import (
     ConsumerSettings,
     DatabaseSettings,
@@ -95,7 +94,7 @@ def purchase_event(
 async def produce(
     kafka: KafkaSettings, topic: str, items: Sequence[EmittedEvent | tuple[bytes, bytes, list[Any]]]
 ) -> None:
-    producer = make_producer(kafka)
+    producer = plain_producer(kafka)
     await producer.start()
     try:
         futures = []

@@ -184,6 +184,17 @@ async def test_a_missing_client_certificate_names_the_setting(broker: TlsBroker,
         await check_broker_security(kafka)
 
 
+async def test_tls_to_a_listener_without_tls_names_the_protocol(
+    broker: TlsBroker, pki: Pki
+) -> None:
+    # The broker's own plaintext port, behind the proxy: it never answers a TLS hello.
+    kafka = tls_settings(
+        broker, pki, bootstrap_servers=broker.tansu.bootstrap_servers, request_timeout_ms=1_000
+    )
+    with pytest.raises(ConfigError, match=r"KAFKA_SECURITY_PROTOCOL=SSL.*does that listener speak"):
+        await check_broker_security(kafka)
+
+
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
 async def test_a_scram_login_the_broker_refuses_names_the_credentials(
     sasl_broker: TlsBroker, pki: Pki, mechanism: str

@@ -23,10 +23,9 @@ from tests.notifier_support import (
     start_harness,
     write_playbook,
 )
-from tests.support import unique
+from tests.support import plain_producer, unique
 from tierflow_common.cli import app as cli
 from tierflow_common.contract import encode_event
-from tierflow_common.kafka import make_producer
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 pytestmark = pytest.mark.integration
@@ -186,7 +185,7 @@ async def test_an_endpoint_down_delays_nothing_else_and_then_gets_every_action_o
 ) -> None:
     good, flaky = outage.receivers["good"], outage.receivers["flaky"]
     tag = unique("o")
-    producer = make_producer(outage.kafka)
+    producer = plain_producer(outage.kafka)
     await producer.start()
     sent: list[str] = []
     recovered_at = 0.0

@@ -10,10 +10,11 @@ from aiokafka import TopicPartition
 from sqlalchemy import func, select
 
 from tests.integration.helpers import eventually
+from tests.support import plain_producer
 from tierflow_common.contract.kafka_binding import KafkaRecord
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import outbox
-from tierflow_common.kafka import make_consumer, make_producer
+from tierflow_common.kafka import make_consumer
 from tierflow_common.outbox import OutboxRelay, enqueue
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
@@ -95,7 +96,7 @@ async def test_a_backlog_arrives_once_in_order_per_key_on_the_partition_send_wou
                 assert numbers == sorted(numbers)  # in enqueue order
 
         # The same keys sent one by one by a plain producer land on the same partitions.
-        producer = make_producer(kafka_settings)  # aiokafka's default partitioner
+        producer = plain_producer(kafka_settings)  # aiokafka's default partitioner
         await producer.start()
         try:
             for key, partition in partition_of.items():

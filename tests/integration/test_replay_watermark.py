@@ -9,10 +9,10 @@ import pytest
 
 from tests.integration.helpers import eventually, purchase_event
 from tests.integration.test_population_refresh import classifier
+from tests.support import plain_producer
 from tierflow_classifier.adapters import repository
 from tierflow_common.contract import encode_event
 from tierflow_common.db.engine import create_engine
-from tierflow_common.kafka import make_producer
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ async def test_a_replay_over_a_topic_with_empty_partitions_reaches_its_last_even
         purchase_event(f"o{n}", "c-only", "12.50", time=T0 + timedelta(days=7 * n))
         for n in range(5)
     ]
-    producer = make_producer(kafka_settings)
+    producer = plain_producer(kafka_settings)
     await producer.start()
     try:
         for event in events:  # every record on partition 1; partitions 0 and 2 stay empty
