@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +20,8 @@ rules_app = typer.Typer(
     help="Rule sets of the classifier: validate, simulate, activate, history, diff",
     no_args_is_help=True,
 )
-console = Console()
+# Piped (a script, a CI log): wide enough for whole version ids and reasons, not 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 errors = Console(stderr=True)
 
 UrlOption = Annotated[
@@ -253,7 +255,7 @@ def history(
     listed = _call("GET", f"{_base(url)}/v1/rules", key=key)
     versions = Table(title="versions", title_justify="left")
     for column in ("version", "label", "status", "created", "by", "note"):
-        versions.add_column(column)
+        versions.add_column(column, no_wrap=column == "version")
     for v in listed["versions"]:
         versions.add_row(
             v["version"], v["label"], v["status"], v["created_at"][:19], v["created_by"], v["note"]
@@ -261,7 +263,7 @@ def history(
     console.print(versions)
     activations = Table(title="activations", title_justify="left")
     for column in ("#", "version", "rollout", "previous", "at", "by", "note"):
-        activations.add_column(column)
+        activations.add_column(column, no_wrap=column in ("version", "previous"))
     for a in listed["activations"]:
         activations.add_row(
             str(a["activation"]),
