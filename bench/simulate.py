@@ -195,17 +195,19 @@ class _ChildRss(threading.Thread):
         super().__init__(daemon=True)
         self.parent = psutil.Process(pid)
         self.stopping = threading.Event()
-        self.peak = 0
+        self.peak = 0  # RSS: shared pages counted in every process
+        self.peak_uss = 0  # USS: what each process alone holds (the memory it adds)
 
     def run(self) -> None:
         while not self.stopping.wait(0.1):
-            total = 0
+            rss = uss = 0
             for child in self.parent.children(recursive=True):
                 try:
-                    total += child.memory_info().rss
+                    info = child.memory_full_info()
                 except psutil.Error:
                     continue
-            self.peak = max(self.peak, total)
+                rss, uss = rss + info.rss, uss + info.uss
+            self.peak, self.peak_uss = max(self.peak, rss), max(self.peak_uss, uss)
 
 
 def run_simulate(stack: Stack, plan: SimulatePlan) -> dict[str, Any]:
@@ -251,6 +253,7 @@ def run_simulate(stack: Stack, plan: SimulatePlan) -> dict[str, Any]:
         "elapsed_ms": report["elapsed_ms"],
         "customers_per_s": round(report["customers"] / wall) if wall else None,
         "simulation_peak_rss_mib": round(child.peak / 2**20, 1),
+        "simulation_peak_uss_mib": round(child.peak_uss / 2**20, 1),
         "classifier_rss_mib_before": round(rss_before / 2**20, 1),
         "classifier_rss_mib_after": round(rss_after / 2**20, 1),
         "value_tier_changed": tiers["changed"],

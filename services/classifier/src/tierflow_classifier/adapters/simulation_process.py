@@ -103,6 +103,15 @@ async def _run(request: SimulationRequest, progress: Callable[[int], None]) -> d
         await engine.dispose()
 
 
+def _context() -> Any:
+    """Simulation processes fork from a server process that imported this module once (not
+    from the classifier: its threads, sockets and event loop stay out), so they start in
+    milliseconds and share the imported code's memory instead of each loading its own."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 class SimulationFailed(RuntimeError):
     """The simulation process failed (its error) or died."""
 
@@ -113,7 +122,7 @@ async def run_in_process(
     """Run the simulation in a fresh process (spawned: nothing of this process's state, its
     sockets or event loop, is inherited) and wait for its report without blocking the loop.
     Cancelled (the client went away), the process is terminated."""
-    context = multiprocessing.get_context("spawn")
+    context = _context()
     messages = context.Queue()
     process = context.Process(
         target=_entry, args=(request, messages), name="tierflow-simulation", daemon=True
