@@ -188,6 +188,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
     except (KeyError, TypeError, ValueError) as exc:
         out.append(_failed("classifier", r, exc))
     out.extend(lag_rows(r))
+    out.extend(simulate_rows(r, upsert))
     try:
         n = r["notifier"]
         rate = n["completed_per_s"] or n["records_per_s"] or 0.0
@@ -301,6 +302,46 @@ def lag_rows(r: dict[str, Any]) -> list[Row]:
             f"{_fmt(tx.get('p50_ms'))} / {_fmt(tx.get('p99_ms'))}; {lag['missing']:,} missing; "
             f"{lag['customers'] - lag['due']:,} other customers loaded in "
             f"{lag['population_load_s']} s" + _util(lag.get("cpu_util")),
+        )
+    ]
+
+
+def simulate_rows(r: dict[str, Any], upsert: float | None) -> list[Row]:
+    """What-if simulation (bench/simulate.py); nothing when the phase did not run."""
+    sim = _get(r, "simulate")
+    if sim is None:
+        return []
+    if "error" in sim:
+        return [
+            (
+                "classifier what-if simulation",
+                "not measured",
+                "",
+                "",
+                "≤ 60 s, ≤ 300 MB extra",
+                str(sim["error"])[:300],
+            )
+        ]
+    wall = sim["wall_s"]
+    extra = sim.get("simulation_peak_uss_mib")
+    before = sim.get("consumption_before") or {}
+    during = sim.get("consumption_during") or {}
+    return [
+        (
+            f"classifier what-if simulation of a lower VIP bar over {sim['customers']:,} "
+            "customers (`POST /v1/rules:simulate`)",
+            f"{wall:.1f} s ({_n(sim['customers_per_s'], 'cust/s')})",
+            f"raw upsert {_n(upsert, 'rows/s')}",
+            _ratio(sim["customers_per_s"], upsert),
+            "≤ 60 s, ≤ 300 MB extra",
+            _met(wall <= 60 and extra is not None and extra <= 300)
+            + f" simulation processes' peak USS {extra} MiB (RSS {sim['simulation_peak_rss_mib']}"
+            f" MiB); classifier RSS {sim['classifier_rss_mib_before']} → "
+            f"{sim['classifier_rss_mib_after']} MiB; {sim['value_tier_changed']:,} would become "
+            f"VIP; consumption meanwhile: probe lag p50 / max {_fmt(during.get('lag_p50_ms'))} / "
+            f"{_fmt(during.get('lag_max_ms'))} ms ({during.get('applied')} of "
+            f"{during.get('probes')} applied; before: {_fmt(before.get('lag_p50_ms'))} / "
+            f"{_fmt(before.get('lag_max_ms'))} ms)",
         )
     ]
 

@@ -127,7 +127,9 @@ async def run_in_process(
     process = context.Process(
         target=_entry, args=(request, messages), name="tierflow-simulation", daemon=True
     )
-    process.start()
+    # Off the event loop: the first start also starts the fork server (an interpreter that
+    # imports the classifier), a second or two the consumer must not wait for.
+    await asyncio.to_thread(process.start)
     try:
         while True:
             try:
