@@ -7,6 +7,7 @@ read-only snapshot (adapters/snapshot.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import queue
@@ -31,6 +32,8 @@ from tierflow_classifier.service_layer.reclassify import Classifier
 from tierflow_classifier.service_layer.simulation import merge_reports, simulate
 from tierflow_common.db.engine import create_engine
 from tierflow_common.settings import DatabaseSettings, TopicSettings
+
+GC_EVERY = 50  # pages between two garbage collections in a simulation process
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,22 @@ def _entry(request: SimulationRequest, messages: Any) -> None:
     or ("error", message)."""
     # Below the consumer and the API: a simulation takes what CPU they leave.
     os.nice(10)
+    # Judging allocates millions of short-lived acyclic objects: the collector's automatic
+    # passes cost a fifth of the time and find nothing. It runs every GC_EVERY pages instead
+    # (what cycles there are, from the driver and the event loop, stay bounded).
+    gc.freeze()
+    gc.disable()
+    pages = 0
+
+    def page_done(done: int) -> None:
+        nonlocal pages
+        pages += 1
+        if pages % GC_EVERY == 0:
+            gc.collect()
+        messages.put(("progress", done))
+
     try:
-        report = asyncio.run(_run(request, lambda done: messages.put(("progress", done))))
+        report = asyncio.run(_run(request, page_done))
     except BaseException as exc:  # the parent must hear of it rather than wait forever
         messages.put(("error", f"{type(exc).__name__}: {exc}"))
         raise
