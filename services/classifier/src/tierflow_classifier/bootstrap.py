@@ -274,7 +274,9 @@ def create_app(
         description="Keeps every customer classified; publishes each change.",
         lifespan=lifespan,
     )
-    app.include_router(build_router(engine, rules, churn=churn, clock=clock))
+    app.include_router(
+        build_router(engine, lambda: wiring.classifier.rules, churn=churn, clock=clock)
+    )
     app.include_router(build_erasure_router(lambda: SqlUnitOfWork(engine), topics))
     app.include_router(
         build_rules_router(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -20,7 +21,9 @@ from tierflow_classifier.adapters.churn_store import (
 )
 from tierflow_classifier.adapters.clock import Clock, WallClock
 from tierflow_classifier.adapters.repository import get_state
+from tierflow_classifier.domain.churn.score import ChurnConfig
 from tierflow_classifier.domain.churn_features import churn_config, full_score
+from tierflow_classifier.domain.memo import once_per_object
 from tierflow_classifier.domain.model import Assignment, CustomerState
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_common.auth import Role, requires
@@ -184,19 +187,28 @@ class ScoresOut(BaseModel):
     explanation: dict[str, Any] = Field(description="Every input and each term's contribution")
 
 
+@once_per_object
+def _defaults(rules: RuleSet) -> dict[str, str]:
+    """Each dimension's default label (what a customer without a stored label holds)."""
+    return {d.name: d.default for d in rules.dimensions}
+
+
+@once_per_object
+def _churn_config(rules: RuleSet) -> ChurnConfig:
+    return churn_config(dict(rules.params))
+
+
 def build_router(
     engine: AsyncEngine,
-    rules: RuleSet,
+    current: Callable[[], RuleSet],
     *,
     churn: ChurnModelHolder | None = None,
     clock: Clock | None = None,
 ) -> APIRouter:
+    """`current`: the rule set in force now (an activation replaces it without a restart)."""
     router = APIRouter(prefix="/v1", tags=["customers"])
-    known = {d.name for d in rules.dimensions}
-    defaults = {d.name: d.default for d in rules.dimensions}
     churn = churn or ChurnModelHolder()
     clock = clock or WallClock()
-    config = churn_config(dict(rules.params))
 
     @router.get(
         "/customers/{customer_id}",
@@ -214,7 +226,7 @@ def build_router(
     ) -> CustomerOut | AsOfOut | JSONResponse:
         async with engine.connect() as conn:
             if as_of is not None:
-                found = await queries.labels_as_of(conn, customer_id, as_of, defaults)
+                found = await queries.labels_as_of(conn, customer_id, as_of, _defaults(current()))
                 if not found:
                     return problem(
                         404,
@@ -236,9 +248,14 @@ def build_router(
                 "Unknown customer",
                 f"no customer {customer_id!r} has been classified",
             )
+        rules = current()
         out = customer_out(state, rules)
         model = churn.model
-        score = full_score(state, now, model, config) if model is not None and now else None
+        score = (
+            full_score(state, now, model, _churn_config(rules))
+            if model is not None and now
+            else None
+        )
         if score is not None and model is not None:
             out.scores = ScoresOut(
                 model_version=model.version,
@@ -309,12 +326,13 @@ def build_router(
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
         cursor: str | None = None,
     ) -> SegmentOut | JSONResponse:
-        if dimension not in known:
+        defaults = _defaults(current())
+        if dimension not in defaults:
             return problem(
                 404,
                 "unknown-dimension",
                 "Unknown dimension",
-                f"{dimension!r} is not one of {', '.join(sorted(known))}",
+                f"{dimension!r} is not one of {', '.join(sorted(defaults))}",
             )
         async with engine.connect() as conn:
             members = await queries.segment(
@@ -335,7 +353,7 @@ def build_router(
     )
     async def get_distribution() -> dict[str, dict[str, int]]:
         async with engine.connect() as conn:
-            return await queries.distribution(conn, defaults)
+            return await queries.distribution(conn, _defaults(current()))
 
     @router.get(
         "/models/churn",
