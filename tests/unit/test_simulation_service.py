@@ -16,7 +16,13 @@ from tests.unit.test_reclassify_service import RULES, TOPICS, wired
 from tierflow_classifier.adapters.rules_file import parse_rules
 from tierflow_classifier.domain.apply import apply
 from tierflow_classifier.domain.model import CustomerState, EventMeta, Purchase
-from tierflow_classifier.service_layer.simulation import NONE, merge_reports, simulate
+from tierflow_classifier.service_layer.reclassify import Classifier
+from tierflow_classifier.service_layer.simulation import (
+    NONE,
+    Simulation,
+    merge_reports,
+    simulate,
+)
 from tierflow_common.contract import EmittedEvent
 
 NOW = datetime.now(UTC)
@@ -66,17 +72,13 @@ def published(db: FakeDatabase) -> dict[str, Counter[tuple[str, str]]]:
     return moves
 
 
-async def test_a_simulation_reports_what_activation_then_publishes() -> None:
-    db = stocked(60)
-    wiring = wired(db)
-    classifier = wiring.classifier
-    # What activating the candidate would put in force, asked before it is.
-    judging = copy.copy(classifier)
-    judging.put_in_force(CANDIDATE, None, 100.0, 2)
-    # On a copy of the database, as the real one runs in a snapshot that writes nothing
-    # (adapters/snapshot.py; tests/integration/test_rule_sets.py checks that).
+async def simulate_on_copy(
+    db: FakeDatabase, judging: Classifier, after: str = "", until: str | None = None, page: int = 7
+) -> Simulation:
+    """The candidate simulated on a copy of `db` (the real one runs in a snapshot that writes
+    nothing: adapters/snapshot.py; tests/integration/test_rule_sets.py checks that)."""
     async with FakeUnitOfWork(copy.deepcopy(db), joined=True) as uow:
-        report = await simulate(
+        return await simulate(
             uow,
             judging.basis(),
             base_version=RULES.version,
@@ -84,8 +86,20 @@ async def test_a_simulation_reports_what_activation_then_publishes() -> None:
             as_of=NOW,
             topics=TOPICS,
             dimensions=[d.name for d in CANDIDATE.dimensions],
-            page=7,
+            page=page,
+            after=after,
+            until=until,
         )
+
+
+async def test_a_simulation_reports_what_activation_then_publishes() -> None:
+    db = stocked(60)
+    wiring = wired(db)
+    classifier = wiring.classifier
+    # What activating the candidate would put in force, asked before it is.
+    judging = copy.copy(classifier)
+    judging.put_in_force(CANDIDATE, None, 100.0, 2)
+    report = await simulate_on_copy(db, judging)
     assert report.customers == 60
     tiers = report.dimensions["value_tier"]
     assert tiers.changed > 0
@@ -112,19 +126,7 @@ async def test_reports_of_disjoint_shares_merge_into_the_whole() -> None:
     ids = sorted(db.customers)
 
     async def run(after: str = "", until: str | None = None) -> dict[str, object]:
-        async with FakeUnitOfWork(copy.deepcopy(db), joined=True) as uow:
-            found = await simulate(
-                uow,
-                judging.basis(),
-                base_version=RULES.version,
-                candidate_version=CANDIDATE.version,
-                as_of=NOW,
-                topics=TOPICS,
-                dimensions=[d.name for d in CANDIDATE.dimensions],
-                after=after,
-                until=until,
-            )
-        return found.as_json()
+        return (await simulate_on_copy(db, judging, after, until, page=1_000)).as_json()
 
     whole = await run()
     parts = merge_reports([await run(until=ids[14]), await run(after=ids[14])])

@@ -17,7 +17,6 @@ from typing import NoReturn, Self
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
-from tierflow_classifier.adapters import repository as repo
 from tierflow_classifier.adapters.clock import Watermarks
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.adapters.rule_store import SqlRuleSets
@@ -30,47 +29,25 @@ from tierflow_classifier.service_layer.unit_of_work import (
     LedgerEntry,
     Outbox,
     RuleSets,
+    SqlCustomers,
     SqlWatermarks,
     Sweeps,
 )
 
 
-class SnapshotCustomers:
-    """Reads from the snapshot; what the use case saves is dropped (it reports the states it
-    judged itself: reclassify(observe=True))."""
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
+class SnapshotCustomers(SqlCustomers):
+    """Reads from the snapshot as the unit of work's customers do; writes nothing (what the
+    use case saves is dropped: it reports the states it judged itself, with
+    reclassify(observe=True)), and takes no lock (nothing to serialise)."""
 
     async def lock(self, ids: Sequence[str]) -> None:
-        return None  # nothing is written: nothing to serialise
+        return None
 
     async def try_lock(self, ids: Sequence[str]) -> list[str]:
         return list(ids)
 
-    async def load(self, ids: Sequence[str]) -> dict[str, CustomerState]:
-        return await repo.load_states(self._conn, ids)
-
     async def save(self, states: Sequence[CustomerState]) -> None:
         return None
-
-    async def due(self, now: datetime, limit: int) -> list[str]:
-        return await repo.due_customers(self._conn, now, limit)
-
-    async def next_deadline(self) -> datetime | None:
-        return await repo.next_deadline(self._conn)
-
-    async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
-        return await repo.versions_after(self._conn, after, limit)
-
-    async def count(self) -> int:
-        return await repo.count_customers(self._conn)
-
-    async def bought_after(self, after: str, limit: int) -> list[str]:
-        return []
-
-    async def outlines(self, ids: Sequence[str], dimensions: Sequence[str]) -> list[CustomerState]:
-        return []
 
     async def lower_reviews(self, deadlines: Sequence[tuple[str, datetime]]) -> None:
         return None

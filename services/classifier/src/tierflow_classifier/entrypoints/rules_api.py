@@ -21,6 +21,7 @@ from tierflow_classifier.adapters.simulation_process import (
 )
 from tierflow_classifier.domain.rule_versions import (
     Activation,
+    Candidate,
     StoredRuleSet,
     diff,
     next_activation,
@@ -143,6 +144,17 @@ async def _yaml(request: Request) -> str | JSONResponse:
         return problem(400, "bad-encoding", "Bad encoding", "the rule set must be UTF-8 text")
 
 
+async def _submitted(request: Request) -> Candidate | JSONResponse:
+    """The rule set in the request body, compiled; or the 415 / 400 / 422 problem."""
+    text = await _yaml(request)
+    if isinstance(text, JSONResponse):
+        return text
+    try:
+        return compile_candidate(text, "candidate")
+    except ConfigProblems as exc:
+        return invalid_rule_set(exc)
+
+
 async def _progress_lines(job: SimulationRequest, total: int, workers: int) -> AsyncIterator[bytes]:
     """NDJSON: {"progress": {"customers", "total"}} about twice a second, then {"result": the
     report} (or {"error": a problem document})."""
@@ -248,13 +260,9 @@ def build_rules_router(
         responses={415: _PROBLEM, 422: _PROBLEM},
     )
     async def validate(request: Request, _: Annotated[Principal, requires(Role.READ)]) -> Any:
-        text = await _yaml(request)
-        if isinstance(text, JSONResponse):
-            return text
-        try:
-            found = compile_candidate(text, "rule set")
-        except ConfigProblems as exc:
-            return invalid_rule_set(exc)
+        found = await _submitted(request)
+        if isinstance(found, JSONResponse):
+            return found
         return {
             "valid": True,
             "version": found.rules.version,
@@ -275,13 +283,10 @@ def build_rules_router(
         rollout_percent: Annotated[float, Query(gt=0, le=100)] = 100,
         note: Annotated[str, Query(max_length=2_000)] = "",
     ) -> Any:
-        text = await _yaml(request)
-        if isinstance(text, JSONResponse):
-            return text
-        try:
-            found = compile_candidate(text, "candidate")
-        except ConfigProblems as exc:
-            return invalid_rule_set(exc)
+        found = await _submitted(request)
+        if isinstance(found, JSONResponse):
+            return found
+        text = found.body
         at = (as_of or datetime.now(UTC)).astimezone(UTC)
         async with unit_of_work() as uow:
             # Kept as a draft: the version a later activation names.

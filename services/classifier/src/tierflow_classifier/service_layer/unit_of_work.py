@@ -150,7 +150,7 @@ class UnitOfWork(Protocol):
     ) -> None: ...
 
 
-class _SqlCustomers:
+class SqlCustomers:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
@@ -258,7 +258,7 @@ class SqlUnitOfWork:
 
     def _bind(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self.customers: Customers = _SqlCustomers(conn)
+        self.customers: Customers = SqlCustomers(conn)
         self.history: ChangeHistory = _SqlHistory(conn)
         self.ledger: Ledger = _SqlLedger(conn)
         self.watermarks: Watermarks = SqlWatermarks(conn)
