@@ -1,21 +1,21 @@
-"""What the notifier would do with a simulation's changes: its own playbooks and contact
-policy (tierflow_notifier's pure domain code, not a copy), against its stored view of each
-customer (consent, channels, time zone) and contact ledger, read in the simulation's snapshot."""
+"""What the notifier would do with a simulation's changes: its own playbooks (plan_actions) and
+its own decision step (service_layer/actions.decide_planned: the contact policy against its
+stored consent, channels, time zone and contact ledger), read in the simulation's snapshot —
+the code that creates actions, not a copy."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tierflow_classifier.domain.model import Change
-from tierflow_notifier.adapters import projection, repository
 from tierflow_notifier.adapters.playbooks_file import load_playbook
 from tierflow_notifier.domain.playbooks import PlannedAction, Playbook, plan_actions
-from tierflow_notifier.domain.pressure import Candidate, decide_all
+from tierflow_notifier.service_layer.actions import decide_planned
 from tierflow_notifier.settings import NotifierSettings
 
 
@@ -25,7 +25,6 @@ class CarePreview:
     def __init__(self, playbook: Playbook, conn: AsyncConnection | None = None) -> None:
         self.playbook = playbook
         self._conn = conn
-        self._widest = max((c.window for c in playbook.policy.caps), default=timedelta(0))
 
     def bound(self, conn: AsyncConnection) -> CarePreview:
         return CarePreview(self.playbook, conn)
@@ -59,20 +58,8 @@ class CarePreview:
         unique = list({p.action_id: p for p in planned}.values())
         if not unique:
             return created, suppressed
-        customers = sorted({p.customer_id for p in unique})
-        inputs = await repository.decision_inputs(
-            conn, [p.action_id for p in unique], customers, now - self._widest
-        )
-        new = [p for p in unique if p.action_id not in inputs.existing]
-        reach = {c: projection.reachability(row) for c, row in inputs.contacts.items()}
-        decisions = decide_all(
-            self.playbook.policy,
-            [Candidate(p.customer_id, p.rule.action, p.not_before) for p in new],
-            reach,
-            inputs.ledger,
-            now=now,
-        )
-        for p, decision in zip(new, decisions, strict=True):
+        decided = await decide_planned(conn, self.playbook, unique, now)
+        for p, decision in zip(decided.new, decided.decisions, strict=True):
             if decision.suppressed_reason is not None:
                 suppressed[decision.suppressed_reason] += 1
             else:

@@ -53,6 +53,45 @@ class WriteResult:
 
 
 @dataclass
+class Decided:
+    """Planned actions not created before, each with the contact policy's decision, and the
+    customers' reachability the decisions read."""
+
+    new: list[PlannedAction]
+    decisions: list[Decision]
+    reach: dict[str, Reachability]
+
+
+async def decide_planned(
+    conn: AsyncConnection, playbook: Playbook, unique: Sequence[PlannedAction], now: datetime
+) -> Decided:
+    """What the contact policy decides for planned actions (distinct ids) at `now`: against
+    the customers' stored consent, channels and time zone and their contact ledger over the
+    widest cap window; actions that exist already are left out. Creating them (ActionWriter,
+    with the customers locked first) and a what-if count of them (the classifier's simulation)
+    both decide here."""
+    customers = sorted({p.customer_id for p in unique})
+    widest = max((cap.window for cap in playbook.policy.caps), default=timedelta(0))
+    inputs = await repository.decision_inputs(
+        conn, [p.action_id for p in unique], customers, now - widest
+    )
+    new = [p for p in unique if p.action_id not in inputs.existing]
+    reach = {c: projection.reachability(row) for c, row in inputs.contacts.items()}
+    decisions = (
+        decide_all(
+            playbook.policy,
+            [Candidate(p.customer_id, p.rule.action, p.not_before) for p in new],
+            reach,
+            inputs.ledger,
+            now=now,
+        )
+        if new
+        else []
+    )
+    return Decided(new, decisions, reach)
+
+
+@dataclass
 class ActionWriter:
     playbook: Playbook
     care_actions_topic: str
@@ -66,24 +105,12 @@ class ActionWriter:
         result.tally.duplicates = len(planned) - len(unique)
         if not unique:
             return result
-        customers = sorted({p.customer_id for p in unique})
-        await repository.lock_customers(conn, customers)
-        widest = max((cap.window for cap in self.playbook.policy.caps), default=timedelta(0))
-        inputs = await repository.decision_inputs(
-            conn, [p.action_id for p in unique], customers, now - widest
-        )
-        new = [p for p in unique if p.action_id not in inputs.existing]
+        await repository.lock_customers(conn, sorted({p.customer_id for p in unique}))
+        decided = await decide_planned(conn, self.playbook, unique, now)
+        new, decisions, reach = decided.new, decided.decisions, decided.reach
         result.tally.duplicates += len(unique) - len(new)
         if not new:
             return result
-        reach = {c: projection.reachability(row) for c, row in inputs.contacts.items()}
-        decisions = decide_all(
-            self.playbook.policy,
-            [Candidate(p.customer_id, p.rule.action, p.not_before) for p in new],
-            reach,
-            inputs.ledger,
-            now=now,
-        )
         rows = [
             self._row(p, d, reach.get(p.customer_id), now)
             for p, d in zip(new, decisions, strict=True)
