@@ -82,9 +82,6 @@ class _Customers:
         ids = sorted(i for i in self._db.customers if i > after)[:limit]
         return [(i, self._db.customers[i].rule_set_version) for i in ids]
 
-    async def count(self) -> int:
-        return len(self._db.customers)
-
     async def bought_after(self, after: str, limit: int) -> list[str]:
         bought = (i for i, s in self._db.customers.items() if s.purchases_lifetime > 0)
         return sorted(i for i in bought if i > after)[:limit]

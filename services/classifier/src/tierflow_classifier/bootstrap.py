@@ -19,7 +19,7 @@ from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.repository import processed_events_ledger
 from tierflow_classifier.adapters.retention import retention_rules
-from tierflow_classifier.adapters.rules_file import load_rules, parse_rules, rule_set_candidate
+from tierflow_classifier.adapters.rules_file import parse_rules, rule_set_candidate
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
 from tierflow_classifier.entrypoints.audit_api import build_audit_router
@@ -142,7 +142,8 @@ def create_app(
     settings = settings or ClassifierSettings()
     # The file fails start-up with file:line on a bad rule set; it seeds an empty database,
     # after that the database's activation is in force (service_layer/rule_sets.py).
-    rules = load_rules(settings.rules_file)
+    shipped = rule_set_candidate(settings.rules_file)
+    rules = shipped.rules
     engine = create_engine(database)
     keys = KeyCache(engine, refresh_s=settings.keys_refresh_s)
     # The event-id ledger's weekly partitions: made ahead, dropped past the retention window.
@@ -195,9 +196,7 @@ def create_app(
         classifies by the rule set, population and churn model the others use."""
         try:
             async with SqlUnitOfWork(engine) as uow:
-                await seed(
-                    uow, rule_set_candidate(settings.rules_file), origin=str(settings.rules_file)
-                )
+                await seed(uow, shipped, origin=str(settings.rules_file))
             await wiring.rule_sets.follow()
             await refresher.follow()
             await churn_store.follow(engine, churn)

@@ -161,18 +161,17 @@ class _Compiler:
 
 def load_rules(path: Path) -> RuleSet:
     """The rule set in a file (the shipped default, tests, scripts)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_rules(text, str(path))
+    return rule_set_candidate(path).rules
 
 
 def parse_rules(text: str, origin: str = "rules") -> RuleSet:
     """A rule set from its YAML text, compiled and checked against the feature vocabulary;
     ConfigProblems names line, column and problem. Its version is the id of its content
     (domain/rule_versions.py); the document's `rule_set_version` is its human label."""
-    raw, root = parse_yaml_model(text, origin, _RulesFile)
+    return _compiled(*parse_yaml_model(text, origin, _RulesFile), origin)
+
+
+def _compiled(raw: _RulesFile, root: yaml.Node | None, origin: str) -> RuleSet:
     params = _params(raw)
     sample = CustomerState(customer_id="sample")
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -232,8 +231,8 @@ def _decimal_text(value: Decimal) -> str:
 
 def candidate(text: str, origin: str = "rules") -> Candidate:
     """A submitted rule set: compiled (ConfigProblems when it does not), with its content."""
-    raw, _ = parse_yaml_model(text, origin, _RulesFile)
-    return Candidate(body=text, rules=parse_rules(text, origin), content=normalised(raw))
+    raw, root = parse_yaml_model(text, origin, _RulesFile)
+    return Candidate(body=text, rules=_compiled(raw, root, origin), content=normalised(raw))
 
 
 def rule_set_candidate(path: Path) -> Candidate:

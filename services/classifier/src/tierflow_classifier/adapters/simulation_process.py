@@ -175,10 +175,11 @@ async def run_in_process(
 async def run_parallel(
     request: SimulationRequest,
     workers: int,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The simulation split by customer id over `workers` processes that all read the
-    snapshot this call's transaction exports (one consistent instant), their reports merged."""
+    snapshot this call's transaction exports (one consistent instant), their reports merged.
+    `on_progress(customers judged, customers in the snapshot)` as pages are done."""
     started = time.monotonic()
     engine = create_engine(DatabaseSettings(database_url=request.database_url))
     try:
@@ -202,7 +203,7 @@ async def run_parallel(
                     def note(n: int) -> None:
                         done[k] = n
                         if on_progress is not None:
-                            on_progress(sum(done))
+                            on_progress(sum(done), count)
 
                     return note
 

@@ -86,7 +86,7 @@ def variables_at(
 
 
 @once_per_object
-def _churn_config(rules: RuleSet) -> ChurnConfig:
+def rule_set_churn_config(rules: RuleSet) -> ChurnConfig:
     """churn_config of the rule set's params (a handful of rule sets per process)."""
     return churn_config(rules.params)
 
@@ -101,7 +101,7 @@ def _churn_thresholds(rules: RuleSet) -> tuple[float, ...] | None:
     then labels move with time only when the probability crosses one of them. None when a
     rule or timer uses them otherwise (arithmetic, another feature, the model's own term)."""
     found: set[float] = set()
-    levels = _churn_config(rules).levels
+    levels = rule_set_churn_config(rules).levels
     for source, inputs in [
         *((r.when, r.inputs) for d in rules.dimensions for r in d.rules),
         *((t.days, _names(t.days)) for t in rules.timers),
@@ -142,7 +142,7 @@ def _variables(
     params = rules.params
     population = outside.population
     features = compute_features(state, at, params, population)
-    features.update(churn_features(state, at, outside.churn, _churn_config(rules)))
+    features.update(churn_features(state, at, outside.churn, rule_set_churn_config(rules)))
     # CEL never coerces int and double: every number a rule sees is a double.
     variables: dict[str, Any] = {
         **params,
@@ -180,7 +180,7 @@ def _variables(
                     state,
                     at,
                     outside.churn,
-                    _churn_config(rules),
+                    rule_set_churn_config(rules),
                     thresholds,
                     before=later_than(at, deadlines),
                 )

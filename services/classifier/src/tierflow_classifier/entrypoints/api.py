@@ -21,8 +21,8 @@ from tierflow_classifier.adapters.churn_store import (
 )
 from tierflow_classifier.adapters.clock import Clock, WallClock
 from tierflow_classifier.adapters.repository import get_state
-from tierflow_classifier.domain.churn.score import ChurnConfig
-from tierflow_classifier.domain.churn_features import churn_config, full_score
+from tierflow_classifier.domain.churn_features import full_score
+from tierflow_classifier.domain.classify import rule_set_churn_config
 from tierflow_classifier.domain.memo import once_per_object
 from tierflow_classifier.domain.model import Assignment, CustomerState
 from tierflow_classifier.domain.rules import RuleSet
@@ -193,11 +193,6 @@ def _defaults(rules: RuleSet) -> dict[str, str]:
     return {d.name: d.default for d in rules.dimensions}
 
 
-@once_per_object
-def _churn_config(rules: RuleSet) -> ChurnConfig:
-    return churn_config(dict(rules.params))
-
-
 def build_router(
     engine: AsyncEngine,
     current: Callable[[], RuleSet],
@@ -252,7 +247,7 @@ def build_router(
         out = customer_out(state, rules)
         model = churn.model
         score = (
-            full_score(state, now, model, _churn_config(rules))
+            full_score(state, now, model, rule_set_churn_config(rules))
             if model is not None and now
             else None
         )

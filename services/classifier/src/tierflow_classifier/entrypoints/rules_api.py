@@ -155,14 +155,14 @@ async def _submitted(request: Request) -> Candidate | JSONResponse:
         return invalid_rule_set(exc)
 
 
-async def _progress_lines(job: SimulationRequest, total: int, workers: int) -> AsyncIterator[bytes]:
+async def _progress_lines(job: SimulationRequest, workers: int) -> AsyncIterator[bytes]:
     """NDJSON: {"progress": {"customers", "total"}} about twice a second, then {"result": the
     report} (or {"error": a problem document})."""
-    done = 0
+    done = total = 0
 
-    def seen(n: int) -> None:
-        nonlocal done
-        done = n
+    def seen(n: int, of: int) -> None:
+        nonlocal done, total
+        done, total = n, of
 
     task = asyncio.ensure_future(run_parallel(job, workers, seen))
     try:
@@ -293,7 +293,6 @@ def build_rules_router(
             await rule_sets.keep(uow, found, by=who.name, note=note)
             current = await uow.rule_sets.current()
             bodies = {s.version: s.body for s in await uow.rule_sets.versions(HISTORY)}
-            total = await uow.customers.count()
         would = next_activation(current, found.rules.version, rollout_percent, at=at, by=who.name)
         job = SimulationRequest(
             database_url=database.database_url.get_secret_value(),
@@ -311,7 +310,7 @@ def build_rules_router(
         )
         if "application/x-ndjson" in request.headers.get("accept", ""):
             return StreamingResponse(
-                _progress_lines(job, total, workers), media_type="application/x-ndjson"
+                _progress_lines(job, workers), media_type="application/x-ndjson"
             )
         try:
             return await run_parallel(job, workers)

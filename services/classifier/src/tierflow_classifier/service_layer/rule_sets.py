@@ -34,17 +34,16 @@ log = structlog.get_logger(__name__)
 Compile = Callable[[str, str], RuleSet]
 
 
-async def keep(
-    uow: UnitOfWork, candidate: Candidate, *, by: str, note: str = "", status: str = "draft"
-) -> StoredRuleSet:
-    """Store a version (a draft unless said otherwise); the stored one when its content is
-    stored already (same content, same version: the first text, author and note are kept)."""
+async def keep(uow: UnitOfWork, candidate: Candidate, *, by: str, note: str = "") -> StoredRuleSet:
+    """Store a version as a draft (an activation makes it active); the stored one when its
+    content is stored already (same content, same version: the first text, author and note
+    are kept)."""
     stored = StoredRuleSet(
         version=candidate.rules.version,
         label=candidate.rules.label,
         body=candidate.body,
         content=candidate.content,
-        status=status,
+        status="draft",
         created_at=datetime.now(UTC),
         created_by=by,
         note=note,

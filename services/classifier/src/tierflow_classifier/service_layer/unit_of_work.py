@@ -55,9 +55,6 @@ class Customers(Protocol):
     async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
         """The next customers in id order after `after`, with the version each was judged by."""
 
-    async def count(self) -> int:
-        """How many customers there are."""
-
     async def bought_after(self, after: str, limit: int) -> list[str]:
         """The next customers in id order after `after` who bought at least once."""
 
@@ -174,9 +171,6 @@ class SqlCustomers:
 
     async def versions_after(self, after: str, limit: int) -> list[tuple[str, str]]:
         return await repo.versions_after(self._conn, after, limit)
-
-    async def count(self) -> int:
-        return await repo.count_customers(self._conn)
 
     async def bought_after(self, after: str, limit: int) -> list[str]:
         return await pop_store.customers_after(self._conn, after, limit)
