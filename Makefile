@@ -46,7 +46,7 @@ schemas: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs/common/src services/ingest/src services/classifier/src services/notifier/src tests bench scripts
+	$(VENV)/bin/mypy libs/common/src services/ingest/src services/classifier/src services/notifier/src services/console/src tests bench scripts
 
 format: install
 	$(VENV)/bin/ruff check --fix .
