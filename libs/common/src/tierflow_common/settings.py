@@ -158,6 +158,11 @@ class NotifierHttpSettings(HttpSettings):
     port: int = 8082
 
 
+class ConsoleHttpSettings(HttpSettings):
+    model_config = SettingsConfigDict(env_prefix="CONSOLE_", extra="ignore")
+    port: int = 8083
+
+
 class ConsumerSettings(BaseSettings):
     """How a stateful consumer batches work."""
 
