@@ -18,7 +18,7 @@ help:
 	@echo "make test     - lint, type-check and run every test (unit, integration, end to end)"
 	@echo "make migrate  - apply database migrations"
 	@echo "make lint     - ruff + mypy (strict)"
-	@echo "make schemas  - regenerate the JSON Schemas under docs/schemas"
+	@echo "make schemas  - regenerate the JSON Schemas under docs/schemas and docs/asyncapi.yaml"
 	@echo "make bench    - benchmarks against raw broker/database baselines (<10 min); bench-quick <2 min"
 
 $(UV):
@@ -41,7 +41,7 @@ topics: install
 	$(VENV)/bin/tierflow topics
 
 schemas: install
-	$(VENV)/bin/tierflow schemas --out docs/schemas
+	$(VENV)/bin/tierflow schemas --out docs/schemas --asyncapi docs/asyncapi.yaml
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -338,12 +338,18 @@ def deliveries_retry(
 @app.command()
 def schemas(
     out: Annotated[Path, typer.Option(help="Directory to write into")] = Path("docs/schemas"),
+    asyncapi: Annotated[
+        Path | None,
+        typer.Option(help="Where the AsyncAPI document goes (default: asyncapi.yaml beside OUT)"),
+    ] = None,
 ) -> None:
-    """Write the JSON Schemas of the event contract."""
+    """Write the JSON Schemas of the event contract and its AsyncAPI 3.0 document."""
+    from tierflow_common.contract.asyncapi import write_asyncapi  # noqa: PLC0415
     from tierflow_common.contract.schemas import write_schemas  # noqa: PLC0415
 
     for path in write_schemas(out):
         typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {write_asyncapi(asyncapi or out.parent / 'asyncapi.yaml')}")
 
 
 if __name__ == "__main__":
