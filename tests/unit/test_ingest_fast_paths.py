@@ -62,8 +62,13 @@ FIELD_VALUES: dict[str, list[Any]] = {
         1763632800,
         "not a time",
     ],
-    "datacontenttype": ["application/json", "text/plain"],
-    "extra": [1],
+    "datacontenttype": ["application/json", "text/plain", "application/vnd.shop+json; v=1"],
+    "dataschema": ["https://schemas.example.com/p.json", "", "not a uri"],
+    # Extension attributes: valid names and values, and what the spec forbids.
+    "extra": [1, "x", True, 1.5, None, 2**31, {"a": 1}],
+    "traceparent": ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+    "comExampleExtension": ["value"],
+    "a_b": ["value"],
 }
 DATA_VALUES: list[Any] = [
     "129.90",
@@ -142,8 +147,17 @@ def test_check_items_gives_what_check_item_gives(objs: list[Any], any_source: bo
 
 def reference_record(event: Any) -> Any:
     """How the ingest built its records before: through `EmittedEvent` and `encode_event`."""
+    attributes = dict(event.__pydantic_extra__ or {})
+    if event.dataschema is not None:
+        attributes["dataschema"] = event.dataschema
     envelope = EmittedEvent(
-        id=event.id, type=event.type, source=event.source, subject=event.subject, time=event.time
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        time=event.time,
+        attributes=attributes,
+        datacontenttype=event.datacontenttype,
     )
     return encode_event(envelope, data_json=event.data.model_dump_json(exclude_unset=True).encode())
 

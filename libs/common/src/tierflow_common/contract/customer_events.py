@@ -16,9 +16,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PlainSerializer,
     field_validator,
     model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from tierflow_common.contract.attributes import (
+    DataSchemaUri,
+    ExtensionValue,
+    JsonMediaType,
+    check_extensions,
+    extensions_json_schema,
 )
 
 DecimalString = Annotated[
@@ -198,8 +209,12 @@ def _zones() -> set[str]:
     return _ZONES
 
 
-class CloudEventEnvelope(_Strict):
-    """CloudEvents 1.0 structured-mode attributes shared by every accepted event."""
+class CloudEventEnvelope(BaseModel):
+    """CloudEvents 1.0 structured-mode attributes shared by every accepted event, and any
+    extension attributes (contract/attributes.py: names, value types, limits)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, ExtensionValue] = Field(init=False)
 
     specversion: Literal["1.0"]
     id: Annotated[
@@ -215,7 +230,21 @@ class CloudEventEnvelope(_Strict):
     ]
     subject: CustomerId = Field(description="The customer id")
     time: AwareDatetime = Field(description="When it happened, RFC 3339 with an offset")
-    datacontenttype: Literal["application/json"] | None = None
+    datacontenttype: JsonMediaType | None = None
+    dataschema: DataSchemaUri | None = None
+
+    @model_validator(mode="after")
+    def _extension_names(self) -> CloudEventEnvelope:
+        if self.__pydantic_extra__:
+            check_extensions(self.__pydantic_extra__)
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        return extensions_json_schema(schema)
 
 
 def _example(type_: str, data: dict[str, Any], event_id: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,6 +19,7 @@ from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
+from tierflow_common.contract.attributes import header_text
 from tierflow_common.exceptions import PoisonRecord
 
 _FORMAT = JSONFormat()
@@ -36,6 +37,9 @@ class EmittedEvent:
     subject: str
     time: datetime
     data: dict[str, Any] = field(default_factory=dict)
+    # Optional attributes (`dataschema`, extensions) beyond these: each a `ce_*` header.
+    attributes: Mapping[str, str | int | bool] = field(default_factory=dict)
+    datacontenttype: str | None = None  # None: application/json
 
 
 @dataclass(frozen=True)
@@ -51,26 +55,47 @@ def _ce_time(value: datetime) -> bytes:
 
 
 def binary_headers(
-    *, id: str, type: str, source: str, subject: str, time: datetime
+    *,
+    id: str,
+    type: str,
+    source: str,
+    subject: str,
+    time: datetime,
+    attributes: Mapping[str, str | int | bool] | None = None,
+    datacontenttype: str | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The `ce_*` headers of a binary-mode record, in the order `encode_event` gives them: the
-    same bytes as the SDK's `to_binary` (a test checks). Built directly because this runs once
-    per event on the ingest's hot path."""
-    return [
+    """The `ce_*` headers of a binary-mode record, sorted by name as `encode_event` gives them:
+    the same bytes as the SDK's `to_binary` (a test checks). Built directly because this runs
+    once per event on the ingest's hot path. `attributes` (`dataschema`, extensions) add a
+    `ce_<name>` header each, the value as the spec's canonical string."""
+    headers = [
         ("ce_id", id.encode()),
         ("ce_source", source.encode()),
         ("ce_specversion", b"1.0"),
         ("ce_subject", subject.encode()),
         ("ce_time", _ce_time(time)),
         ("ce_type", type.encode()),
-        ("content-type", _JSON_CONTENT_TYPE_BYTES),
+        (
+            "content-type",
+            _JSON_CONTENT_TYPE_BYTES if datacontenttype is None else datacontenttype.encode(),
+        ),
     ]
+    if attributes:
+        headers += [("ce_" + name, header_text(v).encode()) for name, v in attributes.items()]
+        headers.sort()
+    return headers
 
 
 def encode_event(event: EmittedEvent, *, data_json: bytes | None = None) -> KafkaRecord:
     """Binary-mode record for an event; the same bytes as the SDK's `to_binary` (a test checks)."""
     headers = binary_headers(
-        id=event.id, type=event.type, source=event.source, subject=event.subject, time=event.time
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        time=event.time,
+        attributes=event.attributes,
+        datacontenttype=event.datacontenttype,
     )
     value = data_json if data_json is not None else orjson.dumps(event.data)
     return KafkaRecord(key=event.subject.encode(), value=value, headers=headers)
@@ -85,7 +110,8 @@ def encode_event_with_sdk(event: EmittedEvent) -> KafkaRecord:
             "source": event.source,
             "subject": event.subject,
             "time": event.time,
-            "datacontenttype": JSON_CONTENT_TYPE,
+            "datacontenttype": event.datacontenttype or JSON_CONTENT_TYPE,
+            **{name: header_text(v) for name, v in event.attributes.items()},
         },
         data=event.data,
     )

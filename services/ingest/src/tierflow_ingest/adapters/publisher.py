@@ -21,8 +21,18 @@ log = structlog.get_logger(__name__)
 
 def to_record(event: CustomerEvent) -> KafkaRecord:
     """The binary-mode record of an accepted event (the bytes `encode_event` gives it)."""
+    attributes = event.__pydantic_extra__
+    if event.dataschema is not None:
+        attributes = {**(attributes or {}), "dataschema": event.dataschema}
+    # Extensions are kept, each a `ce_*` header; `datacontenttype` is the content-type.
     headers = binary_headers(
-        id=event.id, type=event.type, source=event.source, subject=event.subject, time=event.time
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        time=event.time,
+        attributes=attributes,
+        datacontenttype=event.datacontenttype,
     )
     # Unset stays absent, explicit null stays null: a profile patch may clear a field.
     value = event.data.__pydantic_serializer__.to_json(event.data, exclude_unset=True)

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from tierflow_common.contract import CustomerEvent, parse_customer_event
 from tierflow_common.contract.events import EVENT_TYPES
@@ -41,6 +42,14 @@ def _without_tag(loc: tuple[int | str, ...], tag: object) -> tuple[int | str, ..
     return loc[1:] if loc and loc[0] == tag else loc
 
 
+def _field_error(err: ErrorDetails, tag: object) -> FieldError:
+    if err["type"] == "cloudevents_attribute_name":
+        # Raised for the envelope as a whole (contract/attributes.py): the field is the name.
+        ctx = err.get("ctx", {})
+        return FieldError(str(ctx["name"]), str(ctx["problem"]), err["type"])
+    return FieldError(_path(_without_tag(tuple(err["loc"]), tag)), err["msg"], err["type"])
+
+
 def validate_event(
     obj: Any, *, now: datetime, max_future_skew: timedelta, min_year: int = 1970
 ) -> CustomerEvent | list[FieldError]:
@@ -59,10 +68,7 @@ def validate_event(
     try:
         event = parse_customer_event(obj)
     except ValidationError as exc:
-        return [
-            FieldError(_path(_without_tag(tuple(err["loc"]), event_type)), err["msg"], err["type"])
-            for err in exc.errors(include_url=False)
-        ]
+        return [_field_error(err, event_type) for err in exc.errors(include_url=False)]
     return check_time(event, now=now, max_future_skew=max_future_skew, min_year=min_year)
 
 

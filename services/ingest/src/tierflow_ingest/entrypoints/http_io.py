@@ -126,6 +126,18 @@ async def read_json(
     wrong = check_media(request, allowed)
     if wrong is not None:
         return wrong
+    body = await read_body(request, settings)
+    if isinstance(body, JSONResponse):
+        return body
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        REJECTED.labels(reason="malformed_json").inc()
+        return problem(400, "malformed-json", "Malformed JSON", f"body is not valid JSON: {exc}")
+
+
+async def read_body(request: Request, settings: IngestSettings) -> bytearray | JSONResponse:
+    """The request's body, or the 413 problem once it is longer than the limit."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
         REJECTED.labels(reason="too_large").inc()
@@ -146,11 +158,7 @@ async def read_json(
                 "Body too large",
                 f"body exceeds the limit of {settings.max_body_bytes} bytes",
             )
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        REJECTED.labels(reason="malformed_json").inc()
-        return problem(400, "malformed-json", "Malformed JSON", f"body is not valid JSON: {exc}")
+    return body
 
 
 def unavailable(settings: IngestSettings, detail: str, **extra: Any) -> JSONResponse:

@@ -19,7 +19,7 @@ from tierflow_common.contract.events import (
 from tierflow_common.errors_http import PROBLEM_SCHEMA, problem
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_ingest.domain.validation import validate_event
-from tierflow_ingest.entrypoints import http_io
+from tierflow_ingest.entrypoints import binary_mode, http_io
 from tierflow_ingest.entrypoints.examples import batch_example, event_examples
 from tierflow_ingest.entrypoints.metrics import PUBLISH_SECONDS, REJECTED
 from tierflow_ingest.exceptions import Overloaded
@@ -96,11 +96,17 @@ def build_router(
     @router.post(
         "/events",
         status_code=202,
-        summary="Accept one CloudEvent (structured JSON mode)",
+        summary="Accept one CloudEvent (structured or binary HTTP content mode)",
         description=(
-            "Answers 202 only after the broker acknowledged the event (acks=all). Resending the "
-            "same (source, id) is safe: it is reported as `duplicate` and the classifier applies "
-            "each event once."
+            "Structured mode: the event as `application/cloudevents+json` (or `application/json` "
+            "without a `ce-specversion` header). Binary mode (CloudEvents HTTP binding): the "
+            "attributes as `ce-*` headers (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, "
+            "`ce-subject`, `ce-time`, optional `ce-dataschema` and extensions), the `data` as "
+            "the body, its JSON media type as `Content-Type`. Extension attributes (lower-case "
+            "a-z0-9 names of at most 20 characters; string, integer or boolean values) are kept "
+            "and forwarded as `ce_*` Kafka headers. Answers 202 only after the broker "
+            "acknowledged the event (acks=all). Resending the same (source, id) is safe: it is "
+            "reported as `duplicate` and the classifier applies each event once."
         ),
         openapi_extra={
             "requestBody": {
@@ -138,7 +144,10 @@ def build_router(
         key = http_io.authenticate_token(http_io.bearer_token(request), keys, settings)
         if isinstance(key, Response):
             return key
-        parsed = await http_io.read_json(request, SINGLE_TYPES, settings)
+        if binary_mode.is_binary(request, http_io.media_type(request)):
+            parsed = await binary_mode.read_event(request, settings)
+        else:
+            parsed = await http_io.read_json(request, SINGLE_TYPES, settings)
         if isinstance(parsed, Response):
             return parsed
         result = validate_event(
