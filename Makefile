@@ -11,7 +11,7 @@ export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run migrate topics test test-unit test-integration lint format schemas bench bench-quick validate-churn clean help
+.PHONY: browser install run migrate topics test test-unit test-integration lint format schemas bench bench-quick validate-churn clean help
 
 help:
 	@echo "make run      - start PostgreSQL, broker, migrations, topics and the three services"
@@ -52,8 +52,12 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: install lint
+test: install lint browser
 	$(VENV)/bin/pytest
+
+# Debian's Chromium for the console's browser tests (unpacked under .tools when not installed).
+browser:
+	@scripts/install-chromium.sh >/dev/null
 
 test-unit: install
 	$(VENV)/bin/pytest tests/unit
