@@ -10,6 +10,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tierflow_classifier.domain.change_scores import Scored
 from tierflow_classifier.domain.model import Assignment, Change
 from tierflow_classifier.service_layer.reclassify import (
     CHANGE_NAMESPACE,
@@ -159,3 +160,18 @@ def test_version_2_records_are_what_the_contract_model_serialises_and_keep_every
     assert sorted(e.id for e in tiers if isinstance(e, EmittedEvent)) == sorted(
         cid for cid, c in identified if c.dimension == "value_tier"
     )
+
+
+@given(changes(), st.floats(0, 1), st.floats(0, 1e6))
+def test_a_version_2_record_carries_the_customers_scores_as_the_contract_serialises_them(
+    change: Change, probability: float, clv: float
+) -> None:
+    topics = TopicSettings()
+    scored = Scored(churn_probability=probability, clv=clv, value_at_risk=clv * probability)
+    records = change_records([(change_id(change), change)], topics, {change.customer_id: scored})
+    (event,) = [e for t, e in records if t == topics.classification_changed]
+    assert isinstance(event, EmittedEvent)
+    model = ClassificationsChangedData.model_validate(orjson.loads(orjson.dumps(event.data)))
+    assert model.scores is not None
+    assert (model.scores.churn_probability, model.scores.clv) == (probability, clv)
+    assert orjson.dumps(model.model_dump(mode="json", by_alias=True)) == orjson.dumps(event.data)

@@ -66,6 +66,19 @@ def customer_event_openapi_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     return schema, schema.pop("$defs", {})
 
 
+class ChangeScores(_Strict):
+    """The customer's churn risk and value as the classifier knew them when the change was
+    made (the churn model in force); null where the customer is not scored."""
+
+    churn_probability: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="P(no purchase within the churn horizon)"
+    )
+    clv: float | None = Field(
+        default=None, description="Expected discounted spend over the CLV horizon (base currency)"
+    )
+    value_at_risk: float | None = Field(default=None, description="clv x churn_probability")
+
+
 class ClassificationChangedData(_Strict):
     """One dimension of one customer moved from one label to another."""
 
@@ -120,6 +133,11 @@ class ClassificationsChangedData(_Strict):
     )
     effective_at: datetime
     changes: list[DimensionChange] = Field(min_length=1)
+    scores: ChangeScores | None = Field(
+        default=None,
+        description="The customer's churn risk and value when these changes were made (the "
+        "churn model in force); null when no model scores the customer",
+    )
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
@@ -244,6 +262,7 @@ __all__ = [
     "CareActionDetails",
     "CareActionKind",
     "CarePriorityClass",
+    "ChangeScores",
     "ClassificationChangedData",
     "ClassificationsChangedData",
     "CloudEventEnvelope",

@@ -11,7 +11,7 @@ changed) and the population sweep (the population moved) all come through here.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,7 @@ import structlog
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.domain.apply import VALUE_TIER
+from tierflow_classifier.domain.change_scores import Scored, scores_by_customer
 from tierflow_classifier.domain.classify import Outside
 from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_classifier.domain.population import PopulationStats
@@ -114,11 +115,15 @@ async def reclassify(
     saved: list[CustomerState] = []
     changes: list[Change] = []
     reviews: list[tuple[str, datetime]] = []
+    changed: dict[str, tuple[CustomerState, datetime]] = {}
     for cid in ids:
         before = states.get(cid)
         judged = step(before, cid, basis.for_customer(cid))
         if judged.state is not None:
             saved.append(judged.state)
+        after = judged.state or before
+        if judged.changes and after is not None:
+            changed[cid] = (after, max(c.effective_at for c in judged.changes))
         if observe:
             result.judged.append((before, judged.state or before))
         changes.extend(judged.changes)
@@ -131,7 +136,7 @@ async def reclassify(
     await uow.customers.lower_reviews(reviews)
     result.saved = len(saved)
     result.reviews_lowered = len(reviews)
-    result.published = await publish(uow, changes, topics)
+    result.published = await publish(uow, changes, topics, scores_by_customer(basis, changed))
     return result
 
 
@@ -142,7 +147,10 @@ def change_id(change: Change) -> str:
 
 
 async def publish(
-    uow: UnitOfWork, changes: Sequence[Change], topics: TopicSettings
+    uow: UnitOfWork,
+    changes: Sequence[Change],
+    topics: TopicSettings,
+    scores: Mapping[str, Scored] | None = None,
 ) -> list[Change]:
     """Record changes in the history and put the new ones' records in the outbox."""
     if not changes:
@@ -161,7 +169,7 @@ async def publish(
                 dimension=change.dimension,
                 cause=change.cause,
             )
-    uow.outbox.add(change_records(list(fresh.items()), topics))
+    uow.outbox.add(change_records(list(fresh.items()), topics, scores))
     return list(fresh.values())
 
 
@@ -171,11 +179,14 @@ RECORD_NAMESPACE = uuid.uuid5(CHANGE_NAMESPACE, "customer-classification-changed
 
 
 def change_records(
-    changes: Sequence[tuple[str, Change]], topics: TopicSettings
+    changes: Sequence[tuple[str, Change]],
+    topics: TopicSettings,
+    scores: Mapping[str, Scored] | None = None,
 ) -> list[OutboxItem]:
     """The records of (change id, change) pairs: on `customer-classification-changed` one
-    record per customer, cause and instant holding all of its changes (contract version 2);
-    on `customer-tier-changed` one record per value-tier change, its id the change id."""
+    record per customer, cause and instant holding all of its changes (contract version 2)
+    and the customer's `scores` where known; on `customer-tier-changed` one record per
+    value-tier change, its id the change id."""
     groups: dict[tuple[str, str, datetime], list[tuple[str, Change]]] = {}
     for cid, change in changes:
         key = (change.customer_id, change.cause, change.effective_at)
@@ -197,6 +208,7 @@ def change_records(
                         "cause": cause,
                         "effective_at": instant,
                         "changes": [dimension_change(cid, c) for cid, c in items],
+                        "scores": _scores_data(scores, customer),
                     },
                 ),
             )
@@ -207,6 +219,11 @@ def change_records(
             if c.dimension == VALUE_TIER
         ]
     return out
+
+
+def _scores_data(scores: Mapping[str, Scored] | None, customer: str) -> dict[str, float] | None:
+    scored = scores.get(customer) if scores else None
+    return None if scored is None else scored.as_data()
 
 
 def dimension_change(cid: str, change: Change) -> dict[str, Any]:
