@@ -24,6 +24,7 @@ from tierflow_classifier.domain.model import (
     Purchase,
     Refund,
 )
+from tierflow_classifier.domain.purchase_days import with_purchase, with_satisfaction
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.exceptions import UnprocessableEvent
 
@@ -83,6 +84,8 @@ def _apply_purchase(state: CustomerState, e: Purchase, rules: RuleSet) -> Custom
     amount = to_base_currency(e.amount, e.currency, rules)
     t = e.meta.time
     features: dict[str, Any] = _add_to_month(dict(state.features), t, amount, 1)
+    # The churn fit's history: same-day orders are one purchase (domain/purchase_days.py).
+    features = with_purchase(features, t, amount)
     # Order amounts, so a refund can be checked against what the order cost; also the natural
     # key: a purchase of an order already here is the same purchase again (already_applied).
     orders = dict(features.get("orders", {}))
@@ -169,6 +172,7 @@ def _apply_feedback(state: CustomerState, e: Feedback) -> CustomerState:
     if e.satisfaction is not None:
         features = _count(features, "satisfaction_count")
         features = _count(features, "satisfaction_sum", e.satisfaction)
+        features = with_satisfaction(features, e.meta.time, e.meta.cause, e.satisfaction)
         # Latest by event time; the event id breaks ties so delivery order never matters.
         latest = features.get("satisfaction_latest_at")
         mine = (e.meta.time, e.meta.cause)

@@ -24,8 +24,10 @@ from tierflow_classifier.domain.churn import (
     bgnbd,
     score_customer,
 )
-from tierflow_classifier.domain.churn.score import LOGIT_EPS, sigmoid
+from tierflow_classifier.domain.churn.history import DECLINE_WINDOW_DAYS
+from tierflow_classifier.domain.churn.score import LOGIT_EPS, ChurnWeights, sigmoid
 from tierflow_classifier.domain.model import CustomerState
+from tierflow_classifier.domain.purchase_days import days_of, instant_day
 
 DAY_S = 86_400.0
 UNSCORED: dict[str, Any] = {
@@ -55,18 +57,44 @@ def _inputs(state: CustomerState, at: datetime) -> tuple[CustomerStats, ServiceS
     spend = float(state.net_spend_lifetime)
     f = state.features
     sat = int(f.get("satisfaction_latest", 0))
+    x, mean_spend = n - 1, spend / n if n > 1 and spend > 0 else None
+    decline: float | None = None
+    days = days_of(f)
+    if days is not None:
+        # The fit's preparation (domain/churn/history.py): same-day orders are one purchase,
+        # the mean spend is over repeat purchase days, the decline over the last 13 weeks.
+        x = len(days) - 1
+        recency = recency if x > 0 else 0.0
+        repeat_spend = math.fsum(v for _, v in days[1:])
+        mean_spend = repeat_spend / x if x > 0 and repeat_spend > 0 else None
+        decline = _decline(days, instant_day(at))
     stats = CustomerStats(
-        x=n - 1,
+        x=x,
         t_x_days=recency,
         T_days=age,
-        mean_spend=spend / n if n > 1 and spend > 0 else None,
+        mean_spend=mean_spend,
         total_spend=spend,
     )
     signals = ServiceSignals(
         open_complaints=int(f.get("open_complaints", 0)),
         satisfaction=(sat - 1) / 4.0 if sat else None,  # CSAT 1-5 onto 0-1
+        frequency_decline=decline,
     )
     return stats, signals
+
+
+def _decline(days: Sequence[tuple[float, float]], now: float) -> float:
+    """history.decline_at for one customer: 1 - recent rate / earlier rate, clipped."""
+    start = now - DECLINE_WINDOW_DAYS
+    seen = [d for d, _ in days if d <= now]
+    if len(seen) < 2:
+        return 0.0
+    recent = sum(1 for d in seen if d > start)
+    earlier = max(len(seen) - 1 - recent, 0)
+    earlier_days = start - seen[0]
+    if earlier <= 0 or earlier_days <= 0:
+        return 0.0
+    return min(max(1.0 - (recent * earlier_days) / (earlier * DECLINE_WINDOW_DAYS), 0.0), 1.0)
 
 
 def churn_features(
@@ -106,9 +134,15 @@ def _score(
         age_days / unit,
     )
     z = combined_logit(
-        quiet, stats.total_spend, signals.open_complaints, signals.satisfaction, config
+        quiet,
+        stats.total_spend,
+        signals.open_complaints,
+        signals.satisfaction,
+        config,
+        weights=model.weights,
+        decline=signals.frequency_decline,
     )
-    return quiet, (1.0 / (1.0 + math.exp(-z)) if z >= -700 else 0.0)
+    return quiet, model.probability(z)
 
 
 _MINUTE_DAYS = 1.0 / 1440.0
@@ -196,16 +230,20 @@ def combined_logit(
     open_complaints: int,
     satisfaction: float | None,
     config: ChurnConfig,
+    *,
+    weights: ChurnWeights | None = None,
+    decline: float | None = None,
 ) -> float:
-    """score.combine(score.churn_terms(...)) for one customer; frequency decline is not
-    known per event (the fit reads it from the history), so it is missing here."""
-    weights = config.weights
-    return weights.intercept + math.fsum(
+    """score.combine(score.churn_terms(...)) for one customer, by the model's own weights
+    (`weights`) where it has them, else the config's priors."""
+    w = weights or config.weights
+    return w.intercept + math.fsum(
         (
-            weights.model * _logit(quiet),
-            weights.spend * _spend_term(total_spend),
-            weights.open_complaints * math.log1p(open_complaints),
-            weights.low_satisfaction * _shortfall(satisfaction, config.satisfaction_floor),
+            w.model * _logit(quiet),
+            w.spend * _spend_term(total_spend),
+            w.open_complaints * math.log1p(open_complaints),
+            w.low_satisfaction * _shortfall(satisfaction, config.satisfaction_floor),
+            w.frequency_decline * (0.0 if decline is None else min(max(decline, 0.0), 1.0)),
         )
     )
 

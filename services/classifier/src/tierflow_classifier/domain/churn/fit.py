@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -20,11 +20,16 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import special  # type: ignore[import-untyped]
 
 from tierflow_classifier.domain.churn.bgnbd import BgNbdFit, BgNbdParams, Variant, fit_bgnbd
+from tierflow_classifier.domain.churn.calibration import Calibration
 from tierflow_classifier.domain.churn.gamma_gamma import GammaGammaParams, fit_gamma_gamma
+from tierflow_classifier.domain.churn.report import FitReport
 from tierflow_classifier.domain.churn.score import TERMS, ChurnWeights
 
 FloatArray = NDArray[np.float64]
-SCHEMA_VERSION = 1
+# 2: the store's own weights, calibration and fit report (domain/churn/store_fit.py); a
+# version-1 record (purchase and spend model only) still loads, scoring with the priors.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,11 @@ class FittedModel:
     n_customers: int
     n_spend_customers: int
     fit_seconds: float
+    # Fitted on the store's own time split (store_fit.fit_store); None: the priors in
+    # ChurnConfig score and P(churn) is the combined logit's sigmoid, uncalibrated.
+    weights: ChurnWeights | None = None
+    calibration: Calibration | None = None
+    report: FitReport | None = None
 
     @property
     def selected(self) -> BgNbdFit:
@@ -58,9 +68,17 @@ class FittedModel:
         """A JSON-ready record, for storing the fitted version next to the scores it made."""
         return {"schema": SCHEMA_VERSION, **asdict(self)}
 
+    def probability(self, logit: float) -> float:
+        """P(churn) of a combined logit: calibrated where the fit could, else its sigmoid."""
+        if self.calibration is not None:
+            return self.calibration.one(logit)
+        if logit < -700.0:
+            return 0.0
+        return float(1.0 / (1.0 + np.exp(-logit)))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FittedModel:
-        if data.get("schema") != SCHEMA_VERSION:
+        if data.get("schema") not in READABLE_SCHEMAS:
             raise ValueError(f"unsupported churn model schema {data.get('schema')!r}")
 
         def purchase_fit(raw: Mapping[str, Any]) -> BgNbdFit:
@@ -77,6 +95,16 @@ class FittedModel:
             n_customers=int(data["n_customers"]),
             n_spend_customers=int(data["n_spend_customers"]),
             fit_seconds=float(data["fit_seconds"]),
+            weights=ChurnWeights(**data["weights"]) if data.get("weights") else None,
+            calibration=(
+                Calibration(
+                    logits=tuple(data["calibration"]["logits"]),
+                    probabilities=tuple(data["calibration"]["probabilities"]),
+                )
+                if data.get("calibration")
+                else None
+            ),
+            report=FitReport.from_dict(data["report"]) if data.get("report") else None,
         )
 
 
@@ -218,16 +246,20 @@ def fit_churn_weights(
     churned: ArrayLike,
     prior: ChurnWeights | None = None,
     l2: float = 1e-4,
+    fixed: Collection[str] = (),
 ) -> ChurnWeights:
     """Logistic regression of the churn label on the formula's terms.
 
     Terms that do not vary in the data (e.g. no complaints recorded) carry no information and
-    keep the prior's weight (entering as a fixed offset) instead of an arbitrary fitted value.
+    keep the prior's weight (entering as a fixed offset) instead of an arbitrary fitted value;
+    so do the terms named in ``fixed`` (too few customers with the signal to trust a fit).
     """
     prior = prior or ChurnWeights()
     y = np.asarray(churned, dtype=np.float64)
-    columns = {name: np.asarray(terms[name], dtype=np.float64) for name in TERMS}
-    free = [name for name in TERMS if float(np.std(columns[name])) > 1e-12]
+    columns = {
+        name: np.broadcast_to(np.asarray(terms[name], dtype=np.float64), y.shape) for name in TERMS
+    }
+    free = [name for name in TERMS if name not in fixed and float(np.std(columns[name])) > 1e-12]
     offset = np.zeros_like(y)
     for name in TERMS:
         if name not in free:

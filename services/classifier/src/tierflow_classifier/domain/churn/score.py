@@ -24,6 +24,10 @@ signals shift the odds multiplicatively, and ``w_model`` / ``w0`` recalibrate it
   clipped; see :func:`frequency_decline`. It catches customers who still buy, so recency does
   not flag them yet, but buy less often than they did.
 
+A model fitted on the store's own time split (``store_fit.fit_store``) carries its own
+weights and an isotonic calibration, ``P_churn = calibration(logit)``; the explanation then
+lists both the uncalibrated sigmoid and the calibrated probability.
+
 Missing signals contribute 0. The weights of the model and of the service signals are
 constrained to be >= 0 when fitted, so a complaint or a falling frequency can never *lower*
 the risk in an explanation. ``w0``, ``w_model``, ``w_spend`` and ``w_decline`` default to the
@@ -291,7 +295,9 @@ def score_customer(
         decline=nan if signals.frequency_decline is None else signals.frequency_decline,
         satisfaction_floor=config.satisfaction_floor,
     )
-    weights = config.weights
+    # A model fitted on the store's own split carries its weights and calibration; the
+    # config's weights are the priors for a model without them.
+    weights = model.weights or config.weights
     contributions: dict[str, dict[str, float]] = {
         "intercept": {"value": 1.0, "weight": weights.intercept, "contribution": weights.intercept}
     }
@@ -303,7 +309,7 @@ def score_customer(
             "contribution": weights.of(name) * value,
         }
     z = math.fsum(c["contribution"] for c in contributions.values())
-    probability = sigmoid(z)
+    probability = model.probability(z)
     level = config.levels.level(probability)
     explanation: dict[str, Any] = {
         "formula": (
@@ -334,6 +340,8 @@ def score_customer(
         },
         "contributions": contributions,
         "logit": z,
+        "uncalibrated_probability": sigmoid(z),
+        "calibrated": model.calibration is not None,
         "probability": probability,
         "thresholds": {
             "medium": config.levels.medium,
