@@ -7,10 +7,11 @@ from collections import defaultdict
 
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from tests.integration.helpers import eventually
-from tests.support import plain_producer
+from tests.support import plain_producer, unique
 from tierflow_common.contract.kafka_binding import KafkaRecord
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import outbox
@@ -105,4 +106,35 @@ async def test_a_backlog_arrives_once_in_order_per_key_on_the_partition_send_wou
         finally:
             await producer.stop()
     finally:
+        await engine.dispose()
+
+
+def backlog_gauge(producer: str) -> float | None:
+    return REGISTRY.get_sample_value("tierflow_outbox_backlog", {"producer": producer})
+
+
+async def test_the_backlog_gauge_counts_down_to_zero_as_the_relay_publishes(
+    database: DatabaseSettings, kafka_settings: KafkaSettings, topics: TopicSettings
+) -> None:
+    """tierflow_outbox_backlog (the console's and the Grafana dashboard's outbox backlog) is
+    the number of rows still unpublished after each round, whether counted or not."""
+    engine = create_engine(database)
+    producer = unique("backlog")
+    items = [
+        (topics.customer_events, KafkaRecord(key=b"k", value=str(i).encode(), headers=[]))
+        for i in range(2_500)
+    ]
+    relay = OutboxRelay(engine, kafka_settings, producer=producer, batch=1_000)
+    relay.kafka_producer = plain_producer(kafka_settings)
+    await relay.kafka_producer.start()
+    try:
+        async with engine.begin() as conn:
+            await enqueue(conn, producer, items)
+        seen = []
+        for _ in range(4):
+            await relay.relay_once()
+            seen.append(backlog_gauge(producer))
+        assert seen == [1_500, 500, 0, 0]
+    finally:
+        await relay.kafka_producer.stop()
         await engine.dispose()

@@ -7,6 +7,12 @@ from prometheus_client import Counter, Gauge, Histogram
 OUTBOX_PUBLISHED = Counter(
     "tierflow_outbox_published_total", "Outbox records acknowledged by the broker", ["producer"]
 )
+OUTBOX_BACKLOG = Gauge(
+    "tierflow_outbox_backlog",
+    "Outbox rows not yet published, as the producer's elected relay last measured them "
+    "(0 in the processes that are not its relay)",
+    ["producer"],
+)
 CONSUMED = Counter(
     "tierflow_consumer_records_total", "Records consumed and committed", ["group", "outcome"]
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy import Row, Text, bindparam, cast, delete, select, text
+from sqlalchemy import Row, Text, bindparam, cast, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_common.backoff import Backoff
@@ -25,7 +26,7 @@ from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord, en
 from tierflow_common.db.raw import raw_connection
 from tierflow_common.db.tables import outbox
 from tierflow_common.kafka import make_producer, partition_for
-from tierflow_common.metrics import OUTBOX_PUBLISHED
+from tierflow_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from tierflow_common.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,8 @@ class OutboxRelay:
         self._lock_key = zlib.crc32(f"tierflow-outbox:{producer}".encode())
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._backlog = OUTBOX_BACKLOG.labels(producer=producer)
+        self._counted_at = -1.0
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -204,6 +207,7 @@ class OutboxRelay:
                 text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self._lock_key}
             )
             if not got:
+                self._backlog.set(0)  # another process relays this producer and reports it
                 return 0
             rows = (
                 await conn.execute(
@@ -220,6 +224,7 @@ class OutboxRelay:
                     .limit(self._batch)
                 )
             ).all()
+            await self._measure_backlog(conn, len(rows))
             if not rows:
                 return 0
             await asyncio.gather(*await self._send_batches(kafka, rows))
@@ -228,4 +233,21 @@ class OutboxRelay:
                 {"ids": [row.id for row in rows]},
             )
         OUTBOX_PUBLISHED.labels(producer=self._producer).inc(len(rows))
+        self._backlog.dec(len(rows))
         return len(rows)
+
+    async def _measure_backlog(self, conn: AsyncConnection, selected: int) -> None:
+        """Set the backlog gauge before publishing (so a broker that refuses the batch leaves
+        it showing). A round that selected less than a batch saw the whole backlog; behind
+        that, the rows are counted, at most once a second (a count walks the index)."""
+        if selected < self._batch:
+            self._backlog.set(selected)
+            return
+        now = time.monotonic()
+        if now - self._counted_at < 1.0:
+            return
+        self._counted_at = now
+        total = await conn.scalar(
+            select(func.count()).select_from(outbox).where(outbox.c.producer == self._producer)
+        )
+        self._backlog.set(int(total or 0))
