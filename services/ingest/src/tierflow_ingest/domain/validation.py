@@ -57,14 +57,14 @@ def validate_event(
     if not isinstance(obj, dict):
         return [FieldError("(body)", "an event must be a JSON object", "type_error")]
     event_type = obj.get("type")
-    if isinstance(event_type, str) and event_type not in KNOWN_TYPES:
-        return [
-            FieldError(
-                "type",
-                f"unknown event type {event_type!r}; expected one of {', '.join(KNOWN_TYPES)}",
-                "unknown_type",
-            )
-        ]
+    if event_type not in KNOWN_TYPES:
+        if event_type is None:
+            reason, code = "required: the event type, one of", "missing"
+        elif isinstance(event_type, str):
+            reason, code = f"unknown event type {event_type!r}; expected one of", "unknown_type"
+        else:
+            reason, code = "the event type is a string, one of", "string_type"
+        return [FieldError("type", f"{reason} {', '.join(KNOWN_TYPES)}", code)]
     try:
         event = parse_customer_event(obj)
     except ValidationError as exc:
