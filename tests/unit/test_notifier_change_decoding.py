@@ -42,6 +42,7 @@ from tierflow_notifier.adapters.changes import (
     fast_change_data,
 )
 from tierflow_notifier.adapters.playbooks_file import load_playbook
+from tierflow_notifier.domain.queue import Scores
 from tierflow_notifier.service_layer.actions import ActionWriter
 from tierflow_notifier.service_layer.handler import NotifierHandler, label_dimensions
 
@@ -429,3 +430,37 @@ def test_an_erasure_record_decodes_as_an_erasure_and_a_broken_one_is_poison() ->
     with pytest.raises(PoisonRecord) as caught:
         decode_changes(record({**data, "customer_id": ""}, type_=CUSTOMER_ERASED_TYPE))
     assert caught.value.field == "data.customer_id"
+
+
+score_values = (
+    st.none()
+    | st.floats(allow_nan=True, allow_infinity=False)
+    | st.integers(-2, 2)
+    | st.just("0.5")
+)
+scores_dicts = st.none() | st.dictionaries(
+    st.sampled_from(["churn_probability", "clv", "value_at_risk", "other"]), score_values
+)
+
+
+@given(st.lists(change_dicts(), min_size=1, max_size=3), scores_dicts)
+@example([change_data()], {"churn_probability": 0.25, "clv": 400.0, "value_at_risk": 100.0})
+@example([change_data()], {"churn_probability": 1.5})
+def test_the_scores_of_a_version_2_record_decode_as_the_reference_decodes_them(
+    items: list[dict[str, Any]], scores: dict[str, Any] | None
+) -> None:
+    data = {**v2_data(items), "scores": scores}
+    if any(isinstance(v, float) and v != v for v in (scores or {}).values()):
+        return  # NaN is no JSON: no producer can write it
+    rec = v2_record(data)
+    assert outcome(decode_changes, rec) == outcome(decode_changes_reference, rec)
+
+
+def test_each_change_of_a_version_2_record_carries_the_records_scores() -> None:
+    data = {
+        **v2_data([change_data(), change_data(dimension="lifecycle", to="new")]),
+        "scores": {"churn_probability": 0.25, "clv": 400.0, "value_at_risk": 100.0},
+    }
+    changes = decode_changes(v2_record(data))
+    assert isinstance(changes, list)
+    assert {c.scores for c in changes} == {Scores(0.25, 400.0, 100.0)}

@@ -9,14 +9,17 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     Date,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -260,7 +263,14 @@ rule_set_activations = Table(
 
 # Notifier ---------------------------------------------------------------------------------
 
-# status: open -> acked -> done, or suppressed (never delivered; suppressed_reason says why).
+# open/acked before the rest, then critical, service, marketing (migration 0013).
+QUEUE_RANK_SQL = (
+    "(CASE WHEN status IN ('open', 'acked') THEN 0 ELSE 3 END"
+    " + CASE priority_class WHEN 'critical' THEN 0 WHEN 'service' THEN 1 ELSE 2 END)"
+)
+
+# status: open -> acked -> done, or suppressed (never delivered; suppressed_reason says why),
+# or cancelled by an operator (never delivered after that).
 care_actions = Table(
     "care_actions",
     metadata,
@@ -284,10 +294,32 @@ care_actions = Table(
     Column("acked_at", DateTime(timezone=True), nullable=True),
     Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("outcome", Text, nullable=True),
+    # The customer's scores on the classification change that caused it (null otherwise);
+    # reassignment and cancellation by an operator (migration 0013).
+    Column("churn_probability", Float, nullable=True),
+    Column("clv", Float, nullable=True),
+    Column("value_at_risk", Float, nullable=True),
+    Column("owner_note", Text, nullable=True),
+    Column("reassigned_at", DateTime(timezone=True), nullable=True),
+    Column("cancelled_at", DateTime(timezone=True), nullable=True),
+    Column("cancel_reason", Text, nullable=True),
+    # The queue order as one ascending keyset (tierflow_notifier.domain.queue.queue_key).
+    Column("queue_rank", SmallInteger, Computed(QUEUE_RANK_SQL, persisted=True)),
+    Column(
+        "queue_risk",
+        Float,
+        Computed("COALESCE(-value_at_risk, 'Infinity'::double precision)", persisted=True),
+    ),
+    Column(
+        "queue_due",
+        DateTime(timezone=True),
+        Computed("COALESCE(due_at, 'infinity'::timestamptz)", persisted=True),
+    ),
     # Exactly one action per (trigger, rule), whatever redelivery or rebalancing does.
     UniqueConstraint("trigger_event_id", "rule_id", name="uq_care_actions_trigger_rule"),
     Index("ix_care_actions_customer", "customer_id", "created_at"),
     Index("ix_care_actions_status_created", "status", "created_at"),
+    Index("ix_care_actions_queue", "queue_rank", "queue_risk", "queue_due", "action_id"),
 )
 
 # What the notifier knows about a customer's reachability, projected from customer-events and

@@ -11,6 +11,7 @@ directions with hypothesis). Anything the fast path is not sure of goes the refe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from tierflow_common.contract import (
 )
 from tierflow_common.contract.kafka_binding import parse_instant, plain_event_id
 from tierflow_common.exceptions import PoisonRecord
+from tierflow_notifier.domain.queue import Scores
 
 
 @dataclass(slots=True)
@@ -43,6 +45,8 @@ class Change:
     reason: str
     explanation: dict[str, Any]
     effective_at: datetime
+    # The customer's churn risk and value on the record (version 2), for the action queue.
+    scores: Scores | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,7 @@ def decode_change(record: Record) -> Change:
 # --- version 2: one record per customer and cause, holding every dimension it changed ------
 
 _V2_TYPE = CLASSIFICATIONS_CHANGED_TYPE.encode()
+_V2_KEYS = frozenset({"customer_id", "cause", "effective_at", "changes"})
 _V2_ITEM_KEYS = frozenset({"change_id", "dimension", "from", "to", "reason", "rule_set_version"})
 
 
@@ -217,8 +222,14 @@ def decode_changes(record: Record) -> list[Change] | Erasure:
 def _fast_v2(data: object) -> list[Change] | None:
     """Version 2's data as ClassificationsChangedData would validate it, each change through
     `fast_change_data`; None when anything is not plainly valid (pydantic decides then)."""
-    if type(data) is not dict or data.keys() != {"customer_id", "cause", "effective_at", "changes"}:
+    if type(data) is not dict or not (_V2_KEYS <= data.keys() <= _V2_KEYS | {"scores"}):
         return None
+    scores: Scores | None = None
+    raw_scores = data.get("scores")
+    if raw_scores is not None:
+        scores = _fast_scores(raw_scores)
+        if scores is None:
+            return None
     items = data["changes"]
     if type(items) is not list or not items:
         return None
@@ -238,13 +249,38 @@ def _fast_v2(data: object) -> list[Change] | None:
         change = fast_change_data(change_id, v1)
         if change is None:
             return None
+        change.scores = scores
         out.append(change)
     return out
+
+
+_SCORE_KEYS = frozenset({"churn_probability", "clv", "value_at_risk"})
+
+
+def _plain_number(value: object) -> bool:
+    return value is None or (type(value) is float and math.isfinite(value))
+
+
+def _fast_scores(data: object) -> Scores | None:
+    """`scores` as ChangeScores would validate it, for sure (finite floats or nulls, the
+    probability within 0..1, no other key), or None (pydantic decides then)."""
+    if type(data) is not dict or not data.keys() <= _SCORE_KEYS:
+        return None
+    p, clv, risk = data.get("churn_probability"), data.get("clv"), data.get("value_at_risk")
+    if not (_plain_number(p) and _plain_number(clv) and _plain_number(risk)):
+        return None
+    if p is not None and not 0.0 <= p <= 1.0:
+        return None
+    return Scores.of(p, clv, risk) or Scores()
 
 
 def decode_changes_reference(record: Record) -> list[Change]:
     """Version 2 through the CloudEvents binding and the pydantic contract (the reference)."""
     _, data = _validated(record, ClassificationsChangedData)
+    s = data.scores
+    scores = None if s is None else Scores.of(s.churn_probability, s.clv, s.value_at_risk)
+    if s is not None and scores is None:
+        scores = Scores()
     return [
         Change(
             event_id=change_id,
@@ -255,6 +291,7 @@ def decode_changes_reference(record: Record) -> list[Change]:
             reason=c.reason,
             explanation=c.explanation,
             effective_at=c.effective_at,
+            scores=scores,
         )
         for change_id, c in data.dimension_changes()
     ]

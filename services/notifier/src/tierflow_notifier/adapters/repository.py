@@ -135,6 +135,9 @@ _ACTION_COLUMNS: Columns = (
     ("explanation", "jsonb"),
     ("details", "jsonb"),
     ("created_at", "timestamptz"),
+    ("churn_probability", "float8"),
+    ("clv", "float8"),
+    ("value_at_risk", "float8"),
 )
 _LEDGER_COLUMNS: Columns = (
     ("action_id", "text"),
@@ -292,6 +295,8 @@ _RECORD_RESULTS = (
     " FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[],"
     " $6::timestamptz[]) AS u(delivery_id, state, attempts, next_at, error, delivered_at)"
     " WHERE d.delivery_id = u.delivery_id"
+    # An action cancelled while its delivery was in flight stays cancelled.
+    " AND d.state <> 'cancelled'"
 )
 
 

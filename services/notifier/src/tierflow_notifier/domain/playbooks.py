@@ -17,6 +17,8 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
 
+from tierflow_notifier.domain.queue import Scores
+
 ANY = "*"
 ACTION_NAMESPACE = uuid.UUID("0b5d3e5e-7f0a-4a43-9d55-4d8e2f6c1b77")
 
@@ -239,6 +241,7 @@ class PlannedAction:
     explanation: Mapping[str, Any] = field(default_factory=dict)
     not_before: datetime | None = None  # a scheduled action is never sent before its due time
     context: Mapping[str, str] = field(default_factory=dict)  # e.g. complaint_id
+    scores: Scores | None = None  # the customer's, on the change that caused it
 
     @property
     def rule_id(self) -> str:
@@ -262,6 +265,7 @@ def plan(
     explanation: Mapping[str, Any] | None = None,
     not_before: datetime | None = None,
     context: Mapping[str, str] | None = None,
+    scores: Scores | None = None,
 ) -> PlannedAction:
     return PlannedAction(
         action_id=action_id_for(trigger_key, rule.id),
@@ -272,6 +276,7 @@ def plan(
         explanation=dict(explanation or {}),
         not_before=not_before,
         context=dict(context or {}),
+        scores=scores,
     )
 
 
@@ -285,6 +290,7 @@ def plan_actions(
     change_reason: str,
     customer_id: str = "",
     explanation: Mapping[str, Any] | None = None,
+    scores: Scores | None = None,
 ) -> list[PlannedAction]:
     """Actions for one classification change, keyed by the change event's id."""
     matching = [
@@ -309,6 +315,7 @@ def plan_actions(
                 "to": to_label,
                 "change": dict(explanation or {}),
             },
+            scores=scores,
         )
         for rule in matching
     ]

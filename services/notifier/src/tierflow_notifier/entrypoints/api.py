@@ -1,5 +1,5 @@
-"""Notifier API: care actions as tasks (list, ack, complete) and webhook deliveries (list,
-operator retry of dead ones)."""
+"""Notifier API: care actions as tasks (the queue, ack, reassign, cancel, complete) and webhook
+deliveries (list, operator retry of dead ones)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from tierflow_common.errors_http import problem
 from tierflow_notifier.service_layer import tasks
 from tierflow_notifier.settings import INGEST_ENDPOINT
 
-ActionStatus = Literal["open", "acked", "done", "suppressed"]
-DeliveryState = Literal["pending", "delivered", "dead"]
+ActionStatus = Literal["open", "acked", "done", "suppressed", "cancelled"]
+DeliveryState = Literal["pending", "delivered", "dead", "cancelled"]
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 READ = [requires(Role.READ)]
 OPERATE = [requires(Role.OPERATE)]
@@ -35,6 +35,17 @@ class CompleteBody(BaseModel):
             "an escalation completed as 'resolved' reports complaint_resolved.",
         ),
     ]
+
+
+class ReassignBody(BaseModel):
+    owner: Annotated[
+        str, Field(min_length=1, max_length=200, description="Person, queue or role, e.g. queue:am")
+    ]
+    note: Annotated[str | None, Field(default=None, max_length=2000)] = None
+
+
+class CancelBody(BaseModel):
+    reason: Annotated[str, Field(min_length=1, max_length=500, description="Why, in words")]
 
 
 class RetryBody(BaseModel):
@@ -64,31 +75,81 @@ def build_router(
     @router.get(
         "/actions",
         tags=["actions"],
-        summary="Care actions, cursor-paged by action id",
+        summary="Care actions, cursor-paged in queue order (or by action id)",
+        description="Queue order: open/acked first, then priority class (critical, service, "
+        "marketing), value at risk descending (unknown last), due time (none last), action id.",
+        responses={422: _PROBLEM},
+        response_model=None,
         dependencies=READ,
     )
     async def get_actions(
         status: Annotated[ActionStatus | None, Query(description="Only this status")] = None,
         owner: Annotated[str | None, Query(description="Only this owner or queue")] = None,
         customer: Annotated[str | None, Query(description="Only this customer's actions")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        order: Annotated[tasks.ActionOrder, Query(description="queue (default) or id")] = "queue",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         after: Annotated[
             str | None, Query(description="Cursor: `next` of the previous page")
         ] = None,
-    ) -> dict[str, Any]:
-        async with engine.connect() as conn:
-            rows = await tasks.list_actions(
-                conn, status=status, owner=owner, customer_id=customer, limit=limit, after=after
+    ) -> dict[str, Any] | JSONResponse:
+        try:
+            async with engine.connect() as conn:
+                rows = await tasks.list_actions(
+                    conn,
+                    status=status,
+                    owner=owner,
+                    customer_id=customer,
+                    limit=limit,
+                    after=after,
+                    order=order,
+                )
+        except tasks.BadCursor as exc:
+            reason = str(exc)
+            return problem(
+                422,
+                "bad-cursor",
+                "Invalid cursor",
+                reason,
+                errors=[{"field": "after", "reason": reason, "code": "bad_cursor"}],
             )
-        items = [tasks.action_json(r) for r in rows]
-        return {"items": items, "next": items[-1]["action_id"] if len(items) == limit else None}
+        now = clock()
+        return {
+            "items": [tasks.action_json(r, now) for r in rows],
+            "next": tasks.next_cursor(rows, limit, order),
+        }
 
     @router.get(
         "/actions/{action_id}", tags=["actions"], responses={404: _PROBLEM}, dependencies=READ
     )
     async def get_action(action_id: str) -> dict[str, Any]:
         async with engine.connect() as conn:
-            return tasks.action_json(await tasks.get_action(conn, action_id))
+            return tasks.action_json(await tasks.get_action(conn, action_id), clock())
+
+    @router.post(
+        "/actions/{action_id}/reassign",
+        dependencies=OPERATE,
+        tags=["actions"],
+        summary="Give an open or acknowledged action to another owner",
+        responses={404: _PROBLEM, 409: _PROBLEM},
+    )
+    async def reassign_action(action_id: str, body: ReassignBody) -> dict[str, Any]:
+        now = clock()
+        async with engine.begin() as conn:
+            row = await tasks.reassign(conn, action_id, body.owner, body.note, now)
+        return tasks.action_json(row, now)
+
+    @router.post(
+        "/actions/{action_id}/cancel",
+        dependencies=OPERATE,
+        tags=["actions"],
+        summary="Cancel an open or acknowledged action: never delivered (idempotent)",
+        responses={404: _PROBLEM, 409: _PROBLEM},
+    )
+    async def cancel_action(action_id: str, body: CancelBody) -> dict[str, Any]:
+        now = clock()
+        async with engine.begin() as conn:
+            row = await tasks.cancel(conn, action_id, body.reason, now)
+        return tasks.action_json(row, now)
 
     @router.post(
         "/actions/{action_id}/ack",
@@ -100,7 +161,7 @@ def build_router(
     async def ack_action(action_id: str) -> dict[str, Any]:
         async with engine.begin() as conn:
             row = await tasks.ack(conn, action_id, clock())
-        return tasks.action_json(row)
+        return tasks.action_json(row, clock())
 
     @router.post(
         "/actions/{action_id}/complete",
@@ -116,7 +177,7 @@ def build_router(
             )
         if queued:
             wake(INGEST_ENDPOINT)
-        return {**tasks.action_json(row), "reported": queued}
+        return {**tasks.action_json(row, clock()), "reported": queued}
 
     @router.get(
         "/deliveries",

@@ -193,6 +193,9 @@ class ActionWriter:
             "explanation": dict(p.explanation),
             "details": details,
             "created_at": now,
+            "churn_probability": p.scores.churn_probability if p.scores else None,
+            "clv": p.scores.clv if p.scores else None,
+            "value_at_risk": p.scores.value_at_risk if p.scores else None,
         }
 
 

@@ -142,6 +142,7 @@ class NotifierHandler:
                 change_reason=change.reason,
                 customer_id=cid,
                 explanation=change.explanation,
+                scores=change.scores,
             )
             if dim in self._labelled:
                 labels.setdefault(cid, {})[dim] = change.to_label
