@@ -1,5 +1,6 @@
-"""HTTP requests for a delivery: a signed Standard Webhooks POST of the action (CloudEvents
-JSON), or the completion event POSTed to the ingest API."""
+"""HTTP requests for a delivery: a signed Standard Webhooks POST of the action (a CloudEvent in
+structured content mode, `application/cloudevents+json`), or the completion event POSTed to the
+ingest API (structured mode too)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tierflow_notifier.settings import WebhookEndpoint
 
 SOURCE = "tierflow/notifier"
 USER_AGENT = "tierflow-notifier/1"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 # The documented contract (docs/schemas/care-action.data.schema.json): webhook bodies and the
 # care-actions topic carry the same fields.
 ACTION_FIELDS = tuple(CareActionData.model_fields)
@@ -80,7 +82,9 @@ class WebhookRequests:
         msg_id = str(action["action_id"])
         return Post(
             headers={
-                "content-type": "application/json",
+                # Structured content mode (CloudEvents HTTP binding §3.2): the body is the
+                # whole event, so receivers' CloudEvents SDKs read it as one.
+                "content-type": STRUCTURED_CONTENT_TYPE,
                 "user-agent": USER_AGENT,
                 "webhook-id": msg_id,
                 "webhook-timestamp": str(math.floor(now.timestamp())),
@@ -120,7 +124,7 @@ def completion_event(action: dict[str, Any]) -> dict[str, Any] | None:
 class IngestRequests:
     def __init__(self, base_url: str, api_key: str | None) -> None:
         self.url = base_url.rstrip("/") + "/v1/events"
-        self._headers = {"content-type": "application/cloudevents+json", "user-agent": USER_AGENT}
+        self._headers = {"content-type": STRUCTURED_CONTENT_TYPE, "user-agent": USER_AGENT}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
 
