@@ -20,6 +20,7 @@ from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.repository import processed_events_ledger
 from tierflow_classifier.adapters.retention import retention_rules
 from tierflow_classifier.adapters.rules_file import parse_rules, rule_set_candidate
+from tierflow_classifier.domain.classify import rule_set_churn_config
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
 from tierflow_classifier.entrypoints.audit_api import build_audit_router
@@ -225,6 +226,8 @@ def create_app(
                     ),
                     stopping=population_stop,
                     leadership=leadership,
+                    # The fit calibrates for the horizon of the rule set in force.
+                    config=lambda: rule_set_churn_config(wiring.classifier.rules),
                 )
             ),
             asyncio.create_task(ledger.run()),

@@ -1,5 +1,6 @@
-"""Churn models in PostgreSQL: the fit job (one streaming pass over customers, then maximum
-likelihood with scipy), versioned storage, and the in-process copy the classifier scores with.
+"""Churn models in PostgreSQL: the fit job (in a process of its own, off the event loop:
+adapters/churn_fit_process.py), versioned storage, and the in-process copy the classifier
+scores with.
 
 A model's version is content-addressed (domain/churn/fit.py), one row per version; exactly one
 is current, switched under a transaction-scoped advisory lock so racing publishers (the
@@ -12,24 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import structlog
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tierflow_classifier.adapters.churn_fit_process import FitRequest, fit_in_process
 from tierflow_classifier.adapters.clock import Clock, FitSchedule, Stillness
 from tierflow_classifier.adapters.leadership import Leadership
-from tierflow_classifier.domain.churn import FittedModel, fit_model
+from tierflow_classifier.domain.churn import ChurnConfig, FittedModel
 from tierflow_classifier.domain.features import DAY_S
-from tierflow_common.db.tables import churn_models, customers
+from tierflow_common.db.tables import churn_models
 
 log = structlog.get_logger(__name__)
-WEEK_DAYS = 7.0
 _PUBLISH_LOCK = zlib.crc32(b"tierflow-classifier:churn-publish")
 
 
@@ -70,32 +71,24 @@ async def current_summary(engine: AsyncEngine) -> dict[str, Any] | None:
     }
 
 
-async def collect(engine: AsyncEngine, at: datetime) -> tuple[np.ndarray, ...]:
-    """(x, t_x, T, mean_spend) in weeks, one row per customer with a purchase before `at`."""
-    xs: list[float] = []
-    txs: list[float] = []
-    ts: list[float] = []
-    spends: list[float] = []
-    query = select(
-        customers.c.purchases_lifetime,
-        customers.c.first_purchase_at,
-        customers.c.last_purchase_at,
-        customers.c.net_spend_lifetime,
-    ).where(customers.c.purchases_lifetime > 0, customers.c.first_purchase_at <= at)
-    async with engine.connect() as conn:
-        result = await conn.stream(query.execution_options(yield_per=20_000))
-        async for n, first, last, spend in result:
-            age = max((at - first).total_seconds() / DAY_S, 0.0)
-            recency = min(max((last - first).total_seconds() / DAY_S, 0.0), age)
-            xs.append(float(n - 1))
-            txs.append(recency / WEEK_DAYS if n > 1 else 0.0)
-            ts.append(age / WEEK_DAYS)
-            spends.append(float(spend) / n if n > 1 and spend > 0 else float("nan"))
-    return np.array(xs), np.array(txs), np.array(ts), np.array(spends)
+def _iso_day(day: float) -> str:
+    return datetime.fromtimestamp(day * DAY_S, UTC).isoformat()
 
 
-def describe(model: FittedModel, repeat_purchases: float) -> dict[str, Any]:
-    """The summary stored (and served by GET /v1/models/churn) next to a model."""
+def describe(model: FittedModel, repeat_purchases: float | None = None) -> dict[str, Any]:
+    """The summary stored (and served by GET /v1/models/churn) next to a model: the purchase
+    and spend models, the weights it scores with, and its own holdout metrics."""
+    report = model.report
+    split: dict[str, Any] | None = None
+    if report is not None:
+        split = {
+            "horizon_days": report.horizon_days,
+            "calibration_window_end": _iso_day(report.cutoff_day),
+            "labels_until": _iso_day(report.as_of_day),
+            "folds": report.folds,
+            "calibrated": report.calibrated,
+            "fallback": report.fallback,
+        }
     return {
         "variant": model.variant,
         "parameters": {
@@ -116,6 +109,13 @@ def describe(model: FittedModel, repeat_purchases: float) -> dict[str, Any]:
         "log_likelihood_bgnbd": model.bgnbd.log_likelihood,
         "log_likelihood_mbgnbd": model.mbgnbd.log_likelihood if model.mbgnbd else None,
         "fit_seconds": model.fit_seconds,
+        "weights": asdict(model.weights) if model.weights is not None else None,
+        "time_split": split,
+        # Which weights the store's history supported, which are priors, and why.
+        "terms": [asdict(t) for t in report.terms] if report is not None else [],
+        # Out of fold on the split: AUC (and its two baselines), log loss, Brier score, and
+        # per churn level the mean P(churn) against the observed rate.
+        "holdout": asdict(report.holdout) if report is not None and report.holdout else None,
         "validation": {
             "repeat_purchases_observed": repeat_purchases,
             "document": "docs/model-validation.md (CDNOW: published parameters, holdout AUC)",
@@ -124,20 +124,32 @@ def describe(model: FittedModel, repeat_purchases: float) -> dict[str, Any]:
 
 
 async def fit_and_store(
-    engine: AsyncEngine, at: datetime, *, min_customers: int = 50
+    engine: AsyncEngine,
+    at: datetime,
+    *,
+    config: ChurnConfig | None = None,
+    min_customers: int = 50,
 ) -> FittedModel | None:
-    x, t_x, T, spend = await collect(engine, at)
-    if x.size < min_customers or not np.any(x > 0):
-        log.info("churn_fit_skipped", customers=int(x.size), reason="not enough history")
+    """Fit on the history up to `at` (in a process of its own) and publish the model.
+    `config` gives the horizon and levels the fit calibrates for (the rule set's)."""
+    request = FitRequest(
+        database_url=engine.url.render_as_string(hide_password=False),
+        at=at,
+        config=config or ChurnConfig(),
+    )
+    outcome = await fit_in_process(request)
+    model = outcome.model
+    if model is None or outcome.customers < min_customers:
+        log.info("churn_fit_skipped", customers=outcome.customers, reason="not enough history")
         return None
-    model = await asyncio.to_thread(fit_model, x, t_x, T, spend, time_unit_days=WEEK_DAYS)
-    await publish_model(engine, model, at, describe(model, float(x.sum())))
+    await publish_model(engine, model, at, describe(model))
     log.info(
         "churn_model_fitted",
         version=model.version,
         customers=model.n_customers,
         seconds=round(model.fit_seconds, 2),
         variant=model.variant,
+        calibrated=model.calibration is not None,
     )
     return model
 
@@ -210,6 +222,7 @@ async def model_loop(
     schedule: FitSchedule,
     stopping: asyncio.Event,
     leadership: Leadership | None = None,
+    config: Callable[[], ChurnConfig] = ChurnConfig,
 ) -> None:
     """Every process: load the current model as soon as another one (the elected process,
     the CLI, the API of any process) publishes a new one — a cheap version read each
@@ -265,7 +278,7 @@ async def model_loop(
                         due, tried_at = False, at
                 if due and at is not None:
                     tried_at, tried_wall = at, wall  # fitted, or too little history here
-                    fitted = await fit_and_store(engine, at)
+                    fitted = await fit_and_store(engine, at, config=config())
                     if fitted is not None:
                         holder.model = fitted
         except Exception as exc:

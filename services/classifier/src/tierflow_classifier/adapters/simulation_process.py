@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import multiprocessing
 import os
-import queue
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -22,6 +20,7 @@ from sqlalchemy import text
 
 from tierflow_classifier.adapters import repository as repo
 from tierflow_classifier.adapters.care_preview import CarePreview
+from tierflow_classifier.adapters.child_process import ChildFailed, run_child
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.rules_file import parse_rules
@@ -120,15 +119,6 @@ async def _run(request: SimulationRequest, progress: Callable[[int], None]) -> d
         await engine.dispose()
 
 
-def _context() -> Any:
-    """Simulation processes fork from a server process that imported this module once (not
-    from the classifier: its threads, sockets and event loop stay out), so they start in
-    milliseconds and share the imported code's memory instead of each loading its own."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
-
-
 class SimulationFailed(RuntimeError):
     """The simulation process failed (its error) or died."""
 
@@ -136,40 +126,16 @@ class SimulationFailed(RuntimeError):
 async def run_in_process(
     request: SimulationRequest, on_progress: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Run the simulation in a fresh process (spawned: nothing of this process's state, its
-    sockets or event loop, is inherited) and wait for its report without blocking the loop.
-    Cancelled (the client went away), the process is terminated."""
-    context = _context()
-    messages = context.Queue()
-    process = context.Process(
-        target=_entry, args=(request, messages), name="tierflow-simulation", daemon=True
-    )
-    # Off the event loop: the first start also starts the fork server (an interpreter that
-    # imports the classifier), a second or two the consumer must not wait for.
-    await asyncio.to_thread(process.start)
+    """Run the simulation in a fresh process (forked from the fork server: nothing of this
+    process's state, its sockets or event loop, is inherited) and wait for its report without
+    blocking the loop. Cancelled (the client went away), the process is terminated."""
     try:
-        while True:
-            try:
-                kind, value = messages.get_nowait()
-            except queue.Empty:
-                if not process.is_alive() and messages.empty():
-                    raise SimulationFailed(
-                        f"the simulation process ended (exit code {process.exitcode})"
-                    ) from None
-                await asyncio.sleep(0.1)
-                continue
-            if kind == "progress":
-                if on_progress is not None:
-                    on_progress(int(value))
-            elif kind == "result":
-                return dict(value)
-            else:
-                raise SimulationFailed(str(value))
-    finally:
-        if process.is_alive():
-            process.terminate()
-        await asyncio.to_thread(process.join, 10)
-        messages.close()
+        report = await run_child(
+            _entry, request, name="tierflow-simulation", on_progress=on_progress
+        )
+    except ChildFailed as exc:
+        raise SimulationFailed(str(exc)) from exc
+    return dict(report)
 
 
 async def run_parallel(

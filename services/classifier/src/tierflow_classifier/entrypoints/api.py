@@ -355,7 +355,10 @@ def build_router(
         dependencies=READ,
         response_model=None,
         tags=["models"],
-        summary="The churn model in force: parameters, fit time, data size, log-likelihood",
+        summary=(
+            "The churn model in force: parameters, weights, fit time, data size, and its own"
+            " holdout metrics (AUC, log loss, Brier score, calibration table)"
+        ),
         responses={404: {"description": "No model fitted yet"}},
     )
     async def get_churn_model() -> dict[str, Any] | JSONResponse:
@@ -381,7 +384,9 @@ def build_router(
     async def fit_churn_model() -> dict[str, Any] | JSONResponse:
         async with engine.connect() as conn:
             at = await clock.now(conn)
-        fitted = await fit_and_store(engine, at) if at is not None else None
+        # Calibrated for the horizon and levels of the rule set in force.
+        config = rule_set_churn_config(current())
+        fitted = await fit_and_store(engine, at, config=config) if at is not None else None
         if fitted is None:
             return problem(
                 409,
