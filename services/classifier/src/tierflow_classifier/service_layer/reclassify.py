@@ -11,7 +11,7 @@ changed) and the population sweep (the population moved) all come through here.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -178,6 +178,14 @@ async def publish(
 RECORD_NAMESPACE = uuid.uuid5(CHANGE_NAMESPACE, "customer-classification-changed/v2")
 
 
+def record_id(change_ids: Iterable[str]) -> str:
+    """A version-2 record's id: from the ids of the changes it carries (sorted). `publish`
+    keeps each change id once, ever (the history), so two different records never share an
+    id even when one cause moves a customer twice at one instant; the same changes give the
+    same id (docs/cloudevents.md, "Event ids")."""
+    return uuid5(RECORD_NAMESPACE, "|".join(sorted(change_ids)))
+
+
 def change_records(
     changes: Sequence[tuple[str, Change]],
     topics: TopicSettings,
@@ -198,7 +206,7 @@ def change_records(
             (
                 topics.classification_changed,
                 EmittedEvent(
-                    id=uuid5(RECORD_NAMESPACE, f"{cause}|{customer}|{instant}"),
+                    id=record_id(cid for cid, _ in items),
                     type=CLASSIFICATIONS_CHANGED_TYPE,
                     source=SOURCE,
                     subject=customer,
