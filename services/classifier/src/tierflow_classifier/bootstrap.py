@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tierflow_classifier.adapters import churn_store
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder, model_loop
 from tierflow_classifier.adapters.clock import Clock, FitSchedule, RefreshPolicy, make_clock
+from tierflow_classifier.adapters.event_publisher import EventPublisher
 from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.adapters.repository import processed_events_ledger
@@ -24,8 +25,10 @@ from tierflow_classifier.domain.classify import rule_set_churn_config
 from tierflow_classifier.domain.rules import RuleSet
 from tierflow_classifier.entrypoints.api import build_router
 from tierflow_classifier.entrypoints.audit_api import build_audit_router
+from tierflow_classifier.entrypoints.customers_api import build_customers_router
 from tierflow_classifier.entrypoints.erasure_api import build_erasure_router
 from tierflow_classifier.entrypoints.rules_api import build_rules_router
+from tierflow_classifier.service_layer.distribution_snapshots import DistributionSnapshots
 from tierflow_classifier.service_layer.handler import ClassifierHandler
 from tierflow_classifier.service_layer.population_refresh import PopulationRefresher
 from tierflow_classifier.service_layer.reclassify import Classifier
@@ -191,6 +194,16 @@ def create_app(
     churn = wiring.classifier.churn
 
     leadership = wiring.leadership
+    snapshots = DistributionSnapshots(
+        engine,
+        lambda: wiring.classifier.rules,
+        leadership,
+        every_s=settings.distribution_snapshot_s,
+        keep=timedelta(days=settings.distribution_retention_days),
+    )
+    overrides = EventPublisher(
+        kafka, topics.customer_events, timeout_s=settings.override_publish_timeout_s
+    )
 
     async def load_published() -> None:
         """The versions in force before the first batch: a process joining a running group
@@ -234,6 +247,7 @@ def create_app(
             asyncio.create_task(wiring.rule_sets.run()),
         ]
         pruning = asyncio.create_task(pruner.run())
+        snapshotting = asyncio.create_task(snapshots.run())
         try:
             yield
         finally:
@@ -258,6 +272,9 @@ def create_app(
             await finish(keys_task, timeout=1)
             pruner.stop()
             await finish(pruning, timeout=15)
+            snapshots.stop()
+            await finish(snapshotting, timeout=15)
+            await overrides.stop()
             await engine.dispose()
 
     async def broker_ready() -> None:
@@ -278,6 +295,15 @@ def create_app(
     )
     app.include_router(
         build_router(engine, lambda: wiring.classifier.rules, churn=churn, clock=clock)
+    )
+    app.include_router(
+        build_customers_router(
+            engine,
+            lambda: wiring.classifier.rules,
+            churn=churn,
+            clock=clock,
+            publisher=overrides,
+        )
     )
     app.include_router(build_erasure_router(lambda: SqlUnitOfWork(engine), topics))
     app.include_router(

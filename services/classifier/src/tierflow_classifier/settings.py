@@ -58,3 +58,9 @@ class ClassifierSettings(BaseSettings):
     # The pruning job: how often it runs, and rows deleted per short transaction.
     prune_interval_s: float = Field(default=3_600.0, gt=0)
     prune_batch: int = Field(default=1_000, ge=1, le=100_000)
+    # The console's distribution-over-time: the elected process stores how many customers hold
+    # each label this often, and keeps the snapshots this long.
+    distribution_snapshot_s: float = Field(default=60.0, gt=0)
+    distribution_retention_days: int = Field(default=30, ge=1, le=100_000)
+    # A manual override is answered 202 once the broker acknowledged its event; 503 after this.
+    override_publish_timeout_s: float = Field(default=10.0, gt=0)

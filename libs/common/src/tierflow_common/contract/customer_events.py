@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     PlainSerializer,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -389,3 +390,64 @@ EVENT_MODELS: dict[str, type[CloudEventEnvelope]] = {
     "customer.erased": CustomerErasedEvent,
 }
 EventType = Literal["purchase", "refund", "interaction", "feedback", "profile", "customer.erased"]
+
+
+# Operators' manual overrides travel on the customer-events topic too (ordered with the
+# customer's other events, replayable), but only the classifier's API writes them: they are not
+# part of `CustomerEvent`, the union the ingest accepts from upstream systems.
+OVERRIDE_TYPE = "classification.override"
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class OverrideData(_Strict):
+    """Pin one dimension of the customer (the `subject`) to a label until `expires_at`, or
+    (`label` null) clear the override in force on that dimension."""
+
+    dimension: ShortText
+    label: ShortText | None = Field(description="The label to pin; null clears the override")
+    reason: Reason = Field(description="Why, as the operator gave it")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="When the rules take the dimension back; null: never"
+    )
+    override_id: ShortText = Field(description="This override's (or clearing's) own id")
+    by: ShortText = Field(description="Name of the API key that asked for it")
+
+
+class OverrideEvent(CloudEventEnvelope):
+    model_config = ConfigDict(
+        **_example(  # type: ignore[typeddict-item]
+            OVERRIDE_TYPE,
+            {
+                "dimension": "value_tier",
+                "label": "VIP",
+                "reason": "key account, contract renewal pending",
+                "expires_at": "2025-12-31T00:00:00Z",
+                "override_id": "ovr-3f2a",
+                "by": "ops console (alice)",
+            },
+            "override-3f2a",
+        )
+    )
+    type: Literal["classification.override"]
+    data: OverrideData
+
+
+# Every record the customer-events topic carries: what upstream systems send, and overrides.
+CustomerTopicEvent = Annotated[
+    PurchaseEvent
+    | RefundEvent
+    | InteractionEvent
+    | FeedbackEvent
+    | ProfileEvent
+    | CustomerErasedEvent
+    | OverrideEvent,
+    Field(discriminator="type"),
+]
+
+_TOPIC_EVENT: TypeAdapter[CustomerTopicEvent] = TypeAdapter(CustomerTopicEvent)
+
+
+def parse_topic_event(obj: Any) -> CustomerTopicEvent:
+    """Validate a decoded customer-events record (raises pydantic.ValidationError): the one
+    decoder of that topic, used by its consumer (the classifier)."""
+    return _TOPIC_EVENT.validate_python(obj)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tierflow_common.contract.customer_events import OverrideData
 from tierflow_common.contract.events import (
     CareActionData,
     ClassificationChangedData,
@@ -26,6 +27,7 @@ def contract_schemas() -> dict[str, dict[str, Any]]:
         ),
         "care-action.data.schema.json": CareActionData.model_json_schema(),
         "customer-erased.data.schema.json": CustomerErasedData.model_json_schema(),
+        "classification-override.data.schema.json": OverrideData.model_json_schema(),
     }
 
 

@@ -167,6 +167,10 @@ customers = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_customers_value_tier", "value_tier"),
+    # The console's customer search by range (migration 0012).
+    Index("ix_customers_net_spend", "net_spend_lifetime"),
+    Index("ix_customers_purchases", "purchases_lifetime"),
+    Index("ix_customers_last_purchase", "last_purchase_at"),
 )
 
 # Current label per (customer, dimension): segment membership and distributions by index.
@@ -179,6 +183,15 @@ customer_labels = Table(
     Column("since", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("customer_id", "dimension"),
     Index("ix_customer_labels_segment", "dimension", "label", "customer_id"),
+)
+
+# Customers per label per dimension every CLASSIFIER_DISTRIBUTION_SNAPSHOT_S, written by the
+# elected classifier process (GET /v1/stats/distribution/history).
+distribution_snapshots = Table(
+    "distribution_snapshots",
+    metadata,
+    Column("at", DateTime(timezone=True), primary_key=True),
+    Column("dimensions", JSONB, nullable=False),
 )
 
 # Replay mode's clock: the highest event time applied so far.

@@ -12,7 +12,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from tierflow_classifier.domain.classify import NOTHING, Outside, classify
+from tierflow_classifier.domain import overrides
+from tierflow_classifier.domain.classify import (
+    NOTHING,
+    Outside,
+    classify,
+    effective_version,
+    labelled_version,
+)
 from tierflow_classifier.domain.features import month_key
 from tierflow_classifier.domain.model import (
     Change,
@@ -20,6 +27,7 @@ from tierflow_classifier.domain.model import (
     CustomerState,
     Feedback,
     Interaction,
+    Override,
     ProfilePatch,
     Purchase,
     Refund,
@@ -222,6 +230,8 @@ def apply(
     """
     if state is not None and already_applied(state, event):
         return state, []
+    if isinstance(event, Override):
+        return apply_override(state, event, rules, at=at or event.meta.time, outside=outside)
     current = state or CustomerState(customer_id=event.meta.customer_id)
     t = event.meta.time
     current = replace(
@@ -240,3 +250,51 @@ def apply(
         case ProfilePatch():
             updated = _apply_profile(current, event)
     return classify(updated, rules, at=at or t, cause=event.meta.cause, outside=outside)
+
+
+def apply_override(
+    state: CustomerState | None,
+    event: Override,
+    rules: RuleSet,
+    *,
+    at: datetime,
+    outside: Outside = NOTHING,
+) -> tuple[CustomerState, list[Change]]:
+    """Pin the event's dimension to its label from `at` (a change with cause
+    `override:<override_id>` where the label moves), or end the override in force there (the
+    rules decide it again at once). An override already expired at `at` (a late replay)
+    changes nothing; neither does clearing a dimension that holds no override."""
+    if state is None:
+        raise UnprocessableEvent(
+            f"no customer {event.meta.customer_id!r} to override", field="subject"
+        )
+    problem = overrides.override_problem(rules, event.dimension, event.label)
+    if problem is not None:
+        raise UnprocessableEvent(problem[1], field=f"data.{problem[0]}")
+    current = state.dimensions.get(event.dimension)
+    if event.label is None:
+        if current is None or overrides.hold_of(current) is None:
+            return state, []
+        ended = overrides.cleared(current, at, event.by)
+        state = replace(state, dimensions={**state.dimensions, event.dimension: ended})
+        return classify(state, rules, at=at, cause=event.meta.cause, outside=outside)
+    if event.expires_at is not None and event.expires_at <= at:
+        return state, []
+    version = labelled_version(effective_version(rules, outside), outside)
+    assignment = overrides.pinned(event, at, version)
+    state = replace(state, dimensions={**state.dimensions, event.dimension: assignment})
+    # The other dimensions are judged at the same instant, as after any event.
+    state, changes = classify(state, rules, at=at, cause=event.meta.cause, outside=outside)
+    if current is None or current.label != assignment.label:
+        changes.insert(
+            0,
+            Change(
+                customer_id=state.customer_id,
+                dimension=event.dimension,
+                from_label=current.label if current else None,
+                to=assignment,
+                cause=f"{overrides.OVERRIDE}:{event.override_id}",
+                effective_at=at,
+            ),
+        )
+    return state, changes

@@ -24,6 +24,7 @@ from tierflow_classifier.domain.features import (
 )
 from tierflow_classifier.domain.memo import once_per_object
 from tierflow_classifier.domain.model import Assignment, Change, CustomerState
+from tierflow_classifier.domain.overrides import hold_of
 from tierflow_classifier.domain.population import PopulationStats
 from tierflow_classifier.domain.rules import (
     Dimension,
@@ -248,12 +249,21 @@ def classify(
     changes: list[Change] = []
     for dim in rules.dimensions:
         current = dimensions.get(dim.name)
+        hold = hold_of(current)
+        if hold is not None and hold.holds_at(at):
+            # Overridden: the rules wait until the override expires (a review deadline).
+            deadlines.append(hold.expires_at)
+            continue
         label, index = choose(dim, variables, context)
-        if current is not None and (
-            current.label == label
-            or (
-                dim.name not in redefined
-                and _hysteresis_keeps(dim, label, current, variables, rules, at, deadlines)
+        if (
+            hold is None
+            and current is not None
+            and (
+                current.label == label
+                or (
+                    dim.name not in redefined
+                    and _hysteresis_keeps(dim, label, current, variables, rules, at, deadlines)
+                )
             )
         ):
             continue
@@ -269,13 +279,15 @@ def classify(
         dimensions[dim.name] = assignment
         if current is None and silent_first(dim, decision.label):
             continue
+        if hold is not None and current is not None and current.label == decision.label:
+            continue  # the override ended where the rules stand: same label, no change
         changes.append(
             Change(
                 customer_id=state.customer_id,
                 dimension=dim.name,
                 from_label=current.label if current else None,
                 to=assignment,
-                cause=cause,
+                cause=hold.released_cause if hold is not None else cause,
                 effective_at=at,
             )
         )

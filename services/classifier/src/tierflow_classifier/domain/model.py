@@ -93,7 +93,21 @@ class ProfilePatch:
     fields: Mapping[str, Any]
 
 
-CustomerEvent = Purchase | Refund | Interaction | Feedback | ProfilePatch
+@dataclass(frozen=True)
+class Override:
+    """An operator pins `dimension` to `label` until `expires_at` (None: until cleared), or
+    (`label` None) clears the override in force there (domain/overrides.py)."""
+
+    meta: EventMeta
+    dimension: str
+    label: str | None
+    reason: str
+    expires_at: datetime | None
+    override_id: str
+    by: str
+
+
+CustomerEvent = Purchase | Refund | Interaction | Feedback | ProfilePatch | Override
 
 
 @dataclass(frozen=True)

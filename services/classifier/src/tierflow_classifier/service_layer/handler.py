@@ -28,6 +28,7 @@ from tierflow_classifier.domain.model import (
     EventMeta,
     Feedback,
     Interaction,
+    Override,
     ProfilePatch,
     Purchase,
     Refund,
@@ -37,7 +38,8 @@ from tierflow_classifier.service_layer.erasure import erase_customer
 from tierflow_classifier.service_layer.reclassify import Classifier, reclassify
 from tierflow_classifier.service_layer.unit_of_work import SqlUnitOfWork, UnitOfWork
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
-from tierflow_common.contract import decode_record, parse_customer_event
+from tierflow_common.contract import decode_record
+from tierflow_common.contract.customer_events import OverrideEvent, parse_topic_event
 from tierflow_common.contract.events import (
     CustomerErasedEvent,
     FeedbackEvent,
@@ -66,7 +68,7 @@ _ZERO = timedelta(0)
 def to_domain(record: Record) -> CustomerEvent | EraseRequest:
     attrs = decode_record(record.key, record.value, record.headers)
     try:
-        event = parse_customer_event(attrs)
+        event = parse_topic_event(attrs)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         loc = list(first["loc"])
@@ -94,6 +96,9 @@ def to_domain(record: Record) -> CustomerEvent | EraseRequest:
             return ProfilePatch(meta, d.model_dump(mode="json", exclude_unset=True))
         case CustomerErasedEvent():
             return EraseRequest(meta)
+        case OverrideEvent(data=d):
+            expires = utc(d.expires_at) if d.expires_at is not None else None
+            return Override(meta, d.dimension, d.label, d.reason, expires, d.override_id, d.by)
     raise PoisonRecord(f"unsupported event type {attrs.get('type')!r}", field="type")
 
 

@@ -1,0 +1,213 @@
+"""The customer search in PostgreSQL: a filter (domain/customer_filter.py) as one WHERE clause
+over `customers`, paged by customer id (the primary key), and rows with criteria and labels.
+
+Labels are read from `customer_labels` (indexed by dimension, label, customer): a customer
+still at a dimension's first, default label has no row there (that assignment is not a
+change), so "holds the default" is "has no row of another label". Range filters use the
+customers' indexes on spend, purchases and last purchase (migration 0012). The churn
+probability is not stored (it moves with time): it is computed for the candidates the SQL
+filter leaves, with the churn model in force, so those filters cost one score per candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tierflow_classifier.adapters.repository import load_states
+from tierflow_classifier.domain.churn import FittedModel
+from tierflow_classifier.domain.churn.score import ChurnConfig
+from tierflow_classifier.domain.churn_features import full_score
+from tierflow_classifier.domain.customer_filter import CustomerFilter
+from tierflow_classifier.domain.model import CustomerState
+from tierflow_common.db.tables import customer_labels, customers
+
+SCAN_PAGE = 1_000  # candidates read per query when the churn filter has to score them
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The churn model in force, its configuration and the clock's now (None: no model)."""
+
+    model: FittedModel | None
+    config: ChurnConfig
+    now: datetime | None
+
+    def score(self, state: CustomerState) -> tuple[float | None, float | None]:
+        """(churn probability, CLV) of a customer, or (None, None) where not scored."""
+        if self.model is None or self.now is None:
+            return None, None
+        found = full_score(state, self.now, self.model, self.config)
+        return (None, None) if found is None else (found.probability, found.clv)
+
+
+@dataclass(frozen=True)
+class CustomerRow:
+    state: CustomerState
+    churn_probability: float | None
+    clv: float | None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def conditions(f: CustomerFilter, defaults: Mapping[str, str]) -> list[ColumnElement[bool]]:
+    """The SQL part of the filter (everything but the churn bounds)."""
+    c = customers.c
+    where: list[ColumnElement[bool]] = []
+    if f.prefix:
+        where.append(c.customer_id.like(_escape_like(f.prefix) + "%", escape="\\"))
+    for dimension, labels in f.labels.items():
+        held = customer_labels.c
+        if defaults.get(dimension) in labels:
+            # The default label: no row, or a row with one of the labels asked for.
+            other = exists().where(
+                held.customer_id == c.customer_id,
+                held.dimension == dimension,
+                held.label.not_in(sorted(labels)),
+            )
+            where.append(~other)
+        else:
+            where.append(
+                c.customer_id.in_(
+                    select(held.customer_id).where(
+                        held.dimension == dimension, held.label.in_(sorted(labels))
+                    )
+                )
+            )
+    if f.spend_min is not None:
+        where.append(c.net_spend_lifetime >= f.spend_min)
+    if f.spend_max is not None:
+        where.append(c.net_spend_lifetime <= f.spend_max)
+    if f.orders_min is not None:
+        where.append(c.purchases_lifetime >= f.orders_min)
+    if f.orders_max is not None:
+        where.append(c.purchases_lifetime <= f.orders_max)
+    if f.last_purchase_from is not None:
+        where.append(c.last_purchase_at >= f.last_purchase_from)
+    if f.last_purchase_before is not None:
+        where.append(c.last_purchase_at < f.last_purchase_before)
+    if f.by_churn:
+        where.append(c.purchases_lifetime > 0)  # no purchase, no score
+    return where
+
+
+async def _candidate_ids(
+    conn: AsyncConnection, where: Sequence[ColumnElement[bool]], after: str | None, limit: int
+) -> list[str]:
+    query = select(customers.c.customer_id).where(and_(True, *where))
+    if after is not None:
+        query = query.where(customers.c.customer_id > after)
+    rows = await conn.execute(query.order_by(customers.c.customer_id).limit(limit))
+    return [r.customer_id for r in rows]
+
+
+async def _rows(conn: AsyncConnection, ids: Sequence[str], scoring: Scoring) -> list[CustomerRow]:
+    states = await load_states(conn, ids)
+    out = []
+    for cid in ids:
+        state = states.get(cid)
+        if state is not None:
+            out.append(CustomerRow(state, *scoring.score(state)))
+    return out
+
+
+async def walk(
+    conn: AsyncConnection,
+    f: CustomerFilter,
+    defaults: Mapping[str, str],
+    scoring: Scoring,
+    *,
+    after: str | None = None,
+    page: int = SCAN_PAGE,
+) -> AsyncIterator[list[CustomerRow]]:
+    """Every matching customer after `after`, in id order, a page of candidates at a time."""
+    where = conditions(f, defaults)
+    while True:
+        ids = await _candidate_ids(conn, where, after, page)
+        if not ids:
+            return
+        after = ids[-1]
+        rows = [r for r in await _rows(conn, ids, scoring) if f.churn_admits(r.churn_probability)]
+        if rows:
+            yield rows
+        if len(ids) < page:
+            return
+
+
+async def search(
+    conn: AsyncConnection,
+    f: CustomerFilter,
+    defaults: Mapping[str, str],
+    scoring: Scoring,
+    *,
+    after: str | None,
+    limit: int,
+) -> tuple[list[CustomerRow], bool]:
+    """Up to `limit` matching customers after `after`, and whether more follow."""
+    if not f.by_churn:
+        ids = await _candidate_ids(conn, conditions(f, defaults), after, limit + 1)
+        return await _rows(conn, ids[:limit], scoring), len(ids) > limit
+    found: list[CustomerRow] = []
+    async for rows in walk(conn, f, defaults, scoring, after=after, page=max(limit, 200)):
+        found.extend(rows)
+        if len(found) > limit:
+            break
+    return found[:limit], len(found) > limit
+
+
+async def count(
+    conn: AsyncConnection, f: CustomerFilter, defaults: Mapping[str, str], scoring: Scoring
+) -> int:
+    """How many customers match (the churn bounds: by scoring every other candidate)."""
+    if not f.by_churn:
+        query = (
+            select(func.count()).select_from(customers).where(and_(True, *conditions(f, defaults)))
+        )
+        return int(await conn.scalar(query) or 0)
+    total = 0
+    async for rows in walk(conn, f, defaults, scoring):
+        total += len(rows)
+    return total
+
+
+def labels_of(state: CustomerState, defaults: Mapping[str, str]) -> dict[str, str]:
+    """The customer's label per dimension of the rule set in force (its default where none)."""
+    return {
+        name: (a.label if (a := state.dimensions.get(name)) is not None else default)
+        for name, default in defaults.items()
+    }
+
+
+def decimal_text(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value != 0 else "0"
+
+
+def criteria(row: CustomerRow) -> dict[str, Any]:
+    """The row's criteria, as the API's JSON has them."""
+    s = row.state
+    f = s.features
+    return {
+        "net_spend_lifetime": decimal_text(s.net_spend_lifetime),
+        "purchases_lifetime": s.purchases_lifetime,
+        "last_purchase_at": s.last_purchase_at,
+        "first_purchase_at": s.first_purchase_at,
+        "open_complaints": int(f.get("open_complaints", 0)),
+        "satisfaction_latest": f.get("satisfaction_latest"),
+        "churn_probability": row.churn_probability,
+        "clv": row.clv,
+    }
+
+
+async def customer_exists(conn: AsyncConnection, customer_id: str) -> bool:
+    found = await conn.scalar(
+        select(customers.c.customer_id).where(customers.c.customer_id == customer_id)
+    )
+    return found is not None

@@ -1,0 +1,341 @@
+"""The console's classifier API on the real broker and PostgreSQL: search with label and range
+filters, CSV and XLSX exports of the same customers, manual overrides travelling as events and
+expiring by themselves, and the distribution over time."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openpyxl
+import pytest
+
+from tests.access import api_key, bearer
+from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
+from tierflow_common.auth import Role
+from tierflow_common.contract import EmittedEvent
+from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC)
+# (customer, purchase amounts, days ago of the last purchase, opens a complaint)
+CUSTOMERS: list[tuple[str, list[str], int, bool]] = [
+    ("acme-01", ["300.00"], 1, False),
+    ("acme-02", ["700.00", "600.00"], 2, False),
+    ("acme-03", ["1500.00"], 3, True),
+    ("acme-04", ["250.50", "250.50", "600.00"], 4, False),
+    ("acme-05", ["2500.00"], 5, False),
+    ("bolt-01", ["1200.00"], 6, False),
+    ("bolt-02", ["90.00"], 7, True),
+    ("bolt-03", ["999.99"], 8, False),
+]
+
+
+def events() -> list[EmittedEvent]:
+    out: list[EmittedEvent] = []
+    for cid, amounts, days, complains in CUSTOMERS:
+        last = NOW - timedelta(days=days)
+        for n, amount in enumerate(amounts):
+            at = last - timedelta(hours=len(amounts) - 1 - n)
+            out.append(purchase_event(f"{cid}-o{n}", cid, amount, time=at))
+        if complains:
+            out.append(
+                EmittedEvent(
+                    id=f"{cid}-t1",
+                    type="interaction",
+                    source="desk",
+                    subject=cid,
+                    time=NOW - timedelta(hours=1),  # open, not yet overdue
+                    data={"kind": "complaint", "complaint_id": f"{cid}-t1"},
+                )
+            )
+    out.append(
+        EmittedEvent(
+            id="acme-01-p",
+            type="profile",
+            source="crm",
+            subject="acme-01",
+            time=NOW - timedelta(days=1),
+            data={"name": "Li Wei", "contacts": {"email": "li@example.com"}},
+        )
+    )
+    return out
+
+
+def spend(cid: str) -> Decimal:
+    return sum(
+        (Decimal(a) for c, amounts, _, _ in CUSTOMERS if c == cid for a in amounts), Decimal(0)
+    )
+
+
+@pytest.fixture
+async def classifier(
+    kafka_settings: KafkaSettings, database: DatabaseSettings, topics: TopicSettings
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with classifier_client(
+        kafka_settings, database, topics, distribution_snapshot_s=0.5
+    ) as client:
+        await produce(kafka_settings, topics.customer_events, events())
+        await eventually(
+            lambda: client.get("/v1/customers", params={"q": ""}),
+            lambda r: (
+                r.status_code == 200
+                and r.json()["total"] == len(CUSTOMERS)
+                and sum(i["criteria"]["purchases_lifetime"] for i in r.json()["items"])
+                == sum(len(a) for _, a, _, _ in CUSTOMERS)
+                and all(
+                    i["dimensions"]["problem"] != "none"
+                    for i in r.json()["items"]
+                    if any(c == i["customer_id"] and complains for c, _, _, complains in CUSTOMERS)
+                )
+            ),
+            what="every event applied",
+        )
+        yield client
+
+
+async def all_pages(client: httpx.AsyncClient, params: dict[str, Any]) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    after = None
+    while True:
+        resp = await client.get(
+            "/v1/customers", params={**params, "limit": 2, **({"after": after} if after else {})}
+        )
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        items += page["items"]
+        after = page["next"]
+        if after is None:
+            return items, page["total"]
+
+
+async def test_search_by_labels_and_ranges_returns_exactly_the_matching_customers(
+    classifier: httpx.AsyncClient,
+) -> None:
+    # "important" (>= 1000 in the window) with no complaint (the default label, held by
+    # customers without a label row), 1000..2000 spent, a last purchase within 6 days.
+    params = {
+        "label": ["value_tier:important", "value_tier:VIP", "problem:none"],
+        "spend_min": "1000",
+        "spend_max": "2000",
+        "last_purchase_from": (NOW - timedelta(days=6, hours=1)).isoformat(),
+        "last_purchase_to": NOW.date().isoformat(),
+    }
+    items, total = await all_pages(classifier, params)
+    expected = [
+        cid
+        for cid, _, days, complains in CUSTOMERS
+        if Decimal(1000) <= spend(cid) <= Decimal(2000) and days <= 6 and not complains
+    ]
+    assert expected == ["acme-02", "acme-04", "bolt-01"]
+    assert [i["customer_id"] for i in items] == expected
+    assert total == len(expected)
+    row = items[0]
+    assert row["criteria"]["net_spend_lifetime"] == "1300"
+    assert row["criteria"]["purchases_lifetime"] == 2
+    assert row["dimensions"]["value_tier"] == "important"
+    assert row["dimensions"]["problem"] == "none"
+
+    # A prefix, an order range, and the complaint label (a stored one).
+    items, total = await all_pages(
+        classifier, {"q": "acme", "orders_max": "1", "label": "problem:open_complaint"}
+    )
+    assert [i["customer_id"] for i in items] == ["acme-03"]
+    acme = await classifier.get("/v1/customers", params={"q": "acme-0", "limit": 50})
+    assert [i["customer_id"] for i in acme.json()["items"]] == [f"acme-0{i}" for i in range(1, 6)]
+    profile = acme.json()["items"][0]["profile"]
+    assert profile == {"name": "Li Wei", "contacts": {"email": "li@example.com"}}
+    # No churn model yet: nobody has a churn probability, so a churn bound selects nobody.
+    nobody = await classifier.get("/v1/customers", params={"churn_min": "0"})
+    assert nobody.json() == {"items": [], "next": None, "total": 0}
+
+
+async def test_a_bad_parameter_is_a_problem_naming_it(classifier: httpx.AsyncClient) -> None:
+    for params, field in [
+        ({"spend_min": "lots"}, "spend_min"),
+        ({"label": "value_tier:gold"}, "label"),
+        ({"limit": "5000"}, "limit"),
+        ({"last_purchase_to": "soon"}, "last_purchase_to"),
+    ]:
+        resp = await classifier.get("/v1/customers", params=params)
+        assert resp.status_code == 422, resp.text
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert [e["field"] for e in resp.json()["errors"]] == [field]
+    resp = await classifier.get("/v1/customers:export", params={"format": "pdf"})
+    assert resp.status_code == 422
+    assert [e["field"] for e in resp.json()["errors"]] == ["format"]
+
+
+async def test_csv_and_xlsx_exports_hold_the_searched_customers(
+    classifier: httpx.AsyncClient,
+) -> None:
+    params = {"label": ["value_tier:important"], "orders_min": "1"}
+    items, total = await all_pages(classifier, params)
+    assert total == 5
+    expected = {
+        i["customer_id"]: (i["criteria"]["net_spend_lifetime"], i["dimensions"]) for i in items
+    }
+
+    resp = await classifier.get("/v1/customers:export", params={**params, "format": "csv"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "text/csv; charset=utf-8"
+    assert resp.headers["x-total-count"] == str(total)
+    disposition = resp.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="customers-')
+    assert disposition.endswith('.csv"')
+    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    got = {r["customer_id"]: r for r in rows}
+    assert list(got) == list(expected)
+    for cid, (net, dims) in expected.items():
+        assert got[cid]["net_spend_lifetime"] == net
+        assert {d: got[cid][d] for d in dims} == dims
+    assert got["acme-02"]["purchases_lifetime"] == "2"
+
+    resp = await classifier.get("/v1/customers:export", params={**params, "format": "xlsx"})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    )
+    assert resp.headers["x-total-count"] == str(total)
+    book = openpyxl.load_workbook(io.BytesIO(resp.content), read_only=True)
+    sheet_rows = list(book.active.iter_rows(values_only=True))
+    header, body = list(sheet_rows[0]), sheet_rows[1:]
+    assert header == list(rows[0].keys())
+    sheet = {r[0]: dict(zip(header, r, strict=True)) for r in body}
+    assert list(sheet) == list(expected)
+    for cid, (net, dims) in expected.items():
+        assert Decimal(str(sheet[cid]["net_spend_lifetime"])) == Decimal(net)
+        assert {d: sheet[cid][d] for d in dims} == dims
+
+
+async def label_of(client: httpx.AsyncClient, cid: str, dimension: str) -> dict[str, Any]:
+    resp = await client.get(f"/v1/customers/{cid}")
+    assert resp.status_code == 200, resp.text
+    found: dict[str, Any] = resp.json()["dimensions"][dimension]
+    return found
+
+
+async def causes(client: httpx.AsyncClient, cid: str) -> list[tuple[str, str, str]]:
+    resp = await client.get(f"/v1/customers/{cid}/history", params={"dimension": "value_tier"})
+    return [(c["cause"], c["from"], c["to"]) for c in resp.json()["changes"]]
+
+
+async def test_an_override_flows_through_the_classifier_and_expires_by_itself(
+    classifier: httpx.AsyncClient, database: DatabaseSettings
+) -> None:
+    assert (await label_of(classifier, "acme-01", "value_tier"))["label"] == "regular"
+    reader = await api_key(database, {Role.READ}, name="read only")
+    body = {"dimension": "value_tier", "label": "VIP", "reason": "key account"}
+    # A new key is known to the app within CLASSIFIER_KEYS_REFRESH_S.
+    denied = await eventually(
+        lambda: classifier.post(
+            "/v1/customers/acme-01/overrides", json=body, headers=bearer(reader)
+        ),
+        lambda r: r.status_code != 401,
+        what="the read key known",
+    )
+    assert denied.status_code == 403
+    for bad, field in [
+        ({**body, "dimension": "tier"}, "dimension"),
+        ({**body, "label": "gold"}, "label"),
+        ({**body, "expires_at": (NOW - timedelta(minutes=1)).isoformat()}, "expires_at"),
+        ({**body, "reason": ""}, "reason"),
+    ]:
+        resp = await classifier.post("/v1/customers/acme-01/overrides", json=bad)
+        assert resp.status_code == 422, resp.text
+        assert [e["field"] for e in resp.json()["errors"]] == [field]
+    unknown = await classifier.post("/v1/customers/nobody/overrides", json=body)
+    assert unknown.status_code == 404
+
+    expires = datetime.now(UTC) + timedelta(seconds=4)
+    resp = await classifier.post(
+        "/v1/customers/acme-01/overrides", json={**body, "expires_at": expires.isoformat()}
+    )
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert set(out) == {
+        "override_id",
+        "event_id",
+        "customer_id",
+        "dimension",
+        "label",
+        "expires_at",
+    }
+    assert (out["customer_id"], out["dimension"], out["label"]) == ("acme-01", "value_tier", "VIP")
+    oid = out["override_id"]
+
+    tier = await eventually(
+        lambda: label_of(classifier, "acme-01", "value_tier"),
+        lambda t: t["label"] == "VIP",
+        what="override applied",
+    )
+    assert tier["reason"] == "override"
+    override = tier["explanation"]["override"]
+    assert override["override_id"] == oid
+    assert override["label"] == "VIP"
+    assert override["reason"] == "key account"
+    assert override["by"].startswith("test client")
+    assert datetime.fromisoformat(override["expires_at"]) == expires
+    assert (f"override:{oid}", "regular", "VIP") in await causes(classifier, "acme-01")
+
+    # At expires_at the review scheduler gives the dimension back to its rules.
+    back = await eventually(
+        lambda: label_of(classifier, "acme-01", "value_tier"),
+        lambda t: t["label"] == "regular",
+        timeout=30,
+        what="override expired",
+    )
+    assert back["reason"] != "override"
+    assert (f"override_expired:{oid}", "VIP", "regular") in await causes(classifier, "acme-01")
+
+    # Without an expiry, until cleared.
+    resp = await classifier.post("/v1/customers/bolt-02/overrides", json=body)
+    assert resp.status_code == 202
+    second = resp.json()["override_id"]
+    await eventually(
+        lambda: label_of(classifier, "bolt-02", "value_tier"), lambda t: t["label"] == "VIP"
+    )
+    cleared = await classifier.delete("/v1/customers/bolt-02/overrides/value_tier")
+    assert cleared.status_code == 202
+    assert set(cleared.json()) == {"event_id"}
+    await eventually(
+        lambda: label_of(classifier, "bolt-02", "value_tier"),
+        lambda t: t["label"] == "regular",
+        what="override cleared",
+    )
+    assert (f"override_cleared:{second}", "VIP", "regular") in await causes(classifier, "bolt-02")
+
+    # The audit log has the calls, the denied one included.
+    audit = (await classifier.get("/v1/audit")).json()["items"]
+    routes = [(a["method"], a["route"], a["status"]) for a in audit]
+    assert ("POST", "/v1/customers/{customer_id}/overrides", 403) in routes
+    assert ("POST", "/v1/customers/{customer_id}/overrides", 202) in routes
+    assert ("DELETE", "/v1/customers/{customer_id}/overrides/{dimension}", 202) in routes
+
+
+async def test_the_distribution_is_kept_over_time(classifier: httpx.AsyncClient) -> None:
+    now = await classifier.get("/v1/stats/distribution")
+    history = await eventually(
+        lambda: classifier.get("/v1/stats/distribution/history"),
+        lambda r: (
+            len(r.json()["snapshots"]) >= 2
+            and r.json()["snapshots"][-1]["dimensions"] == now.json()
+        ),
+        what="two snapshots of the settled distribution",
+    )
+    snapshots = history.json()["snapshots"]
+    times = [datetime.fromisoformat(s["at"]) for s in snapshots]
+    assert times == sorted(times)
+    assert sum(snapshots[-1]["dimensions"]["value_tier"].values()) == len(CUSTOMERS)
+    since = (times[-1] + timedelta(microseconds=1)).isoformat()
+    later = await classifier.get("/v1/stats/distribution/history", params={"since": since})
+    assert all(datetime.fromisoformat(s["at"]) > times[-1] for s in later.json()["snapshots"])
+    bad = await classifier.get("/v1/stats/distribution/history", params={"until": "noon"})
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["errors"]] == ["until"]
