@@ -49,6 +49,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float = field(default_factory=time.time)  # wall clock, as the action's created_at
+    raw: bytes = b""  # the body as sent (for CloudEvents SDKs reading the request)
 
 
 @dataclass
@@ -141,7 +142,7 @@ class WebhookReceiver:
             return 401
         if 200 <= self.status < 300:
             wid = headers["webhook-id"]
-            self.accepted[wid].append(Received(wid, payload, headers))
+            self.accepted[wid].append(Received(wid, payload, headers, raw=body))
         return self.status
 
 

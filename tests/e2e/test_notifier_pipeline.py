@@ -32,10 +32,23 @@ from tests.notifier_support import (
     webhooks_env,
     write_playbook,
 )
+from tests.published_events import (
+    Published,
+    from_kafka,
+    from_webhooks,
+    raw_records,
+    shared_identities,
+)
 from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, unique
+from tierflow_common.contract import (
+    CARE_ACTION_TYPE,
+    CLASSIFICATIONS_CHANGED_TYPE,
+    CUSTOMER_ERASED_TYPE,
+    TIER_CHANGED_TYPE,
+)
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.kafka import ensure_topics
-from tierflow_common.settings import DatabaseSettings, KafkaSettings
+from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +71,8 @@ class Live:
     receiver: WebhookReceiver
     key: str
     birthday: datetime  # when the birthday care is due today (UTC)
+    kafka: KafkaSettings
+    topics: TopicSettings
 
 
 @pytest.fixture
@@ -66,7 +81,8 @@ def live(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Live]:
     upgrade_head(database)
     key = api_key_sync(database, name="e2e")
     topics = isolated_topics(partitions=3)
-    asyncio.run(ensure_topics(KafkaSettings(bootstrap_servers=servers.bootstrap_servers), topics))
+    kafka = KafkaSettings(bootstrap_servers=servers.bootstrap_servers)
+    asyncio.run(ensure_topics(kafka, topics))
     env = {
         "DATABASE_URL": database.database_url.get_secret_value(),
         "KAFKA_BOOTSTRAP_SERVERS": servers.bootstrap_servers,
@@ -108,7 +124,7 @@ def live(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Live]:
             started.append(notifier)
             for svc in started:
                 svc.wait_ready()
-            yield Live(ingest, classifier, notifier, receiver, key, birthday)
+            yield Live(ingest, classifier, notifier, receiver, key, birthday, kafka, topics)
         finally:
             for svc in started:
                 svc.stop()
@@ -280,5 +296,52 @@ async def test_every_trigger_and_action_from_ingest_to_signed_webhooks(live: Liv
             problem, lambda label: label == "resolved", timeout=30.0, what="problem state cleared"
         )
 
+        # An erasure: its tierflow.customer.erased record is on the classification topic too.
+        erased = await http.delete(f"{live.classifier.url}/v1/customers/{t}-h1")
+        assert erased.status_code == 202, erased.text
+
+        async def published() -> list[Published]:
+            return await every_published(live)
+
+        everything = await eventually(
+            published,
+            lambda events: CUSTOMER_ERASED_TYPE in {e.type for e in events},
+            timeout=30.0,
+            what="every output topic read back",
+        )
+    # Every record of every output topic, and every webhook body, decodes with the CloudEvents
+    # SDKs; no source + id is shared by two different events (a webhook and its care-actions
+    # record are one event).
+    assert {e.type for e in everything} >= {
+        CLASSIFICATIONS_CHANGED_TYPE,
+        TIER_CHANGED_TYPE,
+        CUSTOMER_ERASED_TYPE,
+        CARE_ACTION_TYPE,
+        "interaction",  # the completion the notifier reported through the ingest
+    }
+    assert {e.where for e in everything} >= {"webhook", live.topics.care_actions}
+    assert shared_identities(everything) == []
+
     assert live.receiver.bad_signatures == 0
     assert live.receiver.duplicates() == 0
+
+
+async def every_published(live: Live) -> list[Published]:
+    """What the pipeline published, read with the SDKs: the classifier's and notifier's
+    topics, the notifier's completion events on customer-events, the webhook requests."""
+    topics = live.topics
+    out: list[Published] = []
+    for topic in (topics.classification_changed, topics.tier_changed, topics.care_actions):
+        out += from_kafka(topic, await raw_records(live.kafka, topic))
+    notifier_events = [
+        r
+        for r in await raw_records(live.kafka, topics.customer_events)
+        if (b"ce_source", b"tierflow/notifier") in [(k.encode(), bytes(v)) for k, v in r.headers]
+    ]
+    out += from_kafka(topics.customer_events, notifier_events)
+    requests = [
+        (received.headers, received.raw)
+        for deliveries in list(live.receiver.accepted.values())
+        for received in deliveries
+    ]
+    return out + from_webhooks(requests)
