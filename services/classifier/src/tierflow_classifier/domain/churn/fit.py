@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -273,12 +273,32 @@ def fit_churn_weights(
         + [prior.of(name) if name == "spend" else max(prior.of(name), 0.0) for name in free],
         dtype=np.float64,
     )
+    coefficients = logistic_regression(X, y, offset=offset, bounds=bounds, start=start, l2=l2)
+    fitted = dict(zip(["intercept", *free], (float(v) for v in coefficients), strict=True))
+    return replace(prior, **fitted)
+
+
+def logistic_regression(
+    X: FloatArray,
+    y: FloatArray,
+    *,
+    offset: FloatArray | None = None,
+    bounds: Sequence[tuple[float | None, float | None]] | None = None,
+    start: FloatArray | None = None,
+    l2: float = 1e-4,
+) -> FloatArray:
+    """Coefficients of a (bounded, lightly L2-shrunk) logistic regression; column 0 is the
+    intercept and is not shrunk."""
     # Imported here: only the fitting job needs the optimiser, and it costs a scoring-only
     # process (the classifier) about 12 MB of resident memory.
     from scipy import optimize  # noqa: PLC0415
 
     result = optimize.minimize(
-        _logistic_loss, start, args=(X, offset, y, l2), jac=True, method="L-BFGS-B", bounds=bounds
+        _logistic_loss,
+        np.zeros(X.shape[1]) if start is None else start,
+        args=(X, np.zeros_like(y) if offset is None else offset, y, l2),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
     )
-    fitted = dict(zip(["intercept", *free], (float(v) for v in result.x), strict=True))
-    return replace(prior, **fitted)
+    return np.asarray(result.x, dtype=np.float64)
