@@ -22,7 +22,7 @@ from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 
 from tierflow_common.consumer import DeadLetter, dead_letter_record
 from tierflow_common.contract.asyncapi import asyncapi_document, render_asyncapi
-from tierflow_common.contract.customer_events import EVENT_MODELS
+from tierflow_common.contract.customer_events import EVENT_MODELS, OVERRIDE_TYPE, OverrideData
 from tierflow_common.contract.events import (
     CARE_ACTION_TYPE,
     CLASSIFICATION_CHANGED_TYPE,
@@ -33,10 +33,12 @@ from tierflow_common.contract.events import (
     ClassificationChangedData,
     ClassificationsChangedData,
     CustomerErasedData,
+    parse_customer_event,
 )
 from tierflow_common.contract.kafka_binding import EmittedEvent, encode_event
 from tierflow_common.contract.schemas import contract_schemas
 from tierflow_common.settings import TopicSettings
+from tierflow_ingest.adapters.publisher import to_record
 
 ROOT = Path(__file__).resolve().parents[2]
 # The official parser run on a file: (exit code, its diagnostics and a summary, one per line).
@@ -47,6 +49,7 @@ PARSER_DIR = ROOT / "tests" / "asyncapi"
 # Every CloudEvents type on every topic, and the contract model of its data.
 DATA_MODELS: dict[str, Any] = {
     **{t: m.model_fields["data"].annotation for t, m in EVENT_MODELS.items()},
+    OVERRIDE_TYPE: OverrideData,
     CLASSIFICATIONS_CHANGED_TYPE: ClassificationsChangedData,
     CLASSIFICATION_CHANGED_TYPE: ClassificationChangedData,
     CUSTOMER_ERASED_TYPE: CustomerErasedData,
@@ -153,7 +156,7 @@ def _messages(document: dict[str, Any], channel: str) -> list[dict[str, Any]]:
 def test_every_event_type_has_the_contracts_payload_schema_on_its_topic() -> None:
     document = published()
     on_topics = {
-        "customer_events": set(EVENT_MODELS),
+        "customer_events": {*EVENT_MODELS, OVERRIDE_TYPE},
         "classification_changed": {
             CLASSIFICATIONS_CHANGED_TYPE,
             CUSTOMER_ERASED_TYPE,
@@ -226,6 +229,41 @@ def test_a_record_the_code_encodes_matches_its_message() -> None:
     assert list(Draft7Validator(tier["headers"]).iter_errors(wrong)) != []
 
 
+def test_an_accepted_event_with_extensions_matches_its_message_on_customer_events() -> None:
+    """What the ingest publishes for an event carrying extension attributes (here the
+    distributed-tracing ones), a dataschema and a JSON datacontenttype with parameters."""
+    document = published()
+    messages = {
+        m["headers"]["properties"]["ce_type"]["const"]: m
+        for m in _messages(document, "customer_events")
+    }
+    event = parse_customer_event(
+        {
+            "specversion": "1.0",
+            "id": "order-1",
+            "source": "shop",
+            "type": "purchase",
+            "subject": "c-1",
+            "time": "2026-01-01T10:00:00Z",
+            "datacontenttype": "application/json; charset=utf-8",
+            "dataschema": "https://shop.example.com/schemas/purchase.json",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "comexampleextension1": "value",
+            "priority": 3,
+            "data": {"order_id": "1", "amount": "12.50", "currency": "EUR"},
+        }
+    )
+    record = to_record(event)
+    headers = {name: value.decode() for name, value in record.headers}
+    assert {"ce_traceparent", "ce_comexampleextension1", "ce_dataschema"} <= set(headers)
+    message = messages["purchase"]
+    assert list(Draft7Validator(message["headers"]).iter_errors(headers)) == []
+    payload = json.loads(record.value)
+    assert list(Draft7Validator(message["payload"]).iter_errors(payload)) == []
+    bad = {**headers, "ce_traceparent": "not-a-trace"}
+    assert list(Draft7Validator(message["headers"]).iter_errors(bad)) != []
+
+
 def test_dead_letter_headers_are_the_ones_the_consumer_writes() -> None:
     document = published()
     original = [("ce_id", b"e-1"), ("ce_type", b"purchase")]
@@ -250,6 +288,7 @@ def test_each_service_sends_to_and_receives_from_its_topics() -> None:
     assert roles == {
         ("ingest", "send", "customer_events"),
         ("classifier", "receive", "customer_events"),
+        ("classifier", "send", "customer_events"),
         ("notifier", "receive", "customer_events"),
         ("classifier", "send", "classification_changed"),
         ("notifier", "receive", "classification_changed"),

@@ -1,10 +1,8 @@
 """AsyncAPI 3.0 document of every topic (published as docs/asyncapi.yaml by `tierflow schemas`).
 
-Built from the same JSON Schemas as docs/schemas (`contract_schemas`), so the payloads cannot
-drift from what the code validates: each schema and each of its `$defs` becomes one entry of
-`components.schemas`, its `#/$defs/` references pointed there. The headers are the CloudEvents
-Kafka binding's (binary mode, tierflow_common.contract.kafka_binding) and, on dead-letter
-topics, the `dlq_*` headers tierflow_common.consumer.dead_letter_record adds.
+Built from the same JSON Schemas as docs/schemas (contract/asyncapi_schemas.py), so the payloads
+cannot drift from what the code validates. Here: which CloudEvents types travel on which topic
+(TopicSettings), and which service sends and receives each.
 """
 
 from __future__ import annotations
@@ -15,9 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import TypeAdapter
 
-from tierflow_common.contract.customer_events import EVENT_MODELS, CustomerId
+from tierflow_common.contract.asyncapi_schemas import (
+    REF,
+    ce_headers,
+    component_schemas,
+    customer_id_schema,
+    dlq_headers,
+    string_schema,
+)
+from tierflow_common.contract.customer_events import EVENT_MODELS, OVERRIDE_TYPE, OverrideData
 from tierflow_common.contract.events import (
     CARE_ACTION_TYPE,
     CLASSIFICATION_CHANGED_TYPE,
@@ -26,22 +31,9 @@ from tierflow_common.contract.events import (
     TIER_CHANGED_TYPE,
 )
 from tierflow_common.contract.kafka_binding import JSON_CONTENT_TYPE
-from tierflow_common.contract.schemas import contract_schemas
 from tierflow_common.settings import TopicSettings
 
 ASYNCAPI_VERSION = "3.0.0"
-_REF = "#/components/schemas/"
-
-# Why each dead-letter header is there; the names are the ones dead_letter_record writes (a
-# test holds the two together).
-DLQ_HEADERS: dict[str, str] = {
-    "dlq_reason": "Why the record could not be applied (no personal data)",
-    "dlq_field": "The field at fault, e.g. `data.amount` or `headers`; empty when none",
-    "dlq_consumer_group": "The consumer group that gave up on it",
-    "dlq_source_topic": "The topic the record was read from",
-    "dlq_source_partition": "Its partition there (decimal)",
-    "dlq_source_offset": "Its offset there (decimal)",
-}
 
 
 @dataclass(frozen=True)
@@ -66,6 +58,12 @@ def _customer_event_messages() -> list[EventMessage]:
     ]
 
 
+OVERRIDE = EventMessage(
+    "classification_override",
+    OVERRIDE_TYPE,
+    OverrideData.__name__,
+    "An operator's manual override (or its clearing), written by the classifier's API",
+)
 CLASSIFICATIONS_CHANGED = EventMessage(
     "classifications_changed",
     CLASSIFICATIONS_CHANGED_TYPE,
@@ -98,119 +96,17 @@ CARE_ACTION = EventMessage(
 )
 
 
-def _point_refs(node: Any) -> Any:
-    """A copy of a JSON Schema whose `#/$defs/X` references point at `components.schemas.X`."""
-    if isinstance(node, dict):
-        return {
-            k: (
-                _REF + v.removeprefix("#/$defs/")
-                if k == "$ref" and isinstance(v, str)
-                else _point_refs(v)
-            )
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_point_refs(v) for v in node]
-    return node
-
-
-def component_schemas() -> dict[str, dict[str, Any]]:
-    """Every named schema of the contract: each published schema (by its title) and its defs.
-
-    The customer-event union itself is left out: on Kafka the value is one event's `data`, and
-    its OpenAPI-style `discriminator` object is no AsyncAPI Schema keyword."""
-    out: dict[str, dict[str, Any]] = {}
-
-    def put(name: str, schema: dict[str, Any]) -> None:
-        pointed = _point_refs(schema)
-        if out.setdefault(name, pointed) != pointed:
-            raise ValueError(f"two different contract schemas are both named {name}")
-
-    for schema in contract_schemas().values():
-        body = dict(schema)
-        for name, sub in body.pop("$defs", {}).items():
-            put(name, sub)
-        if "title" in body:
-            put(body["title"], body)
-    return dict(sorted(out.items()))
-
-
-def customer_id_schema() -> dict[str, Any]:
-    """The record key and `ce_subject`: the customer id, as the contract constrains it."""
-    schema = TypeAdapter(CustomerId).json_schema()
-    return {**schema, "description": "The customer id (the record key and CloudEvents subject)"}
-
-
-def _string(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **extra}
-
-
-_CE_EXTENSION = r"^ce_[a-z0-9]{1,20}$"
-_TRACEPARENT = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
-
-
-def ce_headers(ce_type: str) -> dict[str, Any]:
-    """The headers of a binary-mode record of `ce_type` (kafka_binding.binary_headers), with
-    the optional tracing and other extension attributes the CloudEvents binding carries."""
-    return {
-        "type": "object",
-        "required": [
-            "ce_id",
-            "ce_source",
-            "ce_specversion",
-            "ce_subject",
-            "ce_time",
-            "ce_type",
-            "content-type",
-        ],
-        "properties": {
-            "ce_id": _string(
-                "CloudEvents id: (ce_source, ce_id) identifies the event", minLength=1
-            ),
-            "ce_source": _string("CloudEvents source: the system that produced it", minLength=1),
-            "ce_specversion": {"type": "string", "const": "1.0"},
-            "ce_subject": {"$ref": _REF + "CustomerId"},
-            "ce_time": _string("When it happened (RFC 3339)", format="date-time"),
-            "ce_type": {"type": "string", "const": ce_type},
-            "content-type": {"type": "string", "const": JSON_CONTENT_TYPE},
-            "ce_traceparent": _string(
-                "Optional W3C trace context (CloudEvents distributed-tracing extension)",
-                pattern=_TRACEPARENT,
-            ),
-            "ce_tracestate": _string("Optional W3C tracestate of that trace"),
-        },
-        "patternProperties": {
-            _CE_EXTENSION: _string("Any other CloudEvents extension attribute, as received")
-        },
-    }
-
-
-def dlq_headers() -> dict[str, Any]:
-    """The original record's headers (the `ce_*` ones when it had them) plus `dlq_*`."""
-    properties: dict[str, Any] = {name: _string(why) for name, why in DLQ_HEADERS.items()}
-    for name in ("dlq_source_partition", "dlq_source_offset"):
-        properties[name]["pattern"] = r"^[0-9]+$"
-    return {
-        "type": "object",
-        "required": list(DLQ_HEADERS),
-        "properties": properties,
-        "patternProperties": {
-            r"^ce_": _string("The original record's CloudEvents headers, unchanged"),
-        },
-    }
-
-
-def _event_message(message: EventMessage) -> dict[str, Any]:
+def _event_message(message: EventMessage, *, upstream: bool = False) -> dict[str, Any]:
     return {
         "name": message.name,
         "title": message.ce_type,
         "summary": message.summary,
         "contentType": JSON_CONTENT_TYPE,
-        "headers": ce_headers(message.ce_type),
-        "payload": {"$ref": _REF + message.schema},
+        "headers": ce_headers(message.ce_type, upstream=upstream),
+        "payload": {"$ref": REF + message.schema},
         "bindings": {
             "kafka": {
-                "key": {"$ref": _REF + "CustomerId"},
+                "key": {"$ref": REF + "CustomerId"},
                 "bindingVersion": "0.5.0",
             }
         },
@@ -229,7 +125,7 @@ def _dead_letter_message(name: str, source: str) -> dict[str, Any]:
         "payload": {"description": "The original record's value, unchanged"},
         "bindings": {
             "kafka": {
-                "key": _string("The original record's key (the customer id when it had one)"),
+                "key": string_schema("The original record's key (the customer id when it had one)"),
                 "bindingVersion": "0.5.0",
             }
         },
@@ -256,7 +152,11 @@ class Operation:
 
 def _channels(customer: list[str]) -> list[Channel]:
     return [
-        Channel("customer_events", "Accepted customer events, one record per event", customer),
+        Channel(
+            "customer_events",
+            "Accepted customer events, one record per event, and operators' overrides",
+            [*customer, OVERRIDE.name],
+        ),
         Channel(
             "classification_changed",
             "Classification changes, one record per customer and cause, and erasures",
@@ -300,20 +200,30 @@ def _operations(customer: list[str]) -> list[Operation]:
             "Publish every accepted event (POST /v1/events, :batch, :bulk)",
         ),
         Operation(
+            "classifier_send_overrides",
+            "classifier",
+            "send",
+            "customer_events",
+            [OVERRIDE.name],
+            "Publish operators' overrides (POST/DELETE on the classifier's override routes), "
+            "ordered with the customer's other events",
+        ),
+        Operation(
             "classifier_receive_customer_events",
             "classifier",
             "receive",
             "customer_events",
-            customer,
-            "Classify customers from their events (group CLASSIFIER_GROUP_ID)",
+            [*customer, OVERRIDE.name],
+            "Classify customers from their events and overrides (group CLASSIFIER_GROUP_ID)",
         ),
         Operation(
             "notifier_receive_customer_events",
             "notifier",
             "receive",
             "customer_events",
-            customer,
-            "Keep the notifier's contact table (group NOTIFIER_EVENTS_GROUP_ID)",
+            [*customer, OVERRIDE.name],
+            "Keep the notifier's contact table from purchases, profiles and interactions; "
+            "other types are skipped (group NOTIFIER_EVENTS_GROUP_ID)",
         ),
         Operation(
             "classifier_send_classification_changed",
@@ -392,7 +302,8 @@ def asyncapi_document(topics: TopicSettings | None = None) -> dict[str, Any]:
     topics = topics or TopicSettings.model_construct()
     events = _customer_event_messages()
     customer = [m.name for m in events]
-    messages: dict[str, Any] = {m.name: _event_message(m) for m in events}
+    messages: dict[str, Any] = {m.name: _event_message(m, upstream=True) for m in events}
+    messages[OVERRIDE.name] = _event_message(OVERRIDE)
     for m in (CLASSIFICATIONS_CHANGED, CUSTOMER_ERASED, CLASSIFICATION_CHANGED_V1, TIER_CHANGED):
         messages[m.name] = _event_message(m)
     messages[CARE_ACTION.name] = _event_message(CARE_ACTION)
