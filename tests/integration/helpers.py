@@ -108,3 +108,29 @@ async def produce(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """An app whose lifespan already runs, also served over HTTP on a free port (for the
+    `tierflow` CLI, which speaks HTTP): its base URL."""
+    import uvicorn  # noqa: PLC0415 - only the tests that serve over HTTP need it
+
+    from tierflow_common.embedded import free_port  # noqa: PLC0415
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return bool(server.started)
+
+    try:
+        await eventually(started, bool, timeout=10, what="HTTP server started")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

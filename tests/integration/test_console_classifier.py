@@ -4,22 +4,40 @@ expiring by themselves, and the distribution over time."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openpyxl
 import pytest
+from typer.testing import CliRunner, Result
 
-from tests.access import api_key, bearer
-from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
+from tests.access import api_key, app_client, bearer
+from tests.integration.helpers import (
+    classifier_client,
+    eventually,
+    produce,
+    purchase_event,
+    served,
+)
+from tests.support import ROOT, unique
+from tierflow_classifier.bootstrap import create_app
+from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.auth import Role
+from tierflow_common.cli import app as cli
 from tierflow_common.contract import EmittedEvent
-from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
+from tierflow_common.settings import (
+    ConsumerSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    TopicSettings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +92,25 @@ def spend(cid: str) -> Decimal:
     )
 
 
+async def every_event_applied(client: httpx.AsyncClient) -> None:
+    complainers = {c for c, _, _, complains in CUSTOMERS if complains}
+    await eventually(
+        lambda: client.get("/v1/customers"),
+        lambda r: (
+            r.status_code == 200
+            and r.json()["total"] == len(CUSTOMERS)
+            and sum(i["criteria"]["purchases_lifetime"] for i in r.json()["items"])
+            == sum(len(a) for _, a, _, _ in CUSTOMERS)
+            and all(
+                i["dimensions"]["problem"] != "none"
+                for i in r.json()["items"]
+                if i["customer_id"] in complainers
+            )
+        ),
+        what="every event applied",
+    )
+
+
 @pytest.fixture
 async def classifier(
     kafka_settings: KafkaSettings, database: DatabaseSettings, topics: TopicSettings
@@ -82,21 +119,7 @@ async def classifier(
         kafka_settings, database, topics, distribution_snapshot_s=0.5
     ) as client:
         await produce(kafka_settings, topics.customer_events, events())
-        await eventually(
-            lambda: client.get("/v1/customers", params={"q": ""}),
-            lambda r: (
-                r.status_code == 200
-                and r.json()["total"] == len(CUSTOMERS)
-                and sum(i["criteria"]["purchases_lifetime"] for i in r.json()["items"])
-                == sum(len(a) for _, a, _, _ in CUSTOMERS)
-                and all(
-                    i["dimensions"]["problem"] != "none"
-                    for i in r.json()["items"]
-                    if any(c == i["customer_id"] and complains for c, _, _, complains in CUSTOMERS)
-                )
-            ),
-            what="every event applied",
-        )
+        await every_event_applied(client)
         yield client
 
 
@@ -339,3 +362,99 @@ async def test_the_distribution_is_kept_over_time(classifier: httpx.AsyncClient)
     bad = await classifier.get("/v1/stats/distribution/history", params={"until": "noon"})
     assert bad.status_code == 422
     assert [e["field"] for e in bad.json()["errors"]] == ["until"]
+
+
+async def tierflow(*args: str, url: str, key: str) -> Result:
+    """The `tierflow` CLI in a thread (it blocks; the classifier serves on this loop)."""
+    runner = CliRunner(env={"TIERFLOW_API_KEY": key})
+    return await asyncio.to_thread(runner.invoke, cli, [*args, "--url", url])
+
+
+async def test_the_cli_searches_exports_and_overrides(
+    kafka_settings: KafkaSettings,
+    database: DatabaseSettings,
+    topics: TopicSettings,
+    tmp_path: Path,
+) -> None:
+    app = create_app(
+        kafka=kafka_settings,
+        database=database,
+        topics=topics,
+        consumer=ConsumerSettings(),
+        settings=ClassifierSettings(
+            rules_file=ROOT / "config" / "classifier.yaml", group_id=unique("classifier")
+        ),
+    )
+    key = await api_key(database, {Role.READ, Role.OPERATE}, name="cli operator")
+    async with (
+        app_client(app, database, base_url="http://classifier") as client,
+        served(app) as url,
+    ):
+        await produce(kafka_settings, topics.customer_events, events())
+        await every_event_applied(client)
+        found = await tierflow(
+            "customers",
+            "search",
+            "--label",
+            "value_tier:important",
+            "--q",
+            "acme",
+            url=url,
+            key=key,
+        )
+        assert found.exit_code == 0, found.output
+        assert "4 customers" in found.stdout
+        for cid in ("acme-02", "acme-03", "acme-04", "acme-05"):
+            assert cid in found.stdout
+
+        out = tmp_path / "important.csv"
+        exported = await tierflow(
+            "customers",
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+            "--label",
+            "value_tier:important",
+            url=url,
+            key=key,
+        )
+        assert exported.exit_code == 0, exported.output
+        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        assert sorted(r["customer_id"] for r in rows) == [
+            "acme-02",
+            "acme-03",
+            "acme-04",
+            "acme-05",
+            "bolt-01",
+        ]
+
+        bad = await tierflow(
+            "override", "set", "acme-01", "value_tier", "gold", "--reason", "x", url=url, key=key
+        )
+        assert bad.exit_code == 1
+        assert "label" in bad.output
+        done = await tierflow(
+            "override",
+            "set",
+            "acme-01",
+            "value_tier",
+            "VIP",
+            "--reason",
+            "key account",
+            url=url,
+            key=key,
+        )
+        assert done.exit_code == 0, done.output
+        assert "acme-01 value_tier = VIP until cleared" in done.stdout
+
+        async def tier() -> str:
+            shown = await tierflow("customers", "get", "acme-01", url=url, key=key)
+            return shown.stdout
+
+        shown = await eventually(tier, lambda text: "override" in text, what="override shown")
+        assert "VIP" in shown
+        cleared = await tierflow("override", "clear", "acme-01", "value_tier", url=url, key=key)
+        assert cleared.exit_code == 0, cleared.output
+        await eventually(tier, lambda text: "override" not in text, what="override cleared")
