@@ -12,12 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.test_classification import ROOT
+from tests.unit.test_contract import purchase
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.apply import apply
 from tierflow_classifier.domain.classify import catch_up
 from tierflow_classifier.domain.model import CustomerState, EventMeta, Override, Purchase
 from tierflow_classifier.domain.overrides import allowed_labels, hold_of, override_problem
 from tierflow_classifier.exceptions import UnprocessableEvent
+from tierflow_ingest.domain.validation import validate_event
 
 RULES = load_rules(ROOT / "config" / "classifier.yaml")
 T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
@@ -177,3 +179,20 @@ def test_an_override_holds_until_it_expires_then_leaves_no_trace(
     overridden, _ = catch_up(overridden, RULES, until=end)
     assert hold_of(overridden.dimensions["lifecycle"]) is None
     assert overridden.dimensions["lifecycle"].label == plain.dimensions["lifecycle"].label
+
+
+def test_upstream_systems_cannot_send_an_override_through_the_ingest() -> None:
+    """Only the classifier's API (role operate, audited) writes overrides on the topic."""
+    event = purchase(
+        type="classification.override",
+        data={
+            "dimension": "value_tier",
+            "label": "VIP",
+            "reason": "r",
+            "override_id": "o",
+            "by": "k",
+        },
+    )
+    found = validate_event(event, now=T0, max_future_skew=timedelta(days=10_000))
+    assert isinstance(found, list)
+    assert [e.field for e in found] == ["type"]
