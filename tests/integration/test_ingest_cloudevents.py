@@ -241,6 +241,14 @@ async def test_what_the_spec_forbids_is_a_problem_naming_the_field(
 ) -> None:
     cases = forbidden_cases()
     assert len(cases) > 20
+    # And tierflow's own limit (docs/cloudevents.md): 32 extensions pass, a 33rd is named.
+    many = {f"ext{i}": "x" for i in range(33)}
+    cases += [
+        Case("32 extensions", "binary", {**VALID, "id": "many-32"}, dict(list(many.items())[:32]),
+             data=VALID_DATA),
+        Case("33 extensions", "structured", {**VALID, "id": "many-33"}, many, data=VALID_DATA,
+             status=422, field="ext32"),
+    ]  # fmt: skip
     assert await answers(ingest, cases) == []
 
 

@@ -7,7 +7,8 @@ Spec rules enforced (cloudevents/spec `cloudevents/spec.md`, "Attribute Naming C
 (32-bit signed) or a Boolean in the JSON format (URI, URI-reference, Timestamp and Binary
 travel as strings). The 20-character name length is the spec's SHOULD, enforced here so every
 name is also a short, valid Kafka header and HTTP header name. Tierflow's own limits, documented
-in the README: at most `MAX_EXTENSIONS` extensions of at most `MAX_EXTENSION_VALUE` characters.
+in docs/cloudevents.md: at most `MAX_EXTENSIONS` extensions (the ingest counts them) of at most
+`MAX_EXTENSION_VALUE` characters.
 """
 
 from __future__ import annotations
@@ -135,24 +136,23 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def check_extensions(extensions: Mapping[str, Any]) -> None:
-    """Raise the first problem with the extension attributes' names or count, naming it.
+def _extension_name(name: str) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise PydanticCustomError("cloudevents_attribute_name", problem)
+    return name
 
-    The error's `ctx.name` is the attribute, so a caller can report it as the field."""
-    for name in extensions:
-        problem = name_problem(name)
-        if problem is not None:
-            raise PydanticCustomError(
-                "cloudevents_attribute_name",
-                "{name}: {problem}",
-                {"name": name, "problem": problem},
-            )
-    if len(extensions) > MAX_EXTENSIONS:
-        raise PydanticCustomError(
-            "cloudevents_too_many_extensions",
-            "{count} extension attributes; the limit is {limit}",
-            {"count": len(extensions), "limit": MAX_EXTENSIONS},
-        )
+
+# Validated as the key of each extension member (pydantic reports the member as the field);
+# nothing runs for an event without extensions.
+ExtensionName = Annotated[str, AfterValidator(_extension_name)]
+
+
+def too_many_extensions(extensions: Mapping[str, object] | None) -> str | None:
+    """The first extension over `MAX_EXTENSIONS` (None: within the limit)."""
+    if extensions and len(extensions) > MAX_EXTENSIONS:
+        return list(extensions)[MAX_EXTENSIONS]
+    return None
 
 
 def header_text(value: str | int | bool) -> str:

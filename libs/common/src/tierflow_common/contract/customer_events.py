@@ -27,9 +27,9 @@ from pydantic_core import CoreSchema
 
 from tierflow_common.contract.attributes import (
     DataSchemaUri,
+    ExtensionName,
     ExtensionValue,
     JsonMediaType,
-    check_extensions,
     extensions_json_schema,
 )
 
@@ -215,7 +215,7 @@ class CloudEventEnvelope(BaseModel):
     extension attributes (contract/attributes.py: names, value types, limits)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    __pydantic_extra__: dict[str, ExtensionValue] = Field(init=False)
+    __pydantic_extra__: dict[ExtensionName, ExtensionValue] = Field(init=False)
 
     specversion: Literal["1.0"]
     id: Annotated[
@@ -233,12 +233,6 @@ class CloudEventEnvelope(BaseModel):
     time: AwareDatetime = Field(description="When it happened, RFC 3339 with an offset")
     datacontenttype: JsonMediaType | None = None
     dataschema: DataSchemaUri | None = None
-
-    @model_validator(mode="after")
-    def _extension_names(self) -> CloudEventEnvelope:
-        if self.__pydantic_extra__:
-            check_extensions(self.__pydantic_extra__)
-        return self
 
     @classmethod
     def __get_pydantic_json_schema__(

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from tierflow_common.contract import CustomerEvent, parse_customer_event
+from tierflow_common.contract.attributes import MAX_EXTENSIONS, too_many_extensions
 from tierflow_common.contract.events import EVENT_TYPES
 
 KNOWN_TYPES = EVENT_TYPES
@@ -43,10 +44,6 @@ def _without_tag(loc: tuple[int | str, ...], tag: object) -> tuple[int | str, ..
 
 
 def _field_error(err: ErrorDetails, tag: object) -> FieldError:
-    if err["type"] == "cloudevents_attribute_name":
-        # Raised for the envelope as a whole (contract/attributes.py): the field is the name.
-        ctx = err.get("ctx", {})
-        return FieldError(str(ctx["name"]), str(ctx["problem"]), err["type"])
     return FieldError(_path(_without_tag(tuple(err["loc"]), tag)), err["msg"], err["type"])
 
 
@@ -75,7 +72,18 @@ def validate_event(
 def check_time(
     event: CustomerEvent, *, now: datetime, max_future_skew: timedelta, min_year: int = 1970
 ) -> CustomerEvent | list[FieldError]:
-    """A valid event's time must be neither too far ahead of `now` nor before `min_year`."""
+    """A valid event's time must be neither too far ahead of `now` nor before `min_year`; and
+    it carries at most MAX_EXTENSIONS extension attributes (counted here, on the path every
+    event takes, so the contract runs no code for an event without extensions)."""
+    over = too_many_extensions(event.__pydantic_extra__)
+    if over is not None:
+        return [
+            FieldError(
+                over,
+                f"more than {MAX_EXTENSIONS} extension attributes (tierflow's limit)",
+                "too_many_extensions",
+            )
+        ]
     if event.time > now + max_future_skew:
         return [
             FieldError(
