@@ -182,3 +182,15 @@ def test_isotonic_calibration_reproduces_observed_rates_of_separated_groups() ->
     assert [(r.level, r.customers) for r in rows] == [("low", 200), ("high", 100)]
     with pytest.raises(ValueError, match="must not decrease"):
         Calibration(logits=(0.0, 1.0), probabilities=(0.6, 0.4))
+
+
+def test_a_store_younger_than_the_horizon_scores_with_the_priors() -> None:
+    store = SyntheticStore(customers=2_000)
+    history, _ = generate(store, np.random.default_rng(1))
+    model = fit_store(history, 80.0, config=ChurnConfig(horizon_days=91.0))
+    assert model is not None
+    assert model.report is not None
+    assert model.report.fallback is not None
+    assert model.report.fallback.startswith("0 customers had bought 91 days before the fit")
+    assert model.calibration is None
+    assert model.weights == ChurnWeights()

@@ -200,6 +200,9 @@ def sufficient_statistics(
     am = np.asarray(amounts, dtype=np.float64)
     keep = ts <= calibration_end
     ids, ts, am = ids[keep], ts[keep], am[keep]
+    if ids.size == 0:  # nobody had bought yet (a cut-off before the store's first order)
+        empty = np.zeros(0, dtype=np.float64)
+        return CustomerSummary(ids, empty, empty, empty, empty)
     order = np.lexsort((ts, ids))
     ids, ts, am = ids[order], ts[order], am[order]
     new_purchase = np.ones(ids.size, dtype=bool)
