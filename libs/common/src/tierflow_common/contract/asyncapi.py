@@ -279,7 +279,7 @@ def _operations(customer: list[str]) -> list[Operation]:
 def _servers() -> dict[str, Any]:
     return {
         "production": {
-            "host": "kafka-1:9093",
+            "host": "kafka-1:9092",
             "protocol": "kafka-secure",
             "description": "Apache Kafka (KAFKA_BOOTSTRAP_SERVERS), SASL_SSL or SSL with an "
             "optional client certificate; see deploy/README.md",
