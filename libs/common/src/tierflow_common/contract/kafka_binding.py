@@ -133,17 +133,31 @@ _REQUIRED = ("ce_id", "ce_source", "ce_specversion", "ce_type")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
 
 
+# An extension (or `dataschema`) header the SDK reads as an attribute of the same name and
+# accepts: lower-case `ce_<a-z0-9>`, not a member the SDK treats otherwise.
+_EXTENSION_HEADER = re.compile(r"ce_[a-z0-9]+")
+_NOT_EXTENSIONS = frozenset({"ce_data", "ce_datacontenttype"})
+
+
+def _is_extension_header(name: str) -> bool:
+    return _EXTENSION_HEADER.fullmatch(name) is not None and name not in _NOT_EXTENSIONS
+
+
 def _plain_attributes(header_map: dict[str, bytes]) -> dict[str, Any] | None:
-    """The attributes of the common, plainly valid record (the standard headers only, all
-    present and non-empty, specversion 1.0, an RFC 3339 time), as the SDK would give them,
-    without the SDK's per-record cost; None: let the SDK parse (and explain) it."""
-    if not header_map.keys() <= _PLAIN_HEADERS.keys() or any(
-        not header_map.get(h) for h in _REQUIRED
+    """The attributes of the common, plainly valid record (the standard headers and any
+    extension headers, all non-empty, the required ones present, specversion 1.0, an RFC 3339
+    time), as the SDK would give them, without the SDK's per-record cost; None: let the SDK
+    parse (and explain) it."""
+    names = header_map.keys()
+    if not names <= _PLAIN_HEADERS.keys() and not all(
+        _is_extension_header(k) for k in names - _PLAIN_HEADERS.keys()
     ):
+        return None
+    if any(not header_map.get(h) for h in _REQUIRED):
         return None
     try:
         attributes: dict[str, Any] = {
-            _PLAIN_HEADERS[k]: v.decode("utf-8") for k, v in header_map.items()
+            _PLAIN_HEADERS.get(k) or k[3:]: v.decode("utf-8") for k, v in header_map.items()
         }
     except UnicodeDecodeError:
         return None
@@ -186,11 +200,11 @@ _REQUIRED_NAMES = frozenset(_REQUIRED)
 
 def plain_event_id(headers: Sequence[tuple[str, Any]]) -> str | None:
     """The `ce_id` of a record whose headers `decode_record` takes on its plain path as they
-    are: each standard header at most once and no other, the required ones present, none
-    empty, UTF-8, specversion 1.0, an RFC 3339 time. Such a record decodes to this id whenever
-    its value is JSON, and only `ce_id` is read, so a consumer that needs nothing else from
-    the headers skips building the attributes. None: ask `decode_record`, which may still
-    accept the record through the SDK, or says why it is poison."""
+    are: each standard or extension header at most once and no other, the required ones
+    present, none empty, UTF-8, specversion 1.0, an RFC 3339 time. Such a record decodes to
+    this id whenever its value is JSON, and only `ce_id` is read, so a consumer that needs
+    nothing else from the headers skips building the attributes. None: ask `decode_record`,
+    which may still accept the record through the SDK, or says why it is poison."""
     if len(headers) == len(_ENCODED_NAMES):
         # What encode_event writes, in its order: the names need no further checks.
         (n0, ce_id), (n1, v1), (n2, v2), (n3, v3), (n4, ce_time), (n5, v5), (n6, v6) = headers
@@ -212,7 +226,9 @@ def plain_event_id(headers: Sequence[tuple[str, Any]]) -> str | None:
     seen: set[str] = set()
     event_id: str | None = None
     for name, raw in headers:
-        if name in seen or name not in _PLAIN_NAMES or type(raw) is not bytes or not raw:
+        if name in seen or type(raw) is not bytes or not raw:
+            return None
+        if name not in _PLAIN_NAMES and not _is_extension_header(name):
             return None
         seen.add(name)
         if not raw.isascii():
