@@ -113,11 +113,13 @@ def _event_message(message: EventMessage, *, upstream: bool = False) -> dict[str
     }
 
 
-def _dead_letter_message(name: str, source: str) -> dict[str, Any]:
+def _dead_letter_message(name: str, sources: list[str]) -> dict[str, Any]:
+    source = " or ".join(sources)
     return {
         "name": name,
         "title": f"dead letter of {source}",
-        "summary": f"A record of `{source}` its consumer could not apply, with the reason",
+        "summary": f"A record of {' or '.join(f'`{s}`' for s in sources)} its consumer could "
+        "not apply, with the reason",
         "description": "Key, value and headers of the original record, byte for byte (the "
         "value may not even be JSON: that can be the reason), plus the `dlq_*` headers.",
         "contentType": "application/octet-stream",
@@ -137,7 +139,8 @@ class Channel:
     key: str  # the TopicSettings field naming the topic (TOPIC_<KEY> overrides it)
     description: str
     messages: list[str]
-    dead_letters_of: str | None = None  # the TopicSettings field of the topic it holds
+    # The TopicSettings fields of the topics whose records it holds.
+    dead_letters_of: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,14 +180,14 @@ def _channels(customer: list[str]) -> list[Channel]:
             "classifier_dlq",
             "customer-events records the classifier dead-lettered (read by operators)",
             ["dead_letter"],
-            dead_letters_of="customer_events",
+            dead_letters_of=("customer_events",),
         ),
         Channel(
             "notifier_dlq",
             "Records of customer-classification-changed or customer-events the notifier "
             "dead-lettered (read by operators)",
             ["dead_letter"],
-            dead_letters_of="classification_changed",
+            dead_letters_of=("classification_changed", "customer_events"),
         ),
     ]
 
@@ -310,14 +313,14 @@ def asyncapi_document(topics: TopicSettings | None = None) -> dict[str, Any]:
     channels: dict[str, Any] = {}
     for ch in _channels(customer):
         address = getattr(topics, ch.key)
-        source = getattr(topics, ch.dead_letters_of or ch.key)
+        sources = [getattr(topics, key) for key in ch.dead_letters_of]
         channels[ch.key] = {
             "address": address,
             "title": address,
             "description": f"{ch.description}. Name: TOPIC_{ch.key.upper()}.",
             "messages": {
                 name: (
-                    _dead_letter_message(f"{ch.key}_dead_letter", source)
+                    _dead_letter_message(f"{ch.key}_dead_letter", sources)
                     if name == "dead_letter"
                     else {"$ref": f"#/components/messages/{name}"}
                 )
