@@ -5,11 +5,13 @@ history was kept contributes its lifetime counters to the purchase model only.""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,19 +28,21 @@ from tierflow_common.db.tables import customers
 
 
 class _Columns:
-    """Growing columns of one history (lists: appended per customer, arrays at the end)."""
+    """Growing columns of one history: typed arrays (8 bytes an item, where a list of floats
+    holds 32), appended per customer, numpy arrays at the end. A million customers' purchase
+    days fit in tens of megabytes this way."""
 
     def __init__(self) -> None:
         self.n = 0
-        self.buy_who: list[int] = []
-        self.buy_day: list[float] = []
-        self.buy_amount: list[float] = []
-        self.complaint_who: list[int] = []
-        self.opened: list[float] = []
-        self.resolved: list[float] = []
-        self.sat_who: list[int] = []
-        self.sat_day: list[float] = []
-        self.sat_value: list[float] = []
+        self.buy_who = array("q")
+        self.buy_day = array("d")
+        self.buy_amount = array("d")
+        self.complaint_who = array("q")
+        self.opened = array("d")
+        self.resolved = array("d")
+        self.sat_who = array("q")
+        self.sat_day = array("d")
+        self.sat_value = array("d")
         self.undated: list[tuple[float, float, float, float]] = []
 
     def dated(
@@ -80,17 +84,26 @@ class _Columns:
             )
         return ChurnHistory(
             customers=self.n,
-            purchase_customer=np.array(self.buy_who, dtype=np.intp),
-            purchase_day=np.array(self.buy_day, dtype=np.float64),
-            purchase_amount=np.array(self.buy_amount, dtype=np.float64),
-            complaint_customer=np.array(self.complaint_who, dtype=np.intp),
-            complaint_opened=np.array(self.opened, dtype=np.float64),
-            complaint_resolved=np.array(self.resolved, dtype=np.float64),
-            satisfaction_customer=np.array(self.sat_who, dtype=np.intp),
-            satisfaction_day=np.array(self.sat_day, dtype=np.float64),
-            satisfaction_value=np.array(self.sat_value, dtype=np.float64),
+            purchase_customer=_indices(self.buy_who),
+            purchase_day=_floats(self.buy_day),
+            purchase_amount=_floats(self.buy_amount),
+            complaint_customer=_indices(self.complaint_who),
+            complaint_opened=_floats(self.opened),
+            complaint_resolved=_floats(self.resolved),
+            satisfaction_customer=_indices(self.sat_who),
+            satisfaction_day=_floats(self.sat_day),
+            satisfaction_value=_floats(self.sat_value),
             undated=undated,
         )
+
+
+def _floats(values: array[float]) -> NDArray[np.float64]:
+    return np.frombuffer(values, dtype=np.float64).copy() if values else np.zeros(0)
+
+
+def _indices(values: array[int]) -> NDArray[np.intp]:
+    found = np.frombuffer(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
+    return found.astype(np.intp)
 
 
 async def collect_history(engine: AsyncEngine, at: datetime) -> ChurnHistory:

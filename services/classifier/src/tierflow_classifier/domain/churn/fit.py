@@ -250,6 +250,7 @@ def fit_churn_weights(
     prior: ChurnWeights | None = None,
     l2: float = 1e-4,
     fixed: Collection[str] = (),
+    start: ChurnWeights | None = None,
 ) -> ChurnWeights:
     """Logistic regression of the churn label on the formula's terms.
 
@@ -271,12 +272,14 @@ def fit_churn_weights(
     # Sign constraints keep explanations sane: more complaints, lower satisfaction or a steeper
     # decline never reads as "less risk". Spend's direction is left to the data.
     bounds = [(None, None)] + [(None, None) if name == "spend" else (0.0, None) for name in free]
-    start = np.array(
-        [prior.intercept]
-        + [prior.of(name) if name == "spend" else max(prior.of(name), 0.0) for name in free],
+    # From `start` (a fit on similar data) where given, else from the prior.
+    origin = start or prior
+    initial = np.array(
+        [origin.intercept]
+        + [origin.of(name) if name == "spend" else max(origin.of(name), 0.0) for name in free],
         dtype=np.float64,
     )
-    coefficients = logistic_regression(X, y, offset=offset, bounds=bounds, start=start, l2=l2)
+    coefficients = logistic_regression(X, y, offset=offset, bounds=bounds, start=initial, l2=l2)
     fitted = dict(zip(["intercept", *free], (float(v) for v in coefficients), strict=True))
     return replace(prior, **fitted)
 
