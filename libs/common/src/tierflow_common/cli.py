@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from tierflow_common.cli_customers import customers_app, override_app
+from tierflow_common.cli_ops import dlq_app, lag, tail
 from tierflow_common.cli_rules import rules_app
 from tierflow_common.settings import DatabaseSettings
 
@@ -30,6 +31,9 @@ deliveries_app = typer.Typer(
 )
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(rules_app, name="rules")
+app.command()(lag)
+app.command()(tail)
+app.add_typer(dlq_app, name="dlq")
 app.add_typer(customers_app, name="customers")
 app.add_typer(override_app, name="override")
 

@@ -11,7 +11,7 @@ records; the broker's committed offsets of a group are used only where no stored
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -55,6 +55,7 @@ __all__ = [
     "consumer_lag",
     "dead_letter",
     "dead_letters",
+    "follow_topic",
     "redrive",
     "search_topic",
     "topic_ends",
@@ -300,3 +301,32 @@ async def _search_partition(
         budget -= high - low
         high = low
     return found[:limit]
+
+
+async def follow_topic(
+    topic: str,
+    *,
+    key: str | None = None,
+    type: str | None = None,
+    kafka: KafkaSettings | None = None,
+    poll_ms: int = 500,
+) -> AsyncIterator[TopicRecord]:
+    """Records appended to `topic` from now on that match `key` / `type`, as they arrive
+    (`key`: only its partition is read). Runs until the caller stops iterating."""
+    kafka = kafka or KafkaSettings()
+    wanted = _Filter(key.encode() if key is not None else None, None, type, None, None)
+    async with reader(kafka) as consumer:
+        tps = await partitions_of(consumer, topic)
+        if key is not None and tps:
+            chosen = partition_for(key.encode(), [tp.partition for tp in tps])
+            tps = [TopicPartition(topic, chosen)]
+        ends = await log_ends(consumer, tps)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, ends[tp])
+        while True:
+            batch = await consumer.getmany(*tps, timeout_ms=poll_ms)
+            for records in batch.values():
+                for record in records:
+                    if wanted.matches(record):
+                        yield topic_record(record)
