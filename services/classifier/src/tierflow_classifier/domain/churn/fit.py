@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -72,9 +73,9 @@ class FittedModel:
         """P(churn) of a combined logit: calibrated where the fit could, else its sigmoid."""
         if self.calibration is not None:
             return self.calibration.one(logit)
-        if logit < -700.0:
+        if logit < -700.0:  # math.exp would overflow; the probability is 0 to a double
             return 0.0
-        return float(1.0 / (1.0 + np.exp(-logit)))
+        return 1.0 / (1.0 + math.exp(-logit))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FittedModel:
