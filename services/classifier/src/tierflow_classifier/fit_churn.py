@@ -42,6 +42,16 @@ def main(
             f"{model.fit_seconds:.2f}s: r={p.r:.4f} alpha={p.alpha:.4f} a={p.a:.4f} b={p.b:.4f} "
             f"log-likelihood={model.log_likelihood:.2f}"
         )
+        report = model.report
+        if report is not None and report.holdout is not None:
+            h = report.holdout
+            typer.echo(
+                f"holdout ({h.customers} customers, {report.horizon_days:g}-day horizon, out of "
+                f"fold): AUC {h.auc:.4f} (recency alone {h.auc_recency:.4f}), log loss "
+                f"{h.log_loss:.4f}, Brier {h.brier:.4f}; calibrated"
+            )
+        elif report is not None:
+            typer.echo(f"prior weights, uncalibrated: {report.fallback}")
         return 0
 
     raise typer.Exit(asyncio.run(run()))
