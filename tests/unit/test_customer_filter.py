@@ -67,15 +67,11 @@ def test_ranges_are_typed_and_a_date_as_upper_bound_is_its_whole_day() -> None:
     assert (f.orders_min, f.orders_max) == (2, 9)
     assert f.last_purchase_from == datetime(2026, 1, 1, tzinfo=UTC)
     assert f.last_purchase_before == datetime(2026, 2, 1, tzinfo=UTC)
-    assert f.by_churn
-    assert f.churn_admits(0.25)
-    assert not f.churn_admits(0.2)
-    assert not f.churn_admits(None)  # unscored customers are left out
+    assert (f.churn_min, f.churn_max) == (0.25, None)
     # A time is inclusive; without an offset it is UTC.
     t = parsed(last_purchase_to="2026-01-31T10:00:00").last_purchase_before
     assert t == datetime(2026, 1, 31, 10, tzinfo=UTC) + timedelta(microseconds=1)
-    assert not parsed().by_churn
-    assert parsed().churn_admits(None)
+    assert parsed() == CustomerFilter()
 
 
 def test_every_bad_parameter_is_named_with_its_reason() -> None:
@@ -117,21 +113,15 @@ def test_pages_are_1_to_1000_customers_after_a_cursor() -> None:
 @given(
     low=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
     high=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
-    p=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
 )
-def test_the_churn_bounds_admit_exactly_the_scores_between_them(
-    low: float | None, high: float | None, p: float | None
-) -> None:
+def test_churn_bounds_are_probabilities_in_order(low: float | None, high: float | None) -> None:
     params = {k: [repr(v)] for k, v in (("churn_min", low), ("churn_max", high)) if v is not None}
     found = parse_filter(params, DIMENSIONS)
     if low is not None and high is not None and high < low:
         assert found == [FieldProblem("churn_max", f"{high} is below the minimum {low}")]
-        return
-    assert isinstance(found, CustomerFilter)
-    expected = (low is None and high is None) or (
-        p is not None and (low is None or p >= low) and (high is None or p <= high)
-    )
-    assert found.churn_admits(p) == expected
+    else:
+        assert isinstance(found, CustomerFilter)
+        assert (found.churn_min, found.churn_max) == (low, high)
 
 
 @given(

@@ -167,10 +167,13 @@ customers = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_customers_value_tier", "value_tier"),
+    # P(churn) as of the last classification, NULL where not scored (migration 0012).
+    Column("churn_probability", Float, nullable=True),
     # The console's customer search by range (migration 0012).
     Index("ix_customers_net_spend", "net_spend_lifetime"),
     Index("ix_customers_purchases", "purchases_lifetime"),
     Index("ix_customers_last_purchase", "last_purchase_at"),
+    Index("ix_customers_churn", "churn_probability"),
 )
 
 # Current label per (customer, dimension): segment membership and distributions by index.

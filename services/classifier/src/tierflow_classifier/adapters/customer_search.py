@@ -4,13 +4,16 @@ over `customers`, paged by customer id (the primary key), and rows with criteria
 Labels are read from `customer_labels` (indexed by dimension, label, customer): a customer
 still at a dimension's first, default label has no row there (that assignment is not a
 change), so "holds the default" is "has no row of another label". Range filters use the
-customers' indexes on spend, purchases and last purchase (migration 0012). The churn
-probability is not stored (it moves with time): it is computed for the candidates the SQL
-filter leaves, with the churn model in force, so those filters cost one score per candidate.
+customers' indexes on spend, purchases, last purchase and churn probability (migration 0012).
+The churn probability filtered on and shown is the one of the customer's last classification
+(the classifier re-scores a customer whenever its risk crosses a threshold the rules compare
+it with, and at least every `churn_review_days` otherwise); the CLV is scored for each row
+shown, with the churn model in force.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tierflow_classifier.adapters.repository import load_states
+from tierflow_classifier.adapters.repository import load_states, row_to_state
 from tierflow_classifier.domain.churn import FittedModel
 from tierflow_classifier.domain.churn.score import ChurnConfig
 from tierflow_classifier.domain.churn_features import full_score
@@ -28,7 +31,7 @@ from tierflow_classifier.domain.customer_filter import CustomerFilter
 from tierflow_classifier.domain.model import CustomerState
 from tierflow_common.db.tables import customer_labels, customers
 
-SCAN_PAGE = 1_000  # candidates read per query when the churn filter has to score them
+EXPORT_PAGE = 1_000  # customers read per query of an export
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,12 @@ class Scoring:
     config: ChurnConfig
     now: datetime | None
 
-    def score(self, state: CustomerState) -> tuple[float | None, float | None]:
-        """(churn probability, CLV) of a customer, or (None, None) where not scored."""
-        if self.model is None or self.now is None:
-            return None, None
+    def clv(self, state: CustomerState) -> float | None:
+        """The customer's expected value over the CLV horizon (None where not scored)."""
+        if self.model is None or self.now is None or state.churn_probability is None:
+            return None
         found = full_score(state, self.now, self.model, self.config)
-        return (None, None) if found is None else (found.probability, found.clv)
+        return None if found is None else found.clv
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,10 @@ def conditions(f: CustomerFilter, defaults: Mapping[str, str]) -> list[ColumnEle
         where.append(c.last_purchase_at >= f.last_purchase_from)
     if f.last_purchase_before is not None:
         where.append(c.last_purchase_at < f.last_purchase_before)
-    if f.by_churn:
-        where.append(c.purchases_lifetime > 0)  # no purchase, no score
+    if f.churn_min is not None:
+        where.append(c.churn_probability >= f.churn_min)
+    if f.churn_max is not None:
+        where.append(c.churn_probability <= f.churn_max)
     return where
 
 
@@ -111,12 +116,7 @@ async def _candidate_ids(
 
 async def _rows(conn: AsyncConnection, ids: Sequence[str], scoring: Scoring) -> list[CustomerRow]:
     states = await load_states(conn, ids)
-    out = []
-    for cid in ids:
-        state = states.get(cid)
-        if state is not None:
-            out.append(CustomerRow(state, *scoring.score(state)))
-    return out
+    return _scored_states([states[cid] for cid in ids if cid in states], scoring)
 
 
 async def walk(
@@ -125,21 +125,25 @@ async def walk(
     defaults: Mapping[str, str],
     scoring: Scoring,
     *,
-    after: str | None = None,
-    page: int = SCAN_PAGE,
+    page: int = EXPORT_PAGE,
 ) -> AsyncIterator[list[CustomerRow]]:
-    """Every matching customer after `after`, in id order, a page of candidates at a time."""
-    where = conditions(f, defaults)
-    while True:
-        ids = await _candidate_ids(conn, where, after, page)
-        if not ids:
-            return
-        after = ids[-1]
-        rows = [r for r in await _rows(conn, ids, scoring) if f.churn_admits(r.churn_probability)]
-        if rows:
-            yield rows
-        if len(ids) < page:
-            return
+    """Every matching customer, in id order, `page` at a time: one query read through a
+    server-side cursor (one pass over the customers, whatever the count)."""
+    query = (
+        select(customers)
+        .where(and_(True, *conditions(f, defaults)))
+        .order_by(customers.c.customer_id)
+        .execution_options(yield_per=page)
+    )
+    result = await conn.stream(query)
+    async for rows in result.partitions():
+        states = [row_to_state(r._mapping) for r in rows]
+        # Scored in a worker thread, so the consumer keeps its turns during a long export.
+        yield await asyncio.to_thread(_scored_states, states, scoring)
+
+
+def _scored_states(states: Sequence[CustomerState], scoring: Scoring) -> list[CustomerRow]:
+    return [CustomerRow(s, s.churn_probability, scoring.clv(s)) for s in states]
 
 
 async def search(
@@ -152,30 +156,14 @@ async def search(
     limit: int,
 ) -> tuple[list[CustomerRow], bool]:
     """Up to `limit` matching customers after `after`, and whether more follow."""
-    if not f.by_churn:
-        ids = await _candidate_ids(conn, conditions(f, defaults), after, limit + 1)
-        return await _rows(conn, ids[:limit], scoring), len(ids) > limit
-    found: list[CustomerRow] = []
-    async for rows in walk(conn, f, defaults, scoring, after=after, page=max(limit, 200)):
-        found.extend(rows)
-        if len(found) > limit:
-            break
-    return found[:limit], len(found) > limit
+    ids = await _candidate_ids(conn, conditions(f, defaults), after, limit + 1)
+    return await _rows(conn, ids[:limit], scoring), len(ids) > limit
 
 
-async def count(
-    conn: AsyncConnection, f: CustomerFilter, defaults: Mapping[str, str], scoring: Scoring
-) -> int:
-    """How many customers match (the churn bounds: by scoring every other candidate)."""
-    if not f.by_churn:
-        query = (
-            select(func.count()).select_from(customers).where(and_(True, *conditions(f, defaults)))
-        )
-        return int(await conn.scalar(query) or 0)
-    total = 0
-    async for rows in walk(conn, f, defaults, scoring):
-        total += len(rows)
-    return total
+async def count(conn: AsyncConnection, f: CustomerFilter, defaults: Mapping[str, str]) -> int:
+    """How many customers match."""
+    query = select(func.count()).select_from(customers).where(and_(True, *conditions(f, defaults)))
+    return int(await conn.scalar(query) or 0)
 
 
 def labels_of(state: CustomerState, defaults: Mapping[str, str]) -> dict[str, str]:

@@ -149,7 +149,8 @@ _LOAD = (
     "SELECT customer_id, purchases_lifetime, net_spend_lifetime, refunds_lifetime, "
     "refunded_lifetime, features::text AS features, profile::text AS profile, first_seen_at, "
     "recent_purchases, next_review_at, rule_set_version, first_purchase_at, last_purchase_at, "
-    "dimensions::text AS dimensions FROM customers WHERE customer_id = ANY($1::text[])"
+    "dimensions::text AS dimensions, churn_probability FROM customers "
+    "WHERE customer_id = ANY($1::text[])"
 )
 
 
@@ -187,7 +188,13 @@ def _row_to_state(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerStat
         first_purchase_at=row["first_purchase_at"],
         last_purchase_at=row["last_purchase_at"],
         dimensions={k: _assignment_from_json(v) for k, v in json(row["dimensions"]).items()},
+        churn_probability=row["churn_probability"],
     )
+
+
+def row_to_state(row: Any) -> CustomerState:
+    """A `customers` row read through SQLAlchemy (JSONB columns decoded by the driver)."""
+    return _row_to_state(row)
 
 
 # One statement per batch with one array per column (recent_purchases, at most two instants,
@@ -196,14 +203,15 @@ _SAVE = (
     "INSERT INTO customers (customer_id, purchases_lifetime, net_spend_lifetime, "
     "refunds_lifetime, refunded_lifetime, features, profile, first_seen_at, recent_purchases, "
     "next_review_at, rule_set_version, first_purchase_at, last_purchase_at, dimensions, "
-    "value_tier) "
+    "value_tier, churn_probability) "
     "SELECT u.id, u.n, u.spend, u.refunds, u.refunded, u.features::jsonb, u.profile::jsonb, "
     "u.seen, array_remove(ARRAY[u.r0, u.r1], NULL), u.review, u.version, u.first_p, u.last_p, "
-    "u.dims::jsonb, u.tier FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::bigint[], "
-    "$5::numeric[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], "
-    "$10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], "
-    "$14::timestamptz[], $15::text[], $16::text[]) AS u(id, n, spend, refunds, refunded, "
-    "features, profile, seen, r0, r1, review, version, first_p, last_p, dims, tier) "
+    "u.dims::jsonb, u.tier, u.churn FROM unnest($1::text[], $2::bigint[], $3::numeric[], "
+    "$4::bigint[], $5::numeric[], $6::text[], $7::text[], $8::timestamptz[], "
+    "$9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], "
+    "$13::timestamptz[], $14::timestamptz[], $15::text[], $16::text[], $17::float8[]) "
+    "AS u(id, n, spend, refunds, refunded, features, profile, seen, r0, r1, review, version, "
+    "first_p, last_p, dims, tier, churn) "
     "ON CONFLICT (customer_id) DO UPDATE SET "
     "purchases_lifetime = excluded.purchases_lifetime, "
     "net_spend_lifetime = excluded.net_spend_lifetime, "
@@ -214,7 +222,8 @@ _SAVE = (
     "rule_set_version = excluded.rule_set_version, "
     "first_purchase_at = excluded.first_purchase_at, "
     "last_purchase_at = excluded.last_purchase_at, value_tier = excluded.value_tier, "
-    "dimensions = excluded.dimensions, updated_at = now()"
+    "dimensions = excluded.dimensions, churn_probability = excluded.churn_probability, "
+    "updated_at = now()"
 )
 
 
@@ -255,6 +264,7 @@ STATE_COLUMNS = (
     "last_purchase_at",
     "dimensions",
     "value_tier",
+    "churn_probability",
 )
 
 
@@ -276,6 +286,7 @@ def state_record(s: CustomerState) -> tuple[Any, ...]:
         s.last_purchase_at,
         _dimensions_json(s),
         s.dimensions[VALUE_TIER].label if VALUE_TIER in s.dimensions else "",
+        s.churn_probability,
     )
 
 

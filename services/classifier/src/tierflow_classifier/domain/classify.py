@@ -297,6 +297,7 @@ def classify(
             dimensions=dimensions,
             next_review_at=later_than(at, deadlines),
             rule_set_version=version,
+            churn_probability=variables["churn_probability"] if variables["churn_level"] else None,
         ),
         changes,
     )

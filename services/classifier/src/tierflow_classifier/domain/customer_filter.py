@@ -30,7 +30,7 @@ class FieldProblem:
 @dataclass(frozen=True)
 class CustomerFilter:
     """What a customer must satisfy; None bounds are open. `last_purchase_before` is
-    exclusive, every other bound inclusive."""
+    exclusive, every other bound inclusive. Either churn bound leaves unscored customers out."""
 
     prefix: str | None = None
     labels: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -42,20 +42,6 @@ class CustomerFilter:
     last_purchase_before: datetime | None = None
     churn_min: float | None = None
     churn_max: float | None = None
-
-    @property
-    def by_churn(self) -> bool:
-        """Only customers with a churn score qualify (it is computed, not stored)."""
-        return self.churn_min is not None or self.churn_max is not None
-
-    def churn_admits(self, probability: float | None) -> bool:
-        if not self.by_churn:
-            return True
-        if probability is None:
-            return False
-        return (self.churn_min is None or probability >= self.churn_min) and (
-            self.churn_max is None or probability <= self.churn_max
-        )
 
 
 @dataclass(frozen=True)

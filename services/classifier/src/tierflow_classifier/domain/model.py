@@ -41,6 +41,9 @@ class CustomerState:
     profile: Mapping[str, Any] = field(default_factory=dict)
     next_review_at: datetime | None = None
     rule_set_version: str = ""
+    # P(churn) by the churn model, as of the last classification (None: not scored): what the
+    # customer search filters by (it moves with time; a customer's own page scores it anew).
+    churn_probability: float | None = None
 
 
 @dataclass(frozen=True)

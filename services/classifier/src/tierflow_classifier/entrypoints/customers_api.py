@@ -211,7 +211,7 @@ def build_customers_router(
             rows, more = await customer_search.search(
                 conn, found, defaults, score, after=page.after, limit=page.limit
             )
-            total = await customer_search.count(conn, found, defaults, score)
+            total = await customer_search.count(conn, found, defaults)
         return CustomerPageOut(
             items=[_row(r, defaults) for r in rows],
             next=rows[-1].state.customer_id if more and rows else None,
@@ -244,7 +244,7 @@ def build_customers_router(
         defaults = {d.name: d.default for d in rules.dimensions}
         score = await scoring(rules)
         async with engine.connect() as conn:
-            total = await customer_search.count(conn, found, defaults, score)
+            total = await customer_search.count(conn, found, defaults)
         kind: Literal["csv", "xlsx"] = "csv" if query.format == "csv" else "xlsx"
         chosen = found
 

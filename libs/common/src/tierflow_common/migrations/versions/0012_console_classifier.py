@@ -1,5 +1,6 @@
-"""Console support in the classifier: periodic snapshots of the label distribution, and indexes
-for searching customers by lifetime spend, lifetime purchases and last purchase time.
+"""Console support in the classifier: periodic snapshots of the label distribution, each
+customer's churn probability as of its last classification, and indexes for searching
+customers by lifetime spend, lifetime purchases, last purchase time and churn probability.
 
 The search orders by customer id (the primary key) and pages by it; these indexes let a
 selective range filter start from its own rows instead of walking every customer.
@@ -27,9 +28,14 @@ def upgrade() -> None:
     op.execute("CREATE INDEX ix_customers_net_spend ON customers (net_spend_lifetime)")
     op.execute("CREATE INDEX ix_customers_purchases ON customers (purchases_lifetime)")
     op.execute("CREATE INDEX ix_customers_last_purchase ON customers (last_purchase_at)")
+    # P(churn) as of each customer's last classification (the classifier writes it).
+    op.execute("ALTER TABLE customers ADD COLUMN churn_probability double precision")
+    op.execute("CREATE INDEX ix_customers_churn ON customers (churn_probability)")
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX ix_customers_churn")
+    op.execute("ALTER TABLE customers DROP COLUMN churn_probability")
     op.execute("DROP INDEX ix_customers_last_purchase")
     op.execute("DROP INDEX ix_customers_purchases")
     op.execute("DROP INDEX ix_customers_net_spend")
