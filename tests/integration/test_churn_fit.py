@@ -167,3 +167,33 @@ async def test_the_fit_uses_the_stores_history_split_in_time_and_reports_its_hol
             assert explanation["contributions"][name]["weight"] == weight
     orders = state["features"]["purchases_lifetime"]  # type: ignore[index]
     assert explanation["inputs"]["x"] == orders - 2  # two orders on one day: one purchase
+
+
+async def test_a_small_store_is_scored_by_the_priors_and_the_model_says_why(
+    classifier: httpx.AsyncClient, kafka_settings: KafkaSettings, topics: TopicSettings
+) -> None:
+    end = datetime.now(UTC) - timedelta(hours=1)
+    events = [
+        purchase_event(f"small-{c}-{k}", f"small-{c}", "20", time=end - timedelta(days=30 * k))
+        for c in range(60)
+        for k in range(1 + c % 4)
+    ]
+    await produce(kafka_settings, topics.customer_events, events)
+
+    async def applied() -> int:
+        total = 0
+        for c in range(60):
+            resp = await classifier.get(f"/v1/customers/small-{c}")
+            if resp.status_code == 200:
+                total += int(resp.json()["features"]["purchases_lifetime"])
+        return total
+
+    await eventually(applied, lambda n: n == len(events), timeout=30)
+    fitted = await classifier.post("/v1/models/churn:fit")
+    assert fitted.status_code == 200, fitted.text
+    model = fitted.json()
+    split = model["time_split"]
+    assert split["calibrated"] is False
+    assert "need 200 for a time split" in split["fallback"]
+    assert model["holdout"] is None
+    assert all(not t["learned"] and t["weight"] == t["prior"] for t in model["terms"])

@@ -194,3 +194,32 @@ def test_a_store_younger_than_the_horizon_scores_with_the_priors() -> None:
     assert model.report.fallback.startswith("0 customers had bought 91 days before the fit")
     assert model.calibration is None
     assert model.weights == ChurnWeights()
+
+
+def test_the_cdnow_master_holdout_is_calibrated_within_three_points() -> None:
+    """The issue's target, as `make validate-churn` reports it: the store fit as of week 78
+    with a 39-week horizon, out of fold, every level within 0.03 of its observed rate."""
+    from tests.unit.test_churn_model import cdnow_file  # noqa: PLC0415
+
+    raw = np.loadtxt(cdnow_file("CDNOW_master.txt"), skiprows=1, dtype=np.float64)
+    ymd = raw[:, 1].astype(np.int64)
+    dates = np.array(
+        [f"{v // 10000:04d}-{v // 100 % 100:02d}-{v % 100:02d}" for v in ymd], dtype="datetime64[D]"
+    )
+    _, customer = np.unique(raw[:, 0].astype(np.int64), return_inverse=True)
+    history = hist.ChurnHistory(
+        customers=int(customer.max()) + 1,
+        purchase_customer=customer.astype(np.intp),
+        purchase_day=(dates - np.datetime64("1997-01-01")).astype(np.float64),
+        purchase_amount=raw[:, 3],
+    )
+    model = fit_store(history, 545.0, config=ChurnConfig(horizon_days=273.0))
+    assert model is not None
+    assert model.report is not None
+    assert model.report.holdout is not None
+    holdout = model.report.holdout
+    assert holdout.customers == 23_570
+    assert len(holdout.calibration) == 4
+    for row in holdout.calibration:
+        assert abs(row.mean_probability - row.churn_rate) <= CALIBRATION_TOLERANCE, row
+    assert holdout.auc > holdout.auc_recency
