@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -165,7 +166,8 @@ async def test_every_trigger_and_action_from_ingest_to_signed_webhooks(live: Liv
     birthday = live.birthday.date().replace(year=1990).isoformat()
     events = [
         # Three large orders in the window: value tier VIP (account manager, revisits).
-        *[_purchase(f"{vip}-o{k}", vip, "2000.00", now - timedelta(hours=3 - k)) for k in range(3)],
+        # (The third is sent in CloudEvents HTTP binary mode, with extensions, below.)
+        *[_purchase(f"{vip}-o{k}", vip, "2000.00", now - timedelta(hours=3 - k)) for k in range(2)],
         # One order 200 days ago: lifecycle at_risk (default rhythm 90 days x 2).
         _purchase(f"{lapsed}-o1", lapsed, "80.00", now - timedelta(days=200)),
         _event(f"{bday}-p", bday, "profile", {"birthday": birthday, "timezone": "UTC"}, now),
@@ -200,6 +202,21 @@ async def test_every_trigger_and_action_from_ingest_to_signed_webhooks(live: Liv
             )
             assert resp.status_code == 200, resp.text[:500]
             assert resp.json()["accepted"] == len(events[i : i + 500])
+        # Binary content mode, as SDK emitters send by default: attributes in ce-* headers
+        # (extensions too), the data as the body. VIP needs this third order applied.
+        third = _purchase(f"{vip}-o2", vip, "2000.00", now - timedelta(hours=1))
+        resp = await http.post(
+            f"{live.ingest.url}/v1/events",
+            content=json.dumps(third.pop("data")),
+            headers={
+                **headers,
+                **{f"ce-{k}": str(v) for k, v in third.items()},
+                "ce-traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "ce-comexampleextension1": "value",
+                "content-type": "application/json",
+            },
+        )
+        assert resp.status_code == 202, resp.text
 
         async def fit() -> httpx.Response:
             return await http.post(f"{live.classifier.url}/v1/models/churn:fit")
