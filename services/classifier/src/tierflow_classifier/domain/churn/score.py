@@ -36,8 +36,9 @@ period, never on the holdout. There the fitted ``w_decline`` is 0: once the mode
 recency, a falling frequency adds nothing on CDNOW (unconstrained it would even come out
 negative), so it only counts where a store's own history says it does. CDNOW has no complaints
 or satisfaction data, so ``w_complaints`` and ``w_low_sat`` are priors (one open complaint
-doubles the odds of churn; a satisfaction of 0 multiplies them by about 4.5); fit them with
-``fit.fit_churn_weights`` once a store has labelled history. Every score carries an
+doubles the odds of churn; a satisfaction of 0 multiplies them by about 4.5). All of these
+are priors only: ``store_fit.fit_store`` refits every weight on the store's own time split and
+keeps a prior only where the store's history cannot support a fit. Every score carries an
 explanation listing each input and each term's contribution; the contributions sum to
 ``logit(P_churn)``.
 
