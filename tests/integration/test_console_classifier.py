@@ -27,11 +27,16 @@ from tests.integration.helpers import (
     served,
 )
 from tests.support import ROOT, unique
+from tierflow_classifier.adapters.customer_search import Scoring, walk
+from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.bootstrap import create_app
+from tierflow_classifier.domain.classify import rule_set_churn_config
+from tierflow_classifier.domain.customer_filter import CustomerFilter, parse_filter
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.auth import Role
 from tierflow_common.cli import app as cli
 from tierflow_common.contract import EmittedEvent
+from tierflow_common.db.engine import create_engine
 from tierflow_common.settings import (
     ConsumerSettings,
     DatabaseSettings,
@@ -40,6 +45,9 @@ from tierflow_common.settings import (
 )
 
 pytestmark = pytest.mark.integration
+
+RULES = load_rules(ROOT / "config" / "classifier.yaml")
+CHURN = rule_set_churn_config(RULES)
 
 NOW = datetime.now(UTC)
 # (customer, purchase amounts, days ago of the last purchase, opens a complaint)
@@ -235,6 +243,30 @@ async def test_csv_and_xlsx_exports_hold_the_searched_customers(
     for cid, (net, dims) in expected.items():
         assert Decimal(str(sheet[cid]["net_spend_lifetime"])) == Decimal(net)
         assert {d: sheet[cid][d] for d in dims} == dims
+
+
+async def test_an_export_reads_every_page_of_its_cursor(
+    classifier: httpx.AsyncClient, database: DatabaseSettings
+) -> None:
+    """Pages of two: the states are loaded between reads of the export's cursor."""
+    items, _ = await all_pages(classifier, {"q": "acme"})
+    f = parse_filter({"q": ["acme"]}, {d.name: None for d in RULES.dimensions})
+    assert isinstance(f, CustomerFilter)
+    defaults = {d.name: d.default for d in RULES.dimensions}
+    engine = create_engine(database)
+    try:
+        async with engine.connect() as conn:
+            walked = [
+                r
+                async for page in walk(conn, f, defaults, Scoring(None, CHURN, None), page=2)
+                for r in page
+            ]
+    finally:
+        await engine.dispose()
+    assert [r.state.customer_id for r in walked] == [i["customer_id"] for i in items]
+    assert [str(r.state.purchases_lifetime) for r in walked] == [
+        str(i["criteria"]["purchases_lifetime"]) for i in items
+    ]
 
 
 async def label_of(client: httpx.AsyncClient, cid: str, dimension: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tierflow_classifier.adapters.repository import load_states, row_to_state
+from tierflow_classifier.adapters.repository import load_states
 from tierflow_classifier.domain.churn import FittedModel
 from tierflow_classifier.domain.churn.score import ChurnConfig
 from tierflow_classifier.domain.churn_features import full_score
@@ -127,19 +127,22 @@ async def walk(
     *,
     page: int = EXPORT_PAGE,
 ) -> AsyncIterator[list[CustomerRow]]:
-    """Every matching customer, in id order, `page` at a time: one query read through a
-    server-side cursor (one pass over the customers, whatever the count)."""
+    """Every matching customer, in id order, `page` at a time: one query of their ids read
+    through a server-side cursor (one pass over the customers, whatever the count)."""
     query = (
-        select(customers)
+        select(customers.c.customer_id)
         .where(and_(True, *conditions(f, defaults)))
         .order_by(customers.c.customer_id)
         .execution_options(yield_per=page)
     )
     result = await conn.stream(query)
     async for rows in result.partitions():
-        states = [row_to_state(r._mapping) for r in rows]
+        # The states through the consumer's own load (JSON decoded by orjson), on the same
+        # connection between two reads of the cursor.
+        states = await load_states(conn, [r.customer_id for r in rows])
+        ordered = [states[r.customer_id] for r in rows if r.customer_id in states]
         # Scored in a worker thread, so the consumer keeps its turns during a long export.
-        yield await asyncio.to_thread(_scored_states, states, scoring)
+        yield await asyncio.to_thread(_scored_states, ordered, scoring)
 
 
 def _scored_states(states: Sequence[CustomerState], scoring: Scoring) -> list[CustomerRow]:

@@ -192,11 +192,6 @@ def _row_to_state(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerStat
     )
 
 
-def row_to_state(row: Any) -> CustomerState:
-    """A `customers` row read through SQLAlchemy (JSONB columns decoded by the driver)."""
-    return _row_to_state(row)
-
-
 # One statement per batch with one array per column (recent_purchases, at most two instants,
 # as two columns), so the text and plan are the same for every batch.
 _SAVE = (
