@@ -103,8 +103,9 @@ ACTIONS = [
     ("task-open-old", "revisit", "open", OLD, ["delivered"]),
     ("task-acked-old", "escalation", "acked", OLD, []),
     ("done-recent", "revisit", "done", NOW - timedelta(days=10), ["delivered"]),
+    ("cancelled-old", "revisit", "cancelled", OLD, ["cancelled", "delivered"]),
 ]
-PRUNED = {"done-old", "suppressed-old", "coupon-delivered-old"}
+PRUNED = {"done-old", "suppressed-old", "coupon-delivered-old", "cancelled-old"}
 
 
 async def add_actions(engine: AsyncEngine) -> None:
@@ -146,7 +147,7 @@ async def test_only_finished_actions_are_pruned_with_their_deliveries(engine: As
     before = pruned("care_actions"), pruned("care_deliveries")
     rules = notifier_rules(NotifierSettings(action_retention_days=90), PLAYBOOK)
     got = await Pruner(engine, rules, batch=2).prune()
-    assert got == {"care_actions": 3, "care_deliveries": 3, "contact_ledger": 7}
+    assert got == {"care_actions": 4, "care_deliveries": 5, "contact_ledger": 8}
     kept = {a[0] for a in ACTIONS} - PRUNED
     assert await ids(engine, "care_actions", "action_id") == kept
     # Every remaining delivery belongs to a remaining action; none of a pruned one is left.
@@ -155,7 +156,7 @@ async def test_only_finished_actions_are_pruned_with_their_deliveries(engine: As
     }
     # The ledger keeps only what is younger than its own retention.
     assert await ids(engine, "contact_ledger", "action_id") == {"done-recent"}
-    assert (pruned("care_actions") - before[0], pruned("care_deliveries") - before[1]) == (3, 3)
+    assert (pruned("care_actions") - before[0], pruned("care_deliveries") - before[1]) == (4, 5)
 
 
 def test_a_contact_ledger_kept_shorter_than_a_cap_window_stops_start_up() -> None:

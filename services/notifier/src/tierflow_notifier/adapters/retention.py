@@ -1,9 +1,10 @@
 """What the notifier prunes (tierflow_common/db/pruning.py runs it).
 
 - Care actions older than NOTIFIER_ACTION_RETENTION_DAYS that are finished — done, suppressed,
-  or a customer-facing message (coupon, care message: nobody acknowledges those) whose
-  deliveries all went through — with their deliveries. Never an action with a delivery still
-  pending or dead (an operator may retry it), never a task still open or acknowledged.
+  cancelled (its deliveries were cancelled with it), or a customer-facing message (coupon, care
+  message: nobody acknowledges those) whose deliveries all went through — with their
+  deliveries. Never an action with a delivery still pending or dead (an operator may retry
+  it), never a task still open or acknowledged.
 - Contact-ledger entries older than NOTIFIER_CONTACT_LEDGER_RETENTION_DAYS (by their contact
   time): at least the widest cap window, or a cap could be exceeded (checked at start-up).
 """
@@ -20,10 +21,10 @@ _FINISHED_ACTIONS = """
 WITH doomed AS (
   SELECT a.action_id FROM care_actions AS a
   WHERE a.created_at < $1
-    AND (a.status IN ('done', 'suppressed')
+    AND (a.status IN ('done', 'suppressed', 'cancelled')
          OR (a.status IN ('open', 'acked') AND a.kind = ANY($3::text[])))
     AND NOT EXISTS (SELECT 1 FROM care_deliveries AS d
-                    WHERE d.action_id = a.action_id AND d.state <> 'delivered')
+                    WHERE d.action_id = a.action_id AND d.state NOT IN ('delivered', 'cancelled'))
   LIMIT $2 FOR UPDATE OF a SKIP LOCKED
 ), deliveries AS (
   DELETE FROM care_deliveries AS d USING doomed WHERE d.action_id = doomed.action_id
