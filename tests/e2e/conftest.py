@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,15 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(servers: Servers, log_dir: Path) -> Iterator[Pipeline]:
+    with running_pipeline(servers, log_dir) as running:
+        yield running
+
+
+@contextmanager
+def running_pipeline(
+    servers: Servers, log_dir: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Pipeline]:
+    """The three services on a fresh database and fresh topics, stopped afterwards."""
     import asyncio  # noqa: PLC0415
 
     database = DatabaseSettings(database_url=servers.create_database(unique("e2e")))
@@ -49,6 +59,7 @@ def pipeline(servers: Servers, log_dir: Path) -> Iterator[Pipeline]:
         "CLASSIFIER_GROUP_ID": unique("classifier"),
         "NOTIFIER_GROUP_ID": unique("notifier"),
         **topics.as_env(),
+        **(extra_env or {}),
     }
     services = {n: ServiceProcess(n, env, log_dir) for n in ("ingest", "classifier", "notifier")}
     try:

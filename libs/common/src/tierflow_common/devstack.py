@@ -1,7 +1,7 @@
 """`tierflow run`: the whole pipeline on one machine, embedded servers unless URLs are given.
 
 Starts PostgreSQL and Tansu (only when DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS are unset), applies
-migrations, creates topics, starts the three services and restarts any that crash. Ctrl-C or
+migrations, creates topics, starts the services and the console, restarts any that crash. Ctrl-C or
 SIGTERM stops services first (they finish their batch and commit), then the broker, then the
 database, so nothing is left running.
 
@@ -31,6 +31,7 @@ from tierflow_common.embedded.process import spawn, stop_process, tail
 from tierflow_common.kafka import ensure_topics, wait_for_broker
 from tierflow_common.settings import (
     ClassifierHttpSettings,
+    ConsoleHttpSettings,
     DatabaseSettings,
     EmbeddedSettings,
     IngestHttpSettings,
@@ -39,7 +40,7 @@ from tierflow_common.settings import (
     TopicSettings,
 )
 
-SERVICES = ("ingest", "classifier", "notifier")
+SERVICES = ("ingest", "classifier", "notifier", "console")
 _MAX_RESTARTS_PER_MINUTE = 5
 # Process i of a service listens on its port + PORT_STRIDE x i: the stride keeps the extra
 # classifiers (8091, 8101, ...) off the notifier's port (8082) and the other way round.
@@ -72,7 +73,7 @@ class DevStack:
     ) -> None:
         if classifiers < 1 or notifiers < 1:
             raise ValueError("at least one classifier and one notifier process")
-        self.counts = {"ingest": 1, "classifier": classifiers, "notifier": notifiers}
+        self.counts = {"ingest": 1, "classifier": classifiers, "notifier": notifiers, "console": 1}
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd or Path.cwd()
         self.embedded = EmbeddedSettings(_env_file=None)
@@ -114,6 +115,9 @@ class DevStack:
         self._prepare()
         hosts = self._service_hosts()
         self.env.setdefault("NOTIFIER_INGEST_URL", _url(*hosts["ingest"]))
+        # The console reads the first process of each service (any of them answers the same).
+        for service in ("ingest", "classifier", "notifier"):
+            self.env.setdefault(f"CONSOLE_{service.upper()}_URL", _url(*hosts[service]))
         for svc in self.plan(hosts):
             self.services.append(svc)
             self._spawn(svc)
@@ -216,6 +220,7 @@ class DevStack:
                 "ingest": IngestHttpSettings(),
                 "classifier": ClassifierHttpSettings(),
                 "notifier": NotifierHttpSettings(),
+                "console": ConsoleHttpSettings(),
             }
         finally:
             os.environ.clear()
@@ -307,6 +312,7 @@ def run_stack(*, classifiers: int = 1, notifiers: int = 1) -> int:
         stack.start()
         ingest = next(s.url for s in stack.services if s.name == "ingest")
         classifier = next(s.url for s in stack.services if s.name == "classifier")
+        console = next(s.url for s in stack.services if s.name == "console")
         key_file = stack.var / "dev-api-key"
         if stack.dev_key:
             say(
@@ -323,6 +329,8 @@ def run_stack(*, classifiers: int = 1, notifiers: int = 1) -> int:
          "subject":"c-1","time":"2025-11-20T10:00:00Z",
          "data":{{"order_id":"1","amount":"129.90","currency":"USD"}}}}'
   curl -s {classifier}/v1/customers/c-1 {auth.strip()}
+
+  Console: {console}  (sign in with the development API key above)
 
   Ctrl-C stops everything.
 """,

@@ -1,0 +1,3 @@
+from tierflow_console.bootstrap import main
+
+main()
