@@ -35,6 +35,7 @@ from tierflow_common.contract.kafka_binding import (
 from tierflow_common.exceptions import PoisonRecord
 from tierflow_notifier.adapters.changes import (
     Erasure,
+    _fast_v2,
     decode_change,
     decode_change_reference,
     decode_changes,
@@ -464,3 +465,25 @@ def test_each_change_of_a_version_2_record_carries_the_records_scores() -> None:
     changes = decode_changes(v2_record(data))
     assert isinstance(changes, list)
     assert {c.scores for c in changes} == {Scores(0.25, 400.0, 100.0)}
+
+
+@given(
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 1e7, allow_nan=False),
+    st.sampled_from([None, "clv-unknown"]),
+)
+def test_scores_as_the_classifier_writes_them_take_the_fast_path(
+    probability: float, clv: float, variant: str | None
+) -> None:
+    scores: dict[str, Any] = {
+        "churn_probability": probability,
+        "clv": clv,
+        "value_at_risk": clv * probability,
+    }
+    if variant:
+        scores["clv"] = None
+    data = orjson.loads(orjson.dumps({**v2_data([change_data()]), "scores": scores}))
+    fast = _fast_v2(data)
+    assert fast is not None, data
+    assert fast == decode_changes_reference(v2_record(data))
+    assert fast[0].scores == Scores(probability, scores["clv"], scores["value_at_risk"])
