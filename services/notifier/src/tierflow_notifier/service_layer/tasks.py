@@ -88,6 +88,9 @@ def _after_queue_key(cursor: str) -> Any:
     except (ValueError, TypeError) as exc:
         raise BadCursor("use `next` of the previous page with the same order") from exc
     rank, risk, due, action_id = key
+    naive = due is not None and due.tzinfo is None
+    if naive or "\x00" in action_id or not -(2**15) <= rank < 2**15:
+        raise BadCursor("use `next` of the previous page with the same order")
     # The stored columns hold "unknown" as infinities (migration 0013); so does the cursor.
     return tuple_(_A.c.queue_rank, _A.c.queue_risk, _A.c.queue_due, _A.c.action_id) > tuple_(
         literal(rank),
