@@ -131,7 +131,9 @@ def check_access(env: dict[str, str], ports: dict[str, int], dev_key: str) -> No
 
 
 def test_run_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("ingest", "classifier", "notifier", "pg", "kafka")}
+    ports = {
+        name: free_port() for name in ("ingest", "classifier", "notifier", "console", "pg", "kafka")
+    }
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
     }
@@ -143,6 +145,7 @@ def test_run_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path)
             "INGEST_PORT": str(ports["ingest"]),
             "CLASSIFIER_PORT": str(ports["classifier"]),
             "NOTIFIER_PORT": str(ports["notifier"]),
+            "CONSOLE_PORT": str(ports["console"]),
         }
     )
     ingest = f"http://127.0.0.1:{ports['ingest']}/v1/events"
@@ -156,7 +159,15 @@ def test_run_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path)
         assert key in first.log.read_text()  # printed for the quick start
         headers["authorization"] = f"Bearer {key}"
         children = first.descendants()
-        assert len(children) >= 5  # postgres (+ its workers), tansu, three services
+        assert len(children) >= 6  # postgres (+ its workers), tansu, three services, console
+        console = f"http://127.0.0.1:{ports['console']}"
+        assert f"Console: {console}" in first.log.read_text()
+        as_browser = {"accept": "text/html"}
+        sign_in = httpx.get(console + "/", headers=as_browser, follow_redirects=True, timeout=5)
+        assert "Sign in to the tierflow console" in sign_in.text
+        overview = httpx.get(console + "/", headers={"authorization": f"Bearer {key}"}, timeout=10)
+        assert overview.status_code == 200
+        assert "classifier" in overview.text
         assert httpx.post(ingest, json=purchase("r-1"), headers=headers).status_code == 202
         wait_purchases(customer, 1, key)
         check_access(env, ports, key)
