@@ -31,6 +31,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per li
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
     from tierflow_common.dead_letters import OperationError  # noqa: PLC0415
 
     try:
@@ -38,6 +41,10 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except OperationError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    except (KafkaError, DBAPIError, OSError, TimeoutError) as exc:
+        # Unreachable broker or database: say which, without a traceback.
+        typer.echo(f"{type(exc).__name__}: {exc} (check KAFKA_* / DATABASE_URL)", err=True)
+        raise typer.Exit(1) from exc
 
 
 def topic_name(name: str, topics: TopicSettings) -> str:

@@ -74,7 +74,11 @@ def topic_record(record: Record) -> TopicRecord:
 async def reader(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaConsumer]:
     """A started consumer outside any group (it assigns partitions itself, commits nothing)."""
     consumer = make_consumer(kafka, group_id=None, enable_auto_commit=False)
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # a broker that cannot be reached: close what start() opened
+        raise
     # Let the consumer's background task start: cancelled before its first step (a reader
     # stopped at once), aiokafka's stop() raises CancelledError.
     await asyncio.sleep(0)
