@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
+from sqlalchemy import insert
 
 from tests.integration.helpers import eventually, produce, purchase_event
 from tests.support import unique
 from tierflow_common.consumer import DeadLetter, dead_letter_record
 from tierflow_common.db.engine import create_engine
-from tierflow_common.db.offsets import store_offsets
+from tierflow_common.db.tables import consumer_offsets
 from tierflow_common.kafka import make_consumer, make_producer
 from tierflow_common.operations import search_topic
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
@@ -60,7 +61,15 @@ async def test_lag_tail_and_dead_letters_from_the_command_line(
     engine = create_engine(database)
     try:
         async with engine.begin() as conn:
-            await store_offsets(conn, group, {tp: first.offset + 1})
+            # As a service stores it with its state (the columns every version has).
+            await conn.execute(
+                insert(consumer_offsets).values(
+                    group_id=group,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    next_offset=first.offset + 1,
+                )
+            )
     finally:
         await engine.dispose()
     code, out, _ = await tierflow(
