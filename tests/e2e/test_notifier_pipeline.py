@@ -219,7 +219,8 @@ async def test_every_trigger_and_action_from_ingest_to_signed_webhooks(live: Liv
         assert resp.status_code == 202, resp.text
 
         async def fit() -> httpx.Response:
-            return await http.post(f"{live.classifier.url}/v1/models/churn:fit")
+            # A fit runs in a child process (time split, folds, calibration): seconds, not ms.
+            return await http.post(f"{live.classifier.url}/v1/models/churn:fit", timeout=120)
 
         await eventually(
             fit, lambda r: r.status_code == 200, timeout=30.0, what="churn model fitted"
