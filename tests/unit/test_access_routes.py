@@ -26,6 +26,8 @@ EXPECTED = {
     ("classifier", "get", "/v1/audit"): "admin",
     ("notifier", "post", "/v1/actions/{action_id}/ack"): "operate",
     ("notifier", "post", "/v1/actions/{action_id}/complete"): "operate",
+    ("notifier", "post", "/v1/actions/{action_id}/reassign"): "operate",
+    ("notifier", "post", "/v1/actions/{action_id}/cancel"): "operate",
     ("notifier", "post", "/v1/deliveries/{delivery_id}/retry"): "operate",
     ("notifier", "post", "/v1/deliveries:retry-dead"): "operate",
 }
