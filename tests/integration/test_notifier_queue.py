@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from tests.access import api_key, bearer
 from tests.integration.helpers import eventually
@@ -281,6 +282,23 @@ async def test_operators_reassign_and_cancel_and_a_cancelled_action_is_never_del
         )
         assert denied.status_code == 403
     assert (await harness.client.get(f"/v1/actions/{a['action_id']}")).json()["status"] == "open"
+
+    # Operators' calls are in the audit log, the refused ones too.
+    async def audited() -> list[tuple[str, int]]:
+        async with harness.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT route, status FROM audit_log WHERE target->>'action_id' = :a"
+                    " ORDER BY audit_id"
+                ),
+                {"a": a["action_id"]},
+            )
+            return [(r.route, r.status) for r in rows]
+
+    trail = await eventually(audited, lambda rows: len(rows) >= 4, what="the audit trail")
+    assert ("/v1/actions/{action_id}/reassign", 200) in trail
+    assert ("/v1/actions/{action_id}/cancel", 403) in trail
+    assert ("/v1/actions/{action_id}/reassign", 403) in trail
 
 
 async def _attempts(receiver: WebhookReceiver) -> int:
