@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -185,6 +186,62 @@ async def test_search_by_labels_and_ranges_returns_exactly_the_matching_customer
     # No churn model yet: nobody has a churn probability, so a churn bound selects nobody.
     nobody = await classifier.get("/v1/customers", params={"churn_min": "0"})
     assert nobody.json() == {"items": [], "next": None, "total": 0}
+
+
+def matches(row: dict[str, Any], params: dict[str, Any]) -> bool:
+    """The search's rules, written out for a row of the unfiltered search."""
+    c, dims = row["criteria"], row["dimensions"]
+    wanted: dict[str, set[str]] = {}
+    for item in params.get("label", []):
+        dimension, _, label = item.partition(":")
+        wanted.setdefault(dimension, set()).add(label)
+    spend, orders = Decimal(c["net_spend_lifetime"]), c["purchases_lifetime"]
+    return (
+        all(dims[d] in labels for d, labels in wanted.items())
+        and ("spend_min" not in params or spend >= Decimal(params["spend_min"]))
+        and ("spend_max" not in params or spend <= Decimal(params["spend_max"]))
+        and ("orders_min" not in params or orders >= int(params["orders_min"]))
+        and ("orders_max" not in params or orders <= int(params["orders_max"]))
+        and row["customer_id"].startswith(params.get("q", ""))
+    )
+
+
+async def test_random_filters_select_what_the_rules_say(classifier: httpx.AsyncClient) -> None:
+    everyone, _ = await all_pages(classifier, {})
+    assert len(everyone) == len(CUSTOMERS)
+    labels = sorted({f"{d}:{v}" for row in everyone for d, v in row["dimensions"].items()})
+
+    async def check(params: dict[str, Any]) -> None:
+        resp = await classifier.get("/v1/customers", params={**params, "limit": 1000})
+        if resp.status_code == 422:  # a minimum above a maximum
+            assert {e["field"] for e in resp.json()["errors"]} <= {"spend_max", "orders_max"}
+            return
+        found = [i["customer_id"] for i in resp.json()["items"]]
+        expected = [r["customer_id"] for r in everyone if matches(r, params)]
+        assert found == expected, params
+        assert resp.json()["total"] == len(expected)
+
+    # Every label alone, and with each other label of its dimension (OR)...
+    for label in labels:
+        await check({"label": [label]})
+        dimension = label.partition(":")[0]
+        for other in labels:
+            if other != label and other.startswith(f"{dimension}:"):
+                await check({"label": [label, other]})
+    # ... then random combinations with the ranges and the prefix.
+    rng = random.Random(20261201)
+    for _ in range(40):
+        params: dict[str, Any] = {"label": rng.sample(labels, rng.randint(0, 3))}
+        for name, values in (
+            ("spend_min", ["0", "500", "1000.5", "1301"]),
+            ("spend_max", ["999.99", "1500", "3000"]),
+            ("orders_min", ["1", "2", "3"]),
+            ("orders_max", ["1", "2"]),
+            ("q", ["acme", "bolt-0", "acme-0"]),
+        ):
+            if rng.random() < 0.4:
+                params[name] = rng.choice(values)
+        await check(params)
 
 
 async def test_a_bad_parameter_is_a_problem_naming_it(classifier: httpx.AsyncClient) -> None:
