@@ -5,15 +5,27 @@ event-time clock, so the test moves time with events instead of waiting."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_binary
+from cloudevents.core.formats.json import JSONFormat
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from tests.fakes import FakeDatabase
-from tests.unit.test_reclassify_service import RULES, TOPICS, consume, purchase, record, wired
+from tests.unit.test_reclassify_service import (
+    ROOT,
+    RULES,
+    TOPICS,
+    consume,
+    purchase,
+    record,
+    wired,
+)
 from tierflow_classifier.adapters.clock import EventTimeClock
 from tierflow_classifier.service_layer.overrides import OverrideRejected, request_override
-from tierflow_common.contract import EmittedEvent
+from tierflow_common.contract import EmittedEvent, encode_event
 
 T = datetime(2026, 3, 2, 9, tzinfo=UTC)
 
@@ -142,3 +154,36 @@ async def test_an_override_the_rules_cannot_take_is_refused_before_it_is_publish
         )
     assert caught.value.field == field
     assert publisher.events == []
+
+
+async def test_the_published_override_is_a_cloudevent_matching_the_published_schema() -> None:
+    """Read back with the CloudEvents SDK and checked with jsonschema against
+    docs/schemas (implementations we did not write)."""
+    publisher = Captured()
+    await request_override(
+        publisher,
+        RULES,
+        customer_id="c-1",
+        dimension="value_tier",
+        label="VIP",
+        reason="key account",
+        expires_at=T + timedelta(days=1),
+        by="ops key",
+        now=T,
+    )
+    record = encode_event(publisher.events[0])
+    event = from_binary(
+        KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value),
+        JSONFormat(),
+    )
+    assert event.get_type() == "classification.override"
+    assert event.get_subject() == "c-1"
+    assert record.key == b"c-1"  # the customer's partition, as the ingest's records
+    schema = json.loads(
+        (ROOT / "docs/schemas/classification-override.data.schema.json").read_text()
+    )
+    data = event.get_data()
+    assert isinstance(data, dict)
+    Draft202012Validator(schema).validate(data)
+    assert data["override_id"].startswith("ovr-")
+    assert datetime.fromisoformat(data["expires_at"]) == T + timedelta(days=1)
