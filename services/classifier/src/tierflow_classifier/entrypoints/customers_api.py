@@ -1,5 +1,6 @@
 """The console's classifier API: customer search and export, manual overrides, and the
-distribution over time (docs: README "Console API"; contract: the console's client).
+distribution over time (README "Customers: search, export, overrides"; the ops console is
+built against exactly these paths, parameters and JSON keys).
 
 Query parameters are taken as text and parsed by domain/customer_filter.py, so a bad one is
 answered as every rejection is, a problem document naming it, not FastAPI's own 422 body.
