@@ -3,13 +3,18 @@
 Each polled batch is applied by a handler inside one database transaction that also stores the
 next offsets and enqueues every outgoing record (outbox). A crash at any point therefore either
 keeps the whole batch (state + offsets + outputs) or none of it; on partition assignment the
-consumer seeks to the stored offsets. Records the handler cannot apply go to the dead-letter
-topic with the reason, through the same outbox, so a poison record never blocks its partition.
+consumer claims the partitions and seeks to the stored offsets. The offsets are fenced by that
+claim (tierflow_common/fencing.py): a member whose partitions moved while it was paused gets
+its write refused, and the batch rolls back with it. Records the handler cannot apply go to the
+dead-letter topic with the reason, through the same outbox, so a poison record never blocks
+its partition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
@@ -22,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_common.backoff import Backoff
 from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord
-from tierflow_common.db.offsets import load_offsets, store_offsets
+from tierflow_common.db.offsets import claim_partitions, store_offsets
+from tierflow_common.fencing import OffsetsFenced
 from tierflow_common.kafka import make_consumer
 from tierflow_common.logging import error_fields
 from tierflow_common.metrics import ASSIGNED_PARTITIONS, BATCH_SECONDS, CONSUMED, DEAD_LETTERED
@@ -108,7 +114,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Let the in-flight batch commit before the partitions move to another member.
         async with self._owner.batch_lock:
-            pass
+            self._owner.released(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         # Read the stored offsets only after an in-flight batch has committed its own: read
@@ -154,6 +160,10 @@ class StatefulConsumer:
         # has sought to the stored offsets, so a batch polled before a seek is stale: applying
         # it could skip or repeat records. It is dropped and read again from the new position.
         self._seeks = 0
+        # The owner epoch of each partition claimed at assignment (its offset writes carry it),
+        # and the name the claims leave on the rows (for whoever looks at who held what).
+        self._epochs: dict[TopicPartition, int] = {}
+        self._owner = f"{socket.gethostname()}/{os.getpid()}"
 
     @property
     def ready(self) -> bool:
@@ -241,27 +251,31 @@ class StatefulConsumer:
         if not assigned:
             self.assigned = frozenset()
             return
+        ends = await consumer.end_offsets(list(assigned))
+        begins = await consumer.beginning_offsets(list(assigned))
+        # Claim the partitions (fencing out whoever held them) and read their offsets of record
+        # in one statement; a partition never stored is claimed at its log start.
         async with self._engine.begin() as conn:
-            stored = await load_offsets(conn, self.group_id)
+            claims = await claim_partitions(
+                conn, self.group_id, {tp: begins[tp] for tp in assigned}, self._owner
+            )
             if self._watcher is not None:
                 await self._watcher.assigned(conn, frozenset(assigned))
+        self._epochs = {tp: c.epoch for tp, c in claims.items()}
         # Seek to the offsets of record. An empty partition under a stored offset means the
         # broker lost its log (the in-memory broker restarted): read from the start, the ledger
         # makes that safe. A non-empty one is judged later from fetch high watermarks, because
         # some brokers (Tansu) answer ListOffsets with the start of the last batch.
-        ends = await consumer.end_offsets(list(assigned))
-        begins = await consumer.beginning_offsets(list(assigned))
         for tp in sorted(assigned):
-            offset = stored.get(tp)
-            if offset is not None and offset > 0 and ends[tp] == 0:
+            start = claims[tp].next_offset
+            if start > 0 and ends[tp] == 0:
                 log.warning(
                     "stored_offset_beyond_empty_log",
                     topic=tp.topic,
                     partition=tp.partition,
-                    stored=offset,
+                    stored=start,
                 )
-                offset = None
-            start = begins[tp] if offset is None else offset
+                start = begins[tp]
             consumer.seek(tp, start)
             self._expected[tp] = start
         self._seeks += 1
@@ -313,6 +327,11 @@ class StatefulConsumer:
         except Exception as exc:  # the database may be down: told again after the next poll
             log.warning("caught_up_report_failed", group=self.group_id, error=str(exc))
 
+    def released(self, partitions: set[TopicPartition]) -> None:
+        """Partitions revoked or fenced: no more writes for them until they are claimed again."""
+        for tp in partitions:
+            self._epochs.pop(tp, None)
+
     def _consumer_or_raise(self) -> AIOKafkaConsumer:
         # The listener runs only after subscribe(), so the consumer exists by then.
         consumer = self._consumer
@@ -332,12 +351,21 @@ class StatefulConsumer:
                     log.info("stale_batch_dropped", group=self.group_id, seeks=self._seeks)
                     return
                 owned = self._fresh(
-                    {tp: recs for tp, recs in batch.items() if tp in consumer.assignment()}
+                    {
+                        tp: recs
+                        for tp, recs in batch.items()
+                        if tp in consumer.assignment() and tp in self._epochs
+                    }
                 )
                 if not owned:
                     return
                 try:
                     committed = await self._commit_batch(owned)
+                except OffsetsFenced as exc:
+                    # Claimed by another member since our assignment (we were paused past the
+                    # session timeout): the batch rolled back; the rest is retried at once.
+                    self._fenced(exc, owned)
+                    continue
                 except Exception as exc:
                     if not is_transient(exc):
                         log.error(
@@ -345,7 +373,11 @@ class StatefulConsumer:
                             group=self.group_id,
                             **error_fields(exc),
                         )
-                        committed = await self._commit_one_by_one(owned)
+                        try:
+                            committed = await self._commit_one_by_one(owned)
+                        except OffsetsFenced as fenced:
+                            self._fenced(fenced, owned)
+                            continue
                     else:
                         log.warning(
                             "batch_retry",
@@ -361,6 +393,18 @@ class StatefulConsumer:
                 # Abandon without committing: the stored offsets make the next owner redo it.
                 return
             await backoff.wait()
+
+    def _fenced(self, exc: OffsetsFenced, batch: dict[TopicPartition, list[Record]]) -> None:
+        fenced = {tp for tp in batch if tp in exc.partitions}
+        refused = sum(len(batch[tp]) for tp in fenced)
+        log.warning(
+            "offset_write_fenced",
+            group=self.group_id,
+            partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in fenced),
+            records=refused,
+        )
+        CONSUMED.labels(group=self.group_id, outcome="fenced").inc(refused)
+        self.released(fenced)
 
     def _fresh(
         self, batch: dict[TopicPartition, list[Record]]
@@ -387,7 +431,7 @@ class StatefulConsumer:
                 try:
                     committed.update(await self._commit_batch(single))
                 except Exception as exc:
-                    if is_transient(exc):
+                    if is_transient(exc) or isinstance(exc, OffsetsFenced):
                         raise
                     error = error_fields(exc)
                     log.error("record_dead_lettered_on_error", offset=record.offset, **error)
@@ -414,7 +458,7 @@ class StatefulConsumer:
                 ]
                 await enqueue(conn, self._producer_name, [*outcome.emit, *dlq])
                 next_offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
-                await store_offsets(conn, self.group_id, next_offsets)
+                await store_offsets(conn, self.group_id, next_offsets, self._epochs)
         self._expected.update(next_offsets)
         for d in outcome.dead:
             DEAD_LETTERED.labels(group=self.group_id, reason=d.field or "record").inc()

@@ -41,6 +41,9 @@ consumer_offsets = Table(
     Column("partition", Integer, nullable=False),
     Column("next_offset", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Bumped by every claim at assignment; a write must carry it (tierflow_common/fencing.py).
+    Column("owner_epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column("owner", Text, nullable=True),
     PrimaryKeyConstraint("group_id", "topic", "partition"),
 )
 
@@ -55,6 +58,8 @@ outbox = Table(
     Column("value", LargeBinary, nullable=False),
     Column("headers", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The cause's W3C trace context, written as ce_traceparent/ce_tracestate (migration 0016).
+    Column("trace_context", JSONB, nullable=True),
     Index("ix_outbox_producer_id", "producer", "id"),
 )
 
@@ -319,6 +324,8 @@ care_actions = Table(
     Column("reassigned_at", DateTime(timezone=True), nullable=True),
     Column("cancelled_at", DateTime(timezone=True), nullable=True),
     Column("cancel_reason", Text, nullable=True),
+    # The trace of the change that caused it, sent with its deliveries (migration 0016).
+    Column("trace_context", JSONB, nullable=True),
     # The queue order as one ascending keyset (tierflow_notifier.domain.queue.queue_key).
     Column("queue_rank", SmallInteger, Computed(QUEUE_RANK_SQL, persisted=True)),
     Column(
