@@ -107,7 +107,16 @@ def seed(pipeline: Pipeline) -> None:
     """Customers to find: a VIP (three large orders: an account-manager task), a regular, and
     one paying in a currency the rule set has no rate for (dead-lettered until it has)."""
     now = datetime.now(UTC)
+    # A store to look at: 40 customers with one to three orders of 90 to 890.
+    crowd = [
+        purchase(
+            f"crowd-{i}-{n}", f"c-{i:03d}", now - timedelta(days=9 * n + i % 7), f"{90 + 20 * i}"
+        )
+        for i in range(40)
+        for n in range(1 + i % 3)
+    ]
     events = [
+        *crowd,
         *(purchase(f"vip-{n}", "c-vip", now - timedelta(days=20 - n), "2500.00") for n in range(3)),
         purchase("reg-1", "c-regular", now - timedelta(days=3), "40.00"),
         purchase("krw-1", "c-krw", now - timedelta(days=1), "50000", currency="KRW"),
@@ -208,9 +217,12 @@ def test_an_operator_finds_a_customer_sees_why_and_overrides_the_label_until_it_
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_test_id("total")).to_have_text("1")
     page.goto(stack.url + "/customers")
-    page.locator("select[name='label.value_tier']").select_option("regular")
+    page.locator("select[name='label.value_tier']").select_option("VIP")
     page.get_by_role("button", name="Search").click()
     rows = page.get_by_test_id("customers").locator("tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("c-vip")
+    page.goto(stack.url + "/customers?label.value_tier=regular&spend_max=45")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("c-regular")
     page.goto(stack.url + "/customers")
@@ -312,8 +324,16 @@ def test_a_dead_letter_is_redriven_after_the_rule_set_learns_the_rate(
     expect(page.get_by_test_id("simulation")).to_be_visible()
     expect(page.get_by_test_id("heat-value_tier")).to_contain_text("VIP")
     shoot(page, stack, "rules")
+    candidate = page.locator("input[name='version']").input_value()
     page.get_by_test_id("activate-form").get_by_role("button").click()
     expect(page.get_by_test_id("flash")).to_contain_text("Activated")
+
+    # Redrive once the classifier has the new rule set in force (the page says which is).
+    def in_force() -> bool:
+        page.goto(stack.url + "/rules")
+        return candidate in page.get_by_test_id("active-version").inner_text().split()[0]
+
+    wait_for("the new rule set in force", in_force)
 
     page.goto(stack.url + "/dead-letters")
     page.locator("tr[data-offset]", has_text="KRW").get_by_role("button", name="Redrive").click()
