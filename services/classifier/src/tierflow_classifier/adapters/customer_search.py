@@ -52,8 +52,9 @@ class Scoring:
 
 @dataclass(frozen=True)
 class CustomerRow:
+    """A matching customer and its CLV, scored for the row."""
+
     state: CustomerState
-    churn_probability: float | None
     clv: float | None
 
 
@@ -146,7 +147,7 @@ async def walk(
 
 
 def _scored_states(states: Sequence[CustomerState], scoring: Scoring) -> list[CustomerRow]:
-    return [CustomerRow(s, s.churn_probability, scoring.clv(s)) for s in states]
+    return [CustomerRow(s, scoring.clv(s)) for s in states]
 
 
 async def search(
@@ -192,7 +193,7 @@ def criteria(row: CustomerRow) -> dict[str, Any]:
         "first_purchase_at": s.first_purchase_at,
         "open_complaints": int(f.get("open_complaints", 0)),
         "satisfaction_latest": f.get("satisfaction_latest"),
-        "churn_probability": row.churn_probability,
+        "churn_probability": s.churn_probability,
         "clv": row.clv,
     }
 
