@@ -68,6 +68,7 @@ def time_series(title: str, series: Mapping[str, Sequence[Point]], *, y_title: s
         max_scale=6,
         include_x_axis=True,
     )
+    chart.legend_at_bottom_columns = max(1, min(4, len(series)))
     for name, points in series.items():
         chart.add(name, [(p.at, p.value) for p in points])
     return _svg(chart)
@@ -79,14 +80,16 @@ def stacked_area(
     """How many customers hold each label of one dimension, snapshot by snapshot."""
     # Small multiples: drawn at about the size they are shown, so the text stays legible.
     chart = pygal.StackedLine(
-        **_common(title, height=300, width=520),
+        **_common(title, height=340, width=520),
         fill=True,
         x_label_rotation=0,
         show_minor_x_labels=False,
         x_labels_major_count=6,
         include_x_axis=True,
     )
-    chart.x_labels = [t.strftime("%H:%M") for t in times]
+    # About six time labels along the axis, whatever the number of snapshots.
+    every = max(1, len(times) // 6)
+    chart.x_labels = [t.strftime("%H:%M") if i % every == 0 else "" for i, t in enumerate(times)]
     for label, values in counts.items():
         chart.add(label, list(values))
     return _svg(chart)
