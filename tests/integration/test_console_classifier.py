@@ -547,3 +547,73 @@ async def test_the_cli_searches_exports_and_overrides(
         cleared = await tierflow("override", "clear", "acme-01", "value_tier", url=url, key=key)
         assert cleared.exit_code == 0, cleared.output
         await eventually(tier, lambda text: "override" not in text, what="override cleared")
+
+
+async def test_churn_bounds_select_by_the_probability_of_the_model_in_force(
+    kafka_settings: KafkaSettings, database: DatabaseSettings, topics: TopicSettings
+) -> None:
+    now = datetime.now(UTC)
+    history = []
+    for c in range(120):
+        # Regular buyers, lapsed buyers and one-timers, so the model has something to learn.
+        gap, count, last = 7 + (c % 5) * 20, 1 + c % 6, now - timedelta(days=(c % 4) * 60 + 1)
+        history += [
+            purchase_event(
+                f"h-{c}-{k}",
+                f"hist-{c:03d}",
+                str(20 + c % 7 * 5),
+                time=last - timedelta(days=gap * (count - 1 - k)),
+            )
+            for k in range(count)
+        ]
+    async with classifier_client(kafka_settings, database, topics) as client:
+        await produce(kafka_settings, topics.customer_events, history)
+        await eventually(
+            lambda: client.get("/v1/customers", params={"limit": 1000}),
+            lambda r: (
+                sum(i["criteria"]["purchases_lifetime"] for i in r.json()["items"]) == len(history)
+            ),
+            timeout=60,
+            what="history applied",
+        )
+        fitted = await client.post("/v1/models/churn:fit")
+        assert fitted.status_code == 200, fitted.text
+        # The new model re-scores everyone in the background.
+        everyone = await eventually(
+            lambda: client.get("/v1/customers", params={"limit": 1000}),
+            lambda r: all(
+                i["criteria"]["churn_probability"] is not None for i in r.json()["items"]
+            ),
+            timeout=60,
+            what="everyone scored",
+        )
+        rows = everyone.json()["items"]
+        assert all(i["criteria"]["clv"] is not None for i in rows)
+        probabilities = sorted(i["criteria"]["churn_probability"] for i in rows)
+        low, high = probabilities[30], probabilities[90]
+        for params in (
+            {"churn_min": low},
+            {"churn_max": high},
+            {"churn_min": low, "churn_max": high},
+        ):
+            resp = await client.get("/v1/customers", params={**params, "limit": 1000})
+            found = [i["customer_id"] for i in resp.json()["items"]]
+            expected = [
+                i["customer_id"]
+                for i in rows
+                if params.get("churn_min", 0)
+                <= i["criteria"]["churn_probability"]
+                <= params.get("churn_max", 1)
+            ]
+            assert found == expected, params
+            assert resp.json()["total"] == len(expected)
+        # The churn-risk label and the probability agree (the rule set's levels).
+        levels = {
+            "low": (0.0, 0.3),
+            "medium": (0.3, 0.6),
+            "high": (0.6, 0.85),
+            "critical": (0.85, 1.0),
+        }
+        for row in rows:
+            lo, hi = levels[row["dimensions"]["churn_risk"]]
+            assert lo <= row["criteria"]["churn_probability"] <= hi
