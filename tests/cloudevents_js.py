@@ -8,12 +8,13 @@ the lock is newer than the install) by `js_decoder`; node and npm must be on the
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.npm import installed_node
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 
@@ -37,18 +38,7 @@ class Decoded:
 
 def install() -> tuple[str, Path]:
     """(node, the decoder script), the SDK installed from the lock file."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    assert npm, "npm is needed to install the CloudEvents JavaScript SDK"
-    assert node, "node is needed to run the CloudEvents JavaScript SDK"
-    installed = JS_DIR / "node_modules" / ".package-lock.json"
-    lock = JS_DIR / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            [npm, "ci", "--prefix", str(JS_DIR), "--ignore-scripts", "--no-audit", "--no-fund"],
-            check=True,
-            capture_output=True,
-            timeout=240,
-        )
+    node = installed_node(JS_DIR, "the CloudEvents JavaScript SDK")
     return node, JS_DIR / "decode.mjs"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import yaml
 from aiokafka.structs import ConsumerRecord
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 
+from tests.npm import installed_node
 from tierflow_common.consumer import DeadLetter, dead_letter_record
 from tierflow_common.contract.asyncapi import asyncapi_document, render_asyncapi
 from tierflow_common.contract.customer_events import EVENT_MODELS, OVERRIDE_TYPE, OverrideData
@@ -61,18 +61,7 @@ DATA_MODELS: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def parse() -> Parse:
     """A function: AsyncAPI document file → (exit code, diagnostics) from the official parser."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    assert npm, "npm is needed to install the official AsyncAPI parser"
-    assert node, "node is needed to run the official AsyncAPI parser"
-    installed = PARSER_DIR / "node_modules" / ".package-lock.json"
-    lock = PARSER_DIR / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            [npm, "ci", "--prefix", str(PARSER_DIR), "--ignore-scripts", "--no-audit", "--no-fund"],
-            check=True,
-            capture_output=True,
-            timeout=240,
-        )
+    node = installed_node(PARSER_DIR, "the official AsyncAPI parser")
 
     def run(path: Path) -> tuple[int, list[dict[str, Any]]]:
         done = subprocess.run(
