@@ -544,6 +544,18 @@ async def test_the_cli_searches_exports_and_overrides(
 
         shown = await eventually(tier, lambda text: "override" in text, what="override shown")
         assert "VIP" in shown
+        then = await tierflow(
+            "customers",
+            "get",
+            "acme-01",
+            "--as-of",
+            datetime.now(UTC).isoformat(),
+            url=url,
+            key=key,
+        )
+        assert then.exit_code == 0, then.output
+        assert "as of" in then.stdout
+        assert "value_tier" in then.stdout
         cleared = await tierflow("override", "clear", "acme-01", "value_tier", url=url, key=key)
         assert cleared.exit_code == 0, cleared.output
         await eventually(tier, lambda text: "override" not in text, what="override cleared")
