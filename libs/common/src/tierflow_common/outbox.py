@@ -11,7 +11,8 @@ import contextlib
 import random
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -28,16 +29,34 @@ from tierflow_common.db.tables import outbox
 from tierflow_common.kafka import make_producer, partition_for
 from tierflow_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from tierflow_common.settings import KafkaSettings
+from tierflow_common.trace_context import KAFKA_TRACEPARENT, TraceContext, from_json
 
 log = structlog.get_logger(__name__)
 
 
 _ENQUEUE = (
-    "INSERT INTO outbox (producer, topic, key, value, headers) "
-    "SELECT $1, u.topic, u.key, u.value, u.headers::jsonb "
-    "FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[]) "
-    "WITH ORDINALITY AS u(topic, key, value, headers, n) ORDER BY u.n"
+    "INSERT INTO outbox (producer, topic, key, value, headers, trace_context) "
+    "SELECT $1, u.topic, u.key, u.value, u.headers::jsonb, u.trace::jsonb "
+    "FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[]) "
+    "WITH ORDINALITY AS u(topic, key, value, headers, trace, n) ORDER BY u.n"
 )
+
+
+def with_traces(
+    items: Sequence[tuple[str, EmittedEvent | KafkaRecord]], traces: Mapping[str, TraceContext]
+) -> list[tuple[str, EmittedEvent | KafkaRecord]]:
+    """`items` with the trace context of their subject (a customer's: the event that caused
+    them) where they carry none yet."""
+    if not traces:
+        return list(items)
+    out: list[tuple[str, EmittedEvent | KafkaRecord]] = []
+    for topic, item in items:
+        trace = traces.get(item.subject) if isinstance(item, EmittedEvent) else None
+        if trace is not None and isinstance(item, EmittedEvent) and item.trace is None:
+            out.append((topic, replace(item, trace=trace)))
+        else:
+            out.append((topic, item))
+    return out
 
 
 async def enqueue(
@@ -46,7 +65,8 @@ async def enqueue(
     """Write (topic, event-or-record) pairs to the outbox inside the caller's transaction.
 
     One array-parameter statement per batch; rows get ids in the order given (ORDER BY the
-    ordinality), which is the order the relay publishes them in.
+    ordinality), which is the order the relay publishes them in. An event's trace context
+    goes to the row's `trace_context` (the relay writes it as `ce_traceparent`).
     """
     if not items:
         return
@@ -54,8 +74,14 @@ async def enqueue(
     keys: list[bytes | None] = []
     values: list[bytes] = []
     headers: list[str] = []
+    traces: list[str | None] = []
     for topic, item in items:
-        record = encode_event(item) if isinstance(item, EmittedEvent) else item
+        if isinstance(item, EmittedEvent):
+            record = encode_event(item)
+            traces.append(None if item.trace is None else item.trace.json())
+        else:
+            record = item
+            traces.append(None)
         topics.append(topic)
         keys.append(record.key)
         values.append(record.value)
@@ -65,7 +91,19 @@ async def enqueue(
             ).decode()
         )
     raw = await raw_connection(conn)
-    await raw.execute(_ENQUEUE, producer, topics, keys, values, headers)
+    await raw.execute(_ENQUEUE, producer, topics, keys, values, headers, traces)
+
+
+def with_trace_headers(
+    headers: list[tuple[str, bytes]], trace_json: str
+) -> list[tuple[str, bytes]]:
+    """A record's headers with its row's trace context as the CloudEvents distributed-tracing
+    extension (`ce_traceparent`, `ce_tracestate`), sorted as `binary_headers` sorts them; a
+    record that carries its own keeps it."""
+    trace = from_json(trace_json)
+    if trace is None or any(name == KAFKA_TRACEPARENT for name, _ in headers):
+        return headers
+    return sorted([*headers, *trace.kafka_headers()])
 
 
 class OutboxRelay:
@@ -184,6 +222,8 @@ class OutboxRelay:
             # As send() would: by key; a record without one on any partition.
             partition = random.choice(every) if row.key is None else partition_for(row.key, every)
             headers = [(k, v.encode()) for k, v in orjson.loads(row.headers)]
+            if row.trace_context is not None:
+                headers = with_trace_headers(headers, row.trace_context)
             batch = open_batches.get((topic, partition))
             if batch is not None:
                 added = batch.append(key=row.key, value=row.value, timestamp=None, headers=headers)
@@ -218,6 +258,7 @@ class OutboxRelay:
                         outbox.c.value,
                         # As text, decoded by orjson below (the driver's json.loads is slower).
                         cast(outbox.c.headers, Text).label("headers"),
+                        cast(outbox.c.trace_context, Text).label("trace_context"),
                     )
                     .where(outbox.c.producer == self._producer)
                     .order_by(outbox.c.id)

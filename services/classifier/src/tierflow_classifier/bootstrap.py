@@ -57,6 +57,7 @@ from tierflow_common.settings import (
     TopicSettings,
 )
 from tierflow_common.tasks import finish
+from tierflow_common.tracing import configure_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -337,4 +338,5 @@ def main() -> None:
     from tierflow_common.settings import ClassifierHttpSettings  # noqa: PLC0415
 
     configure_logging(LogSettings(), service="classifier")
+    configure_tracing("classifier")  # off unless OTEL_* configures an exporter
     serve(create_app(), ClassifierHttpSettings())

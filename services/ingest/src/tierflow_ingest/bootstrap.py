@@ -26,6 +26,7 @@ from tierflow_common.settings import (
     MetricsSettings,
     TopicSettings,
 )
+from tierflow_common.tracing import configure_tracing
 from tierflow_ingest.adapters.publisher import KafkaPublisher
 from tierflow_ingest.adapters.receipts import TABLE as RECEIPTS_TABLE
 from tierflow_ingest.adapters.receipts import ReceiptWriter
@@ -142,4 +143,5 @@ def main() -> None:
     from tierflow_common.settings import IngestHttpSettings  # noqa: PLC0415
 
     configure_logging(LogSettings(), service="ingest")
+    configure_tracing("ingest")  # off unless OTEL_* configures an exporter
     serve(create_app(), IngestHttpSettings())

@@ -33,6 +33,7 @@ from tierflow_common.settings import (
     TopicSettings,
 )
 from tierflow_common.tasks import finish
+from tierflow_common.tracing import configure_tracing
 from tierflow_notifier.adapters.http import HttpClient
 from tierflow_notifier.adapters.playbooks_file import load_playbook
 from tierflow_notifier.adapters.retention import retention_rules
@@ -280,4 +281,5 @@ def main() -> None:
     from tierflow_common.settings import NotifierHttpSettings  # noqa: PLC0415
 
     configure_logging(LogSettings(), service="notifier")
+    configure_tracing("notifier")  # off unless OTEL_* configures an exporter
     serve(create_app(), NotifierHttpSettings())

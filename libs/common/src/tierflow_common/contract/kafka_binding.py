@@ -21,6 +21,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from tierflow_common.contract.attributes import header_text
 from tierflow_common.exceptions import PoisonRecord
+from tierflow_common.trace_context import TraceContext
 
 _FORMAT = JSONFormat()
 JSON_CONTENT_TYPE = "application/json"
@@ -40,6 +41,8 @@ class EmittedEvent:
     # Optional attributes (`dataschema`, extensions) beyond these: each a `ce_*` header.
     attributes: Mapping[str, str | int | bool] = field(default_factory=dict)
     datacontenttype: str | None = None  # None: application/json
+    # The trace it belongs to: kept on its outbox row, written as ce_traceparent by the relay.
+    trace: TraceContext | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from opentelemetry.trace import Span, SpanKind
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,6 +38,7 @@ from tierflow_classifier.domain.reclassification import Arrival, EventsArrived
 from tierflow_classifier.service_layer.erasure import erase_customer
 from tierflow_classifier.service_layer.reclassify import Classifier, reclassify
 from tierflow_classifier.service_layer.unit_of_work import SqlUnitOfWork, UnitOfWork
+from tierflow_common import tracing
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
 from tierflow_common.contract import decode_record
 from tierflow_common.contract.customer_events import OverrideEvent, parse_topic_event
@@ -50,7 +52,9 @@ from tierflow_common.contract.events import (
 )
 from tierflow_common.erasure import is_erased
 from tierflow_common.exceptions import PoisonRecord
+from tierflow_common.outbox import with_traces
 from tierflow_common.settings import TopicSettings
+from tierflow_common.trace_context import TraceContext, from_kafka_headers
 
 
 def utc(t: datetime) -> datetime:
@@ -125,6 +129,64 @@ async def apply_events(
             continue
         seen.add(key)
         decoded.append((record, event))
+    traces = cause_traces(decoded)
+    spans = customer_spans(decoded, traces) if tracing.enabled() else {}
+    for cid, span in spans.items():
+        own = tracing.context_of(span, traces.get(cid))
+        if own is not None:
+            traces[cid] = own  # the records then hang under the customer's span
+    try:
+        await _apply_decoded(uow, classifier, clock, topics, decoded, outcome, traces)
+    finally:
+        for span in spans.values():
+            span.end()
+    return outcome
+
+
+def cause_traces(
+    decoded: Sequence[tuple[Record, CustomerEvent | EraseRequest]],
+) -> dict[str, TraceContext]:
+    """Each customer's trace in the batch: its last event's (ce_traceparent), where any has
+    one. A batch holds many customers' events: each customer keeps its own trace."""
+    traces: dict[str, TraceContext] = {}
+    for record, event in decoded:
+        trace = from_kafka_headers(record.headers)
+        if trace is not None:
+            traces[event.meta.customer_id] = trace
+    return traces
+
+
+def customer_spans(
+    decoded: Sequence[tuple[Record, CustomerEvent | EraseRequest]],
+    traces: dict[str, TraceContext],
+) -> dict[str, Span]:
+    """One span per customer of the batch, child of the customer's own event's trace (a new
+    trace where it came without one), linked to the batch's span."""
+    counts: dict[str, int] = {}
+    for _, event in decoded:
+        cid = event.meta.customer_id
+        counts[cid] = counts.get(cid, 0) + 1
+    links = tracing.link_to_current()
+    return {
+        cid: tracing.start_span(
+            "classify customer",
+            traces.get(cid),
+            attributes={"tierflow.events": n},
+            links=links,
+        )
+        for cid, n in counts.items()
+    }
+
+
+async def _apply_decoded(
+    uow: UnitOfWork,
+    classifier: Classifier,
+    clock: Clock,
+    topics: TopicSettings,
+    decoded: Sequence[tuple[Record, CustomerEvent | EraseRequest]],
+    outcome: BatchOutcome,
+    traces: dict[str, TraceContext],
+) -> None:
     async with uow:
         erased: dict[str, datetime] = {}
         if decoded:
@@ -154,8 +216,8 @@ async def apply_events(
             else:
                 segment.append((record, event))
         await _apply(uow, classifier, clock, topics, segment, outcome)
-        outcome.emit.extend(uow.outbox.take())
-    return outcome
+        # Each customer's records carry its trace (the outbox row's trace_context).
+        outcome.emit.extend(with_traces(uow.outbox.take(), traces))
 
 
 async def _apply(
@@ -210,6 +272,16 @@ class ClassifierHandler:
     unit_of_work: Callable[[AsyncConnection], UnitOfWork] = SqlUnitOfWork.joining
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Record]) -> BatchOutcome:
-        return await apply_events(
-            self.unit_of_work(conn), self.classifier, self.clock, self.topics, records
-        )
+        if not tracing.enabled():
+            return await apply_events(
+                self.unit_of_work(conn), self.classifier, self.clock, self.topics, records
+            )
+        attributes = {"messaging.system": "kafka", "messaging.batch.message_count": len(records)}
+        with tracing.span("classifier batch", kind=SpanKind.CONSUMER, attributes=attributes) as s:
+            outcome = await apply_events(
+                self.unit_of_work(conn), self.classifier, self.clock, self.topics, records
+            )
+            s.set_attributes(
+                {"tierflow.applied": outcome.applied, "tierflow.dead_lettered": len(outcome.dead)}
+            )
+            return outcome

@@ -14,16 +14,20 @@ from tierflow_common.contract import CustomerEvent
 from tierflow_common.contract.kafka_binding import KafkaRecord, binary_headers
 from tierflow_common.exceptions import BrokerUnavailable
 from tierflow_common.kafka import partition_for
+from tierflow_common.trace_context import TRACEPARENT, TraceContext
 from tierflow_ingest.exceptions import Overloaded
 
 log = structlog.get_logger(__name__)
 
 
-def to_record(event: CustomerEvent) -> KafkaRecord:
-    """The binary-mode record of an accepted event (the bytes `encode_event` gives it)."""
+def to_record(event: CustomerEvent, trace: TraceContext | None = None) -> KafkaRecord:
+    """The binary-mode record of an accepted event (the bytes `encode_event` gives it); an
+    event without a `traceparent` of its own takes `trace` (the request's) as one."""
     attributes = event.__pydantic_extra__
     if event.dataschema is not None:
         attributes = {**(attributes or {}), "dataschema": event.dataschema}
+    if trace is not None and not (attributes and TRACEPARENT in attributes):
+        attributes = {**(attributes or {}), **trace.attributes()}
     # Extensions are kept, each a `ce_*` header; `datacontenttype` is the content-type.
     headers = binary_headers(
         id=event.id,
@@ -77,8 +81,11 @@ class KafkaPublisher:
             self.started = False
             await self.producer.stop()
 
-    async def publish(self, events: Sequence[CustomerEvent]) -> list[BaseException | None]:
-        """Send and await acks; one result per event (None = durably acknowledged).
+    async def publish(
+        self, events: Sequence[CustomerEvent], trace: TraceContext | None = None
+    ) -> list[BaseException | None]:
+        """Send and await acks; one result per event (None = durably acknowledged). `trace`:
+        the request's trace context, for the events that carry none.
 
         The records go to the producer back to back (no await yields while the topic's
         metadata is known and the batches have room), so one request's records share the
@@ -103,7 +110,7 @@ class KafkaPublisher:
                 async with asyncio.timeout_at(deadline):
                     partitions = sorted(await producer.partitions_for(topic))
                     for event in events:
-                        record = to_record(event)
+                        record = to_record(event, trace)
                         try:
                             futures[sent] = await producer.send(
                                 topic,

@@ -11,15 +11,16 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tierflow_common.auth import BEARER, KeyLookup, Role
+from tierflow_common.auth import BEARER, KeyLookup, Principal, Role
 from tierflow_common.contract.events import (
     customer_event_json_schema,
     customer_event_openapi_schema,
 )
 from tierflow_common.errors_http import PROBLEM_SCHEMA, problem
 from tierflow_common.exceptions import BrokerUnavailable
+from tierflow_common.trace_context import TraceContext
 from tierflow_ingest.domain.validation import validate_event
-from tierflow_ingest.entrypoints import binary_mode, http_io
+from tierflow_ingest.entrypoints import binary_mode, http_io, request_trace
 from tierflow_ingest.entrypoints.examples import batch_example, event_examples
 from tierflow_ingest.entrypoints.metrics import PUBLISH_SECONDS, REJECTED
 from tierflow_ingest.exceptions import Overloaded
@@ -72,11 +73,11 @@ BATCH_RESULT = {
 
 
 async def publish(
-    intake: Intake, events: list[Any], settings: IngestSettings
+    intake: Intake, events: list[Any], settings: IngestSettings, trace: TraceContext | None = None
 ) -> list[Outcome] | Response:
     try:
         with PUBLISH_SECONDS.time():
-            return await intake.accept(events)
+            return await intake.accept(events, trace)
     except Overloaded as exc:
         return http_io.unavailable(settings, f"ingest is saturated: {exc}")
     except BrokerUnavailable as exc:
@@ -150,6 +151,14 @@ def build_router(
             parsed = await http_io.read_json(request, SINGLE_TYPES, settings)
         if isinstance(parsed, Response):
             return parsed
+        return await request_trace.traced(
+            "POST /v1/events",
+            request,
+            request_trace.incoming(request, parsed),
+            lambda trace: accept_event(key, parsed, trace),
+        )
+
+    async def accept_event(key: Principal, parsed: Any, trace: TraceContext) -> Response:
         result = validate_event(
             parsed, now=clock(), max_future_skew=skew, min_year=settings.min_event_year
         )
@@ -171,7 +180,7 @@ def build_router(
         wait = limiter.check(key.key_id, 1)
         if wait is not None:
             return http_io.rate_limited(wait, 1)
-        outcome = await publish(intake, [result], settings)
+        outcome = await publish(intake, [result], settings, trace)
         if isinstance(outcome, Response):
             return outcome
         (first,) = outcome
@@ -228,6 +237,14 @@ def build_router(
         parsed = await http_io.read_json(request, BATCH_TYPES, settings)
         if isinstance(parsed, Response):
             return parsed
+        return await request_trace.traced(
+            "POST /v1/events:batch",
+            request,
+            request_trace.incoming(request),
+            lambda trace: accept_batch(key, parsed, trace),
+        )
+
+    async def accept_batch(key: Principal, parsed: Any, trace: TraceContext) -> Response:
         if not isinstance(parsed, list):
             REJECTED.labels(reason="malformed_json").inc()
             return problem(
@@ -258,7 +275,7 @@ def build_router(
             wait = limiter.check(key.key_id, len(valid))
             if wait is not None:
                 return http_io.rate_limited(wait, len(valid))
-        outcome = await publish(intake, [e for _, e in valid], settings) if valid else []
+        outcome = await publish(intake, [e for _, e in valid], settings, trace) if valid else []
         if isinstance(outcome, Response):
             return outcome
         for (i, event), item in zip(valid, outcome, strict=True):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from tierflow_common.contract import CustomerEvent
+from tierflow_common.trace_context import TraceContext
 from tierflow_ingest.adapters.publisher import KafkaPublisher
 from tierflow_ingest.adapters.receipts import ReceiptWriter
 from tierflow_ingest.domain.access import TokenBucket
@@ -80,12 +81,15 @@ class Intake:
     publisher: KafkaPublisher
     receipts: ReceiptWriter
 
-    async def accept(self, events: Sequence[CustomerEvent]) -> list[Outcome]:
-        """Publish and await the broker's acks; then record receipts to spot resends.
+    async def accept(
+        self, events: Sequence[CustomerEvent], trace: TraceContext | None = None
+    ) -> list[Outcome]:
+        """Publish and await the broker's acks; then record receipts to spot resends. `trace`:
+        the request's trace context, carried by the events that have none of their own.
 
         Raises BrokerUnavailable / Overloaded when nothing could be attempted.
         """
-        errors = await self.publisher.publish(events)
+        errors = await self.publisher.publish(events, trace)
         acked = [e for e, err in zip(events, errors, strict=True) if err is None]
         flags: list[bool | None] | None
         try:

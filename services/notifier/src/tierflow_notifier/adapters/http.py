@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from tierflow_common.trace_context import TraceContext
+
 
 class HttpError(Exception):
     """The request got no HTTP response (connection refused, reset, timed out, bad reply)."""
@@ -33,6 +35,13 @@ class Post:
 
     headers: Mapping[str, str]
     body: bytes
+
+
+def with_trace(post: Post, trace: TraceContext | None) -> Post:
+    """`post` with the W3C `traceparent` (and `tracestate`) headers of `trace`."""
+    if trace is None:
+        return post
+    return Post(headers={**post.headers, **trace.carrier()}, body=post.body)
 
 
 class _Conn(asyncio.Protocol):

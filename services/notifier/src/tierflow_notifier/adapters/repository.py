@@ -138,6 +138,7 @@ _ACTION_COLUMNS: Columns = (
     ("churn_probability", "float8"),
     ("clv", "float8"),
     ("value_at_risk", "float8"),
+    ("trace_context", "jsonb"),
 )
 _LEDGER_COLUMNS: Columns = (
     ("action_id", "text"),
@@ -204,8 +205,12 @@ _INSERT_DELIVERIES = _insert_from_arrays(
 
 
 def _columns(rows: Sequence[dict[str, Any]], columns: Columns) -> list[Any]:
+    """Column arrays; a JSON column's None stays NULL (not JSON null)."""
     return [
-        [dumps(r[c]) for r in rows] if t == "jsonb" else [r[c] for r in rows] for c, t in columns
+        [None if r[c] is None else dumps(r[c]) for r in rows]
+        if t == "jsonb"
+        else [r[c] for r in rows]
+        for c, t in columns
     ]
 
 
@@ -251,7 +256,7 @@ def delivery_row(
 
 # JSONB columns come back as their JSON text: the webhook body embeds them as they are
 # (orjson.Fragment) instead of decoding and re-encoding them for every delivery.
-RAW_JSON_COLUMNS = ("explanation", "details")
+RAW_JSON_COLUMNS = ("explanation", "details", "trace_context")
 _CLAIM_COLUMNS = ", ".join(
     f"a.{c.name}::text AS {c.name}" if c.name in RAW_JSON_COLUMNS else f"a.{c.name}"
     for c in care_actions.c

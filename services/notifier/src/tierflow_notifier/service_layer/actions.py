@@ -5,7 +5,7 @@ transaction: the action rows, their ledger entries, their webhook deliveries and
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tierflow_common.contract import CARE_ACTION_TYPE, EmittedEvent
+from tierflow_common.trace_context import TraceContext
 from tierflow_notifier.adapters import projection, repository
 from tierflow_notifier.adapters.webhooks import action_payload
 from tierflow_notifier.domain.playbooks import PlannedAction, Playbook
@@ -98,9 +99,16 @@ class ActionWriter:
     endpoints: Sequence[str]
 
     async def write(
-        self, conn: AsyncConnection, planned: Sequence[PlannedAction], now: datetime
+        self,
+        conn: AsyncConnection,
+        planned: Sequence[PlannedAction],
+        now: datetime,
+        traces: Mapping[str, TraceContext] | None = None,
     ) -> WriteResult:
+        """`traces`: each customer's trace context (of the change that caused its actions),
+        kept with the action (its deliveries send it) and on its care-actions record."""
         result = WriteResult()
+        traces = traces or {}
         unique = list({p.action_id: p for p in planned}.values())
         result.tally.duplicates = len(planned) - len(unique)
         if not unique:
@@ -112,7 +120,7 @@ class ActionWriter:
         if not new:
             return result
         rows = [
-            self._row(p, d, reach.get(p.customer_id), now)
+            self._row(p, d, reach.get(p.customer_id), now, traces.get(p.customer_id))
             for p, d in zip(new, decisions, strict=True)
         ]
         # Ledger entries and deliveries for every action that reaches the customer; the
@@ -145,7 +153,9 @@ class ActionWriter:
                 result.tally.suppressed[row["suppressed_reason"]] += 1
                 continue
             result.tally.created[(row["kind"], row["rule_id"])] += 1
-            result.emit.append((self.care_actions_topic, _event(row)))
+            result.emit.append(
+                (self.care_actions_topic, _event(row, traces.get(row["customer_id"])))
+            )
         return result
 
     def _row(
@@ -154,6 +164,7 @@ class ActionWriter:
         decision: Decision,
         reach: Reachability | None,
         now: datetime,
+        trace: TraceContext | None = None,
     ) -> dict[str, Any]:
         spec = p.rule.action
         details: dict[str, Any] = {}
@@ -196,10 +207,11 @@ class ActionWriter:
             "churn_probability": p.scores.churn_probability if p.scores else None,
             "clv": p.scores.clv if p.scores else None,
             "value_at_risk": p.scores.value_at_risk if p.scores else None,
+            "trace_context": trace.carrier() if trace else None,
         }
 
 
-def _event(row: dict[str, Any]) -> EmittedEvent:
+def _event(row: dict[str, Any], trace: TraceContext | None = None) -> EmittedEvent:
     # The CareActionData contract, built directly (the webhook body's data is the same dict);
     # tests/unit/test_care_action_contract.py validates it against the model.
     data = action_payload(row)
@@ -210,4 +222,5 @@ def _event(row: dict[str, Any]) -> EmittedEvent:
         subject=row["customer_id"],
         time=row["created_at"],
         data=data,
+        trace=trace,
     )

@@ -19,11 +19,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tierflow_common import tracing
+from tierflow_common.trace_context import TraceContext, from_json, of_span
 from tierflow_common.transient import is_transient
 from tierflow_notifier.adapters import repository
-from tierflow_notifier.adapters.http import HttpClient, Post
+from tierflow_notifier.adapters.http import HttpClient, Post, with_trace
 from tierflow_notifier.domain.delivery import CircuitBreaker, backoff_delay
 from tierflow_notifier.metrics import BREAKER_OPEN, DELIVERIES, DELIVERY_LATENCY
 
@@ -241,13 +244,17 @@ class EndpointWorker:
     async def _send(self, row: dict[str, Any]) -> None:
         now = self._clock()
         error: str | None = None
+        attempts = int(row["attempts"]) + 1
+        trace = from_json(row.get("trace_context"))
         try:
-            status = await self._client.post(self._build(row, now))
+            if tracing.enabled():
+                status = await self._post_in_span(row, now, trace, attempts)
+            else:
+                status = await self._client.post(with_trace(self._build(row, now), trace))
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except Exception as exc:  # any failure to send is a failed attempt, never a lost row
             error = f"{type(exc).__name__}: {exc}"[:500]
-        attempts = int(row["attempts"]) + 1
         done = self._clock()
         if not self._results:
             self._results_since = time.monotonic()
@@ -274,6 +281,26 @@ class EndpointWorker:
                 log.warning(
                     "delivery_dead", endpoint=self.name, action_id=row["action_id"], error=error
                 )
+
+    async def _post_in_span(
+        self, row: dict[str, Any], now: datetime, trace: TraceContext | None, attempt: int
+    ) -> int:
+        """The POST inside a client span (child of the action's trace), whose context the
+        request's `traceparent` header carries."""
+        attributes = {
+            "http.request.method": "POST",
+            "tierflow.action_id": str(row["action_id"]),
+            "tierflow.attempt": attempt,
+        }
+        with tracing.span(
+            "webhook delivery", trace, kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            post = with_trace(self._build(row, now), of_span(span) or trace)
+            status = await self._client.post(post)
+            span.set_attribute("http.response.status_code", status)
+            if not 200 <= status < 300:
+                span.set_status(StatusCode.ERROR, f"HTTP {status}")
+            return status
 
     async def _flush(self, *, force: bool = False) -> None:
         """Write finished attempts in one statement: when RESULT_BATCH are waiting, when the

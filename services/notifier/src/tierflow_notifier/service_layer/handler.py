@@ -16,8 +16,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tierflow_common import tracing
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
 from tierflow_common.exceptions import PoisonRecord
+from tierflow_common.trace_context import TraceContext, from_kafka_headers
 from tierflow_notifier.adapters import projection
 from tierflow_notifier.adapters.changes import Change, Erasure, decode_changes
 from tierflow_notifier.domain.playbooks import (
@@ -30,7 +32,7 @@ from tierflow_notifier.domain.playbooks import (
     plan_actions,
 )
 from tierflow_notifier.domain.schedules import ScheduleEntry, cadence_entry
-from tierflow_notifier.service_layer.actions import ActionWriter, Tally
+from tierflow_notifier.service_layer.actions import ActionWriter, Tally, WriteResult
 from tierflow_notifier.service_layer.erasure import erase_customer
 
 
@@ -72,6 +74,7 @@ class NotifierHandler:
     _cadences: dict[str, list[Rule]] = field(init=False)
     _every_dimension: bool = field(init=False)
     _actionable: frozenset[str] = field(init=False)
+    _traces: dict[str, TraceContext] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._labelled = label_dimensions(self.playbook)
@@ -84,6 +87,31 @@ class NotifierHandler:
         }
         self._every_dimension = ANY in change_dims
         self._actionable = frozenset(change_dims)
+
+    async def _write(self, conn: AsyncConnection, planned: Sequence[PlannedAction]) -> WriteResult:
+        """Create the actions; with tracing on, in one span per customer ("notifier action",
+        child of the customer's change's trace), whose context the actions then carry."""
+        if not tracing.enabled():
+            return await self.writer.write(conn, planned, self.clock(), self._traces)
+        counts: dict[str, int] = {}
+        for p in planned:
+            counts[p.customer_id] = counts.get(p.customer_id, 0) + 1
+        spans = {
+            cid: tracing.start_span(
+                "notifier action", self._traces.get(cid), attributes={"tierflow.planned": n}
+            )
+            for cid, n in counts.items()
+        }
+        traces = {
+            cid: trace
+            for cid, span in spans.items()
+            if (trace := tracing.context_of(span, self._traces.get(cid))) is not None
+        }
+        try:
+            return await self.writer.write(conn, planned, self.clock(), traces)
+        finally:
+            for span in spans.values():
+                span.end()
 
     def wanted(self, dimension: str) -> bool:
         """Whether a change of `dimension` can matter: a rule may fire on it, a cadence follows
@@ -105,6 +133,7 @@ class NotifierHandler:
         one."""
         outcome = BatchOutcome()
         wanted: list[Change] = []
+        self._traces = {}
         for record in records:
             try:
                 decoded = decode_changes(record)
@@ -117,7 +146,12 @@ class NotifierHandler:
                 await erase_customer(conn, decoded)
                 outcome.applied += 1
                 continue
-            wanted += [c for c in decoded if self.wanted(c.dimension)]
+            kept = [c for c in decoded if self.wanted(c.dimension)]
+            if kept:
+                trace = from_kafka_headers(record.headers)
+                if trace is not None:  # a customer's actions join its change's trace
+                    self._traces[kept[0].customer_id] = trace
+                wanted += kept
         await self._act(conn, wanted, outcome)
         return outcome
 
@@ -161,7 +195,7 @@ class NotifierHandler:
             due = min(e.due_at for e in entries)
             self.earliest_due = due if self.earliest_due is None else min(self.earliest_due, due)
         if planned:
-            written = await self.writer.write(conn, planned, self.clock())
+            written = await self._write(conn, planned)
             outcome.emit.extend(written.emit)
             outcome.applied += written.tally.total_created
             outcome.duplicates += written.tally.duplicates
