@@ -257,9 +257,12 @@ def create_app(
             scheduler.stop()
             population_stop.set()
             refresher.stop()
+            snapshots.stop()
             await finish(tasks[3], timeout=15)
             await finish(tasks[4], timeout=15)
-            # Another process may take the lead at once.
+            # Every task that asks for the lead has stopped (none takes it back): another
+            # process may take it at once.
+            await finish(snapshotting, timeout=15)
             await leadership.resign()
             await finish(tasks[0], timeout=15)
             await finish(tasks[2], timeout=15)
@@ -273,8 +276,6 @@ def create_app(
             await finish(keys_task, timeout=1)
             pruner.stop()
             await finish(pruning, timeout=15)
-            snapshots.stop()
-            await finish(snapshotting, timeout=15)
             await overrides.stop()
             await engine.dispose()
 
