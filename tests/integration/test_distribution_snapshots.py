@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from tests.integration.helpers import classifier_client, eventually
 from tests.integration.test_console_classifier import RULES
 from tierflow_classifier.adapters.leadership import Leadership
 from tierflow_classifier.service_layer.distribution_snapshots import DistributionSnapshots
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import distribution_snapshots
-from tierflow_common.settings import DatabaseSettings
+from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 pytestmark = pytest.mark.integration
 
@@ -53,4 +54,24 @@ async def test_one_process_takes_the_snapshots_at_their_spacing(
     finally:
         await first.resign()
         await second.resign()
+        await engine.dispose()
+
+
+async def test_a_stopped_classifier_leaves_the_lead_to_the_next_one(
+    kafka_settings: KafkaSettings, database: DatabaseSettings, topics: TopicSettings
+) -> None:
+    async with classifier_client(
+        kafka_settings, database, topics, distribution_snapshot_s=0.2
+    ) as client:
+        await eventually(
+            lambda: client.get("/v1/stats/distribution/history"),
+            lambda r: len(r.json()["snapshots"]) >= 2,
+            what="snapshots taken",
+        )
+    engine = create_engine(database)
+    successor = Leadership(engine, recheck_s=0)
+    try:
+        assert await successor.lead()
+    finally:
+        await successor.resign()
         await engine.dispose()
