@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings
 from tests.unit.test_classification import ROOT
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common import settings as common
+from tierflow_common.tracing import TracingSettings
 from tierflow_console.settings import ConsoleSettings
 from tierflow_ingest.settings import IngestSettings
 from tierflow_notifier.settings import NotifierSettings
@@ -29,6 +30,7 @@ CLASSES: list[type[BaseSettings]] = [
     ClassifierSettings,
     NotifierSettings,
     ConsoleSettings,
+    TracingSettings,
 ]
 
 
