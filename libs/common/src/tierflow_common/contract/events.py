@@ -248,6 +248,22 @@ class CareActionData(_Strict):
     )
     details: CareActionDetails = Field(default_factory=CareActionDetails)
     created_at: datetime
+    # The customer's scores as the notifier knew them when it planned the action: from the
+    # change that caused it, or (scheduled actions) the latest change that carried scores.
+    churn_probability: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="P(no purchase within the churn horizon); null where not scored",
+    )
+    clv: float | None = Field(
+        default=None, description="Expected discounted spend over the CLV horizon (base currency)"
+    )
+    value_at_risk: float | None = Field(
+        default=None,
+        description="clv x churn_probability (base currency): what is at stake; the queue "
+        "(GET /v1/actions) ranks by it within a priority class. null where not scored",
+    )
 
 
 __all__ = [

@@ -359,6 +359,12 @@ notifier_contacts = Table(
     Column("labels", JSONB, nullable=False, server_default="{}"),
     Column("first_purchase_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The latest scores a classification change carried (migration 0018): scheduled actions
+    # take them; scores_at is that change's effective time (an older change never overwrites).
+    Column("churn_probability", Float, nullable=True),
+    Column("clv", Float, nullable=True),
+    Column("value_at_risk", Float, nullable=True),
+    Column("scores_at", DateTime(timezone=True), nullable=True),
 )
 
 notifier_complaints = Table(

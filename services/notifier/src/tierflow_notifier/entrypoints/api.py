@@ -76,8 +76,9 @@ def build_router(
         "/actions",
         tags=["actions"],
         summary="Care actions, cursor-paged in queue order (or by action id)",
-        description="Queue order: open/acked first, then priority class (critical, service, "
-        "marketing), value at risk descending (unknown last), due time (none last), action id.",
+        description="`sort=queue` (default): open/acked first, then priority class (critical, "
+        "service, marketing), value at risk descending (unknown last), due time (none last), "
+        "action id. `sort=id`: by action id. `order` is accepted as an alias of `sort`.",
         responses={422: _PROBLEM},
         response_model=None,
         dependencies=READ,
@@ -86,12 +87,28 @@ def build_router(
         status: Annotated[ActionStatus | None, Query(description="Only this status")] = None,
         owner: Annotated[str | None, Query(description="Only this owner or queue")] = None,
         customer: Annotated[str | None, Query(description="Only this customer's actions")] = None,
-        order: Annotated[tasks.ActionOrder, Query(description="queue (default) or id")] = "queue",
+        sort: Annotated[
+            tasks.ActionOrder | None, Query(description="queue (default) or id")
+        ] = None,
+        order: Annotated[
+            tasks.ActionOrder | None,
+            Query(description="Alias of `sort` (older clients)", deprecated=True),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         after: Annotated[
             str | None, Query(description="Cursor: `next` of the previous page")
         ] = None,
     ) -> dict[str, Any] | JSONResponse:
+        if sort is not None and order is not None and sort != order:
+            reason = f"sort={sort} and its alias order={order} disagree; send one"
+            return problem(
+                422,
+                "conflicting-sort",
+                "Conflicting sort",
+                reason,
+                errors=[{"field": "order", "reason": reason, "code": "conflicts_with_sort"}],
+            )
+        chosen: tasks.ActionOrder = sort or order or "queue"
         try:
             async with engine.connect() as conn:
                 rows = await tasks.list_actions(
@@ -101,7 +118,7 @@ def build_router(
                     customer_id=customer,
                     limit=limit,
                     after=after,
-                    order=order,
+                    order=chosen,
                 )
         except tasks.BadCursor as exc:
             reason = str(exc)
@@ -115,7 +132,7 @@ def build_router(
         now = clock()
         return {
             "items": [tasks.action_json(r, now) for r in rows],
-            "next": tasks.next_cursor(rows, limit, order),
+            "next": tasks.next_cursor(rows, limit, chosen),
         }
 
     @router.get(

@@ -31,6 +31,7 @@ from tierflow_notifier.domain.playbooks import (
     Rule,
     plan_actions,
 )
+from tierflow_notifier.domain.queue import Scores
 from tierflow_notifier.domain.schedules import ScheduleEntry, cadence_entry
 from tierflow_notifier.service_layer.actions import ActionWriter, Tally, WriteResult
 from tierflow_notifier.service_layer.erasure import erase_customer
@@ -162,6 +163,7 @@ class NotifierHandler:
             return
         planned: list[PlannedAction] = []
         labels: dict[str, dict[str, str]] = {}
+        scores: dict[str, tuple[Scores, datetime]] = {}
         # The last word per (customer, cadence rule) in this batch: enter (entry) or leave.
         cadence: dict[tuple[str, str], ScheduleEntry | str] = {}
         for change in wanted:
@@ -180,6 +182,8 @@ class NotifierHandler:
             )
             if dim in self._labelled:
                 labels.setdefault(cid, {})[dim] = change.to_label
+            if change.scores is not None:
+                scores[cid] = (change.scores, change.effective_at)
             for rule in self._cadences.get(dim, ()):
                 trig = rule.trigger
                 assert isinstance(trig, CadenceTrigger)
@@ -191,6 +195,7 @@ class NotifierHandler:
         ended = [(c, r, v) for (c, r), v in cadence.items() if isinstance(v, str)]
         # Labels first: the actions below take the tier as of the end of this batch.
         await projection.project_changes(conn, labels, ended, entries)
+        await projection.note_scores(conn, scores)  # for scheduled actions (scheduler.py)
         if entries:
             due = min(e.due_at for e in entries)
             self.earliest_due = due if self.earliest_due is None else min(self.earliest_due, due)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -167,7 +168,9 @@ class Scheduler:
             )
             action, nxt = fire(entry, rule, facts, now)
             if action is not None:
-                planned.append(action)
+                # The customer's latest known scores: scheduled work ranks by them too.
+                known = projection.scores(contacts.get(entry.customer_id))
+                planned.append(replace(action, scores=known) if known else action)
             if nxt is None:
                 finished.append(entry.schedule_id)
             else:

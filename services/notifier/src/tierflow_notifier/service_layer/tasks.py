@@ -40,9 +40,6 @@ _STATE_FIELDS = (
     "outcome",
     "acked_at",
     "completed_at",
-    "churn_probability",
-    "clv",
-    "value_at_risk",
     "owner_note",
     "reassigned_at",
     "cancelled_at",
@@ -51,8 +48,8 @@ _STATE_FIELDS = (
 
 
 def action_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The action as the API shows it: the contract's fields, its state, the scores it was
-    planned with and whether it is overdue at `now`."""
+    """The action as the API shows it: the contract's fields (with the scores it was planned
+    with), its state and whether it is overdue at `now`."""
     out = action_payload(row)
     for k in _STATE_FIELDS:
         value = row.get(k)
