@@ -22,18 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.access import app_client
-from tests.integration.helpers import eventually, produce
+from tests.integration.helpers import eventually, produce, served
 from tests.support import unique
 from tierflow_common.contract import CLASSIFICATION_CHANGED_TYPE, EmittedEvent
 from tierflow_common.db.engine import create_engine
-from tierflow_common.embedded import free_port
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 from tierflow_notifier.bootstrap import create_app
 from tierflow_notifier.settings import NotifierSettings
@@ -289,27 +287,7 @@ class Harness:
     async def serve_http(self, stack: AsyncExitStack) -> str:
         """Also serve the (already started) app on a real port, e.g. for the `tierflow` CLI."""
         assert self.app is not None
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=port,
-                lifespan="off",
-                log_config=None,
-                access_log=False,
-                ws="none",
-            )
-        )
-        task = asyncio.create_task(server.serve())
-
-        async def stop() -> None:
-            server.should_exit = True
-            await task
-
-        stack.push_async_callback(stop)
-        await eventually(lambda: _started(server), bool, timeout=10)
-        return f"http://127.0.0.1:{port}"
+        return await stack.enter_async_context(served(self.app))
 
     async def rows(self, where: str = "TRUE", **params: Any) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -325,10 +303,6 @@ class Harness:
 
     async def customer_events(self, events: list[EmittedEvent]) -> None:
         await produce(self.kafka, self.topics.customer_events, list(events))
-
-
-async def _started(server: uvicorn.Server) -> bool:
-    return bool(server.started)
 
 
 TEST_DELIVERY = {
