@@ -92,8 +92,11 @@ class ClassificationChangedData(_Strict):
     )
     cause: str = Field(
         description="Why it changed: 'event:<source>/<id>' (that event), 'time:<instant>' (a "
-        "deadline passed), 'rules:<version>' (a new rule set) or 'population:<version>' (a new "
-        "population snapshot moved a population-relative class)"
+        "deadline passed), 'rule_set_activated:<version>/<activation>' (an activation put a new "
+        "rule set in force), 'rules:<version>' (a new churn model under the same rule set), "
+        "'population:<version>' (a new population snapshot moved a population-relative "
+        "class), 'override:<override_id>' (a manual override), 'override_expired:<id>' / "
+        "'override_cleared:<id>' (its end)"
     )
     effective_at: datetime
     rule_set_version: str
@@ -128,8 +131,11 @@ class ClassificationsChangedData(_Strict):
     customer_id: CustomerId
     cause: str = Field(
         description="Why they changed: 'event:<source>/<id>' (that event), 'time:<instant>' (a "
-        "deadline passed), 'rules:<version>' (a new rule set) or 'population:<version>' (a new "
-        "population snapshot moved a population-relative class)"
+        "deadline passed), 'rule_set_activated:<version>/<activation>' (an activation put a new "
+        "rule set in force), 'rules:<version>' (a new churn model under the same rule set), "
+        "'population:<version>' (a new population snapshot moved a population-relative "
+        "class), 'override:<override_id>' (a manual override), 'override_expired:<id>' / "
+        "'override_cleared:<id>' (its end)"
     )
     effective_at: datetime
     changes: list[DimensionChange] = Field(min_length=1)
