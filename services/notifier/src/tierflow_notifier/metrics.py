@@ -12,6 +12,12 @@ ACTIONS_SUPPRESSED = Counter(
     "Care actions recorded as suppressed, by reason (consent, channel, cap:<id>)",
     ["reason"],
 )
+CONTACT_POLICY = Counter(
+    "tierflow_notifier_contact_policy_total",
+    "Actions the contact policy moved or dropped, by rule and outcome (deferred_quiet_hours, "
+    "deferred_cap, dropped_cap)",
+    ["rule", "outcome"],
+)
 DELIVERIES = Counter(
     "tierflow_notifier_deliveries_total",
     "Delivery attempts by endpoint and outcome (delivered, failed, dead_lettered)",

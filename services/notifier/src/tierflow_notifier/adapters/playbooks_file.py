@@ -24,6 +24,7 @@ from tierflow_notifier.domain.playbooks import (
     ContactPolicy,
     Coupon,
     FirstPurchaseTrigger,
+    OnCap,
     Playbook,
     PriorityClass,
     QuietHours,
@@ -139,6 +140,7 @@ class _Action(_Model):
     fallback_channels: list[ChannelName] = Field(default_factory=list)
     template: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     coupon: _Coupon | None = None
+    on_cap: OnCap | None = None
 
     @model_validator(mode="after")
     def _coupon_iff_kind(self) -> _Action:
@@ -151,6 +153,10 @@ class _Action(_Model):
             self.channel is not None or self.fallback_channels
         ):
             raise ValueError(f"kind {self.kind} is a staff task: it has no customer channel")
+        if self.on_cap is not None and (self.priority_class or DEFAULT_CLASS[self.kind]) == (
+            "critical"
+        ):
+            raise ValueError("critical actions are never capped: `on_cap` does not apply")
         return self
 
     def to_spec(self) -> ActionSpec:
@@ -171,6 +177,7 @@ class _Action(_Model):
             fallback_channels=tuple(self.fallback_channels),
             coupon=coupon,
             template=self.template,
+            on_cap=self.on_cap,
         )
 
 

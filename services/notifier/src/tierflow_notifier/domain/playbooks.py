@@ -26,6 +26,9 @@ ActionKind = Literal[
     "revisit", "follow_up", "coupon", "care_message", "escalation", "account_manager_assignment"
 ]
 PriorityClass = Literal["critical", "service", "marketing"]
+# What a capped action does: wait for the first moment the caps allow (and outside quiet
+# hours), or be recorded as suppressed (`cap:<id>`). Never silently lost either way.
+OnCap = Literal["defer", "drop"]
 ACTION_KINDS: tuple[str, ...] = (
     "revisit",
     "follow_up",
@@ -45,6 +48,9 @@ DEFAULT_CLASS: Mapping[str, PriorityClass] = {
     "coupon": "marketing",
     "care_message": "marketing",
 }
+# Service work that hits a cap still has to happen, later; marketing that does is not worth
+# crowding the customer for.
+DEFAULT_ON_CAP: Mapping[str, OnCap] = {"critical": "defer", "service": "defer", "marketing": "drop"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,11 @@ class ActionSpec:
     fallback_channels: tuple[str, ...] = ()
     coupon: Coupon | None = None
     template: str | None = None
+    on_cap: OnCap | None = None  # None: DEFAULT_ON_CAP of its class
+
+    @property
+    def cap_outcome(self) -> OnCap:
+        return self.on_cap or DEFAULT_ON_CAP[self.priority_class]
 
     @property
     def customer_facing(self) -> bool:

@@ -3,12 +3,14 @@ goes out. Pure: the ledger history and `now` are passed in.
 
 Guarantees (property-tested): a cap is never exceeded in any window of its length, whatever the
 order of candidates; a critical action (escalation) is never suppressed or deferred; a deferred
-customer-facing action never lands in the customer's quiet hours.
+customer-facing action never lands in the customer's quiet hours; a capped action whose rule
+says `on_cap: defer` is deferred to the first moment the caps (and quiet hours) allow, never
+suppressed by a cap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -43,6 +45,8 @@ class Decision:
     suppressed_reason: str | None
     deliver_at: datetime
     channel: str | None
+    # Why it goes out later than it could have: "quiet_hours" or "cap:<id>" (None: on time).
+    deferred_by: str | None = None
 
     @property
     def suppressed(self) -> bool:
@@ -105,6 +109,34 @@ def blocking_cap(
     return None
 
 
+def first_allowed(
+    policy: ContactPolicy,
+    history: Sequence[Contact],
+    spec: ActionSpec,
+    at: datetime,
+    quiet: Callable[[datetime], datetime],
+) -> datetime:
+    """The earliest moment from `at` that `quiet` leaves as it is and no cap blocks.
+
+    A cap can only unblock when a counted contact leaves the window, so the candidates are
+    `at` and each contact's time plus its cap's window; after the last of them no contact is
+    in any window, so the search always ends."""
+    caps = [cap for cap in policy.caps if cap.applies(spec.kind, spec.priority_class)]
+    frees = sorted(
+        {
+            c.at + cap.window
+            for cap in caps
+            for c in history
+            if cap.applies(c.kind, c.priority_class) and c.at + cap.window > at
+        }
+    )
+    for candidate in (at, *frees):
+        moment = quiet(candidate)
+        if blocking_cap(policy, history, spec.kind, spec.priority_class, moment) is None:
+            return moment
+    raise AssertionError("unreachable: past every contact's window no cap blocks")
+
+
 def decide(
     policy: ContactPolicy,
     spec: ActionSpec,
@@ -116,6 +148,7 @@ def decide(
 ) -> Decision:
     deliver_at = max(now, not_before) if not_before is not None else now
     channel: str | None = None
+    deferred_by: str | None = None
     if spec.priority_class == "critical":
         # Escalations reach staff whatever marketing caps, quiet hours or consent say.
         return Decision(None, deliver_at, spec.channel if spec.customer_facing else None)
@@ -126,11 +159,18 @@ def decide(
         if channel is None:
             return Decision("no_consented_channel", deliver_at, None)
         tz = reach.timezone or policy.default_timezone
+        wanted = deliver_at
         deliver_at = quiet_until(deliver_at, tz, policy.quiet_hours)
+        deferred_by = "quiet_hours" if deliver_at != wanted else None
     cap = blocking_cap(policy, history, spec.kind, spec.priority_class, deliver_at)
-    if cap is not None:
+    if cap is None:
+        return Decision(None, deliver_at, channel, deferred_by)
+    if spec.cap_outcome == "drop":
         return Decision(f"cap:{cap.id}", deliver_at, channel)
-    return Decision(None, deliver_at, channel)
+    zone = reach.timezone or policy.default_timezone
+    quiet = policy.quiet_hours if spec.customer_facing else None
+    later = first_allowed(policy, history, spec, deliver_at, lambda m: quiet_until(m, zone, quiet))
+    return Decision(None, later, channel, f"cap:{cap.id}")
 
 
 def decide_all(

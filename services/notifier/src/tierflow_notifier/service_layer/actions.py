@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,7 +18,7 @@ from tierflow_notifier.adapters import projection, repository
 from tierflow_notifier.adapters.webhooks import action_payload
 from tierflow_notifier.domain.playbooks import PlannedAction, Playbook
 from tierflow_notifier.domain.pressure import Candidate, Decision, Reachability, decide_all
-from tierflow_notifier.metrics import ACTIONS_CREATED, ACTIONS_SUPPRESSED
+from tierflow_notifier.metrics import ACTIONS_CREATED, ACTIONS_SUPPRESSED, CONTACT_POLICY
 
 SOURCE = "tierflow/notifier"
 
@@ -29,11 +29,14 @@ class Tally:
 
     created: Counter[tuple[str, str]] = field(default_factory=Counter)
     suppressed: Counter[str] = field(default_factory=Counter)
+    # (rule, outcome): deferred_quiet_hours, deferred_cap, dropped_cap (policy_outcome).
+    policy: Counter[tuple[str, str]] = field(default_factory=Counter)
     duplicates: int = 0
 
     def add(self, other: Tally) -> None:
         self.created.update(other.created)
         self.suppressed.update(other.suppressed)
+        self.policy.update(other.policy)
         self.duplicates += other.duplicates
 
     @property
@@ -45,6 +48,20 @@ class Tally:
             ACTIONS_CREATED.labels(kind=kind, rule=rule).inc(n)
         for reason, n in self.suppressed.items():
             ACTIONS_SUPPRESSED.labels(reason=reason).inc(n)
+        for (rule, outcome), n in self.policy.items():
+            CONTACT_POLICY.labels(rule=rule, outcome=outcome).inc(n)
+
+
+def policy_outcome(row: dict[str, Any]) -> str | None:
+    """What the contact policy did to a created action row, for CONTACT_POLICY (None: it goes
+    out when planned)."""
+    if row["status"] == "suppressed":
+        reason = str(row["suppressed_reason"])
+        return "dropped_cap" if reason.startswith("cap:") else None
+    deferred = row["explanation"].get("deferred")
+    if not deferred:
+        return None
+    return "deferred_quiet_hours" if deferred["by"] == "quiet_hours" else "deferred_cap"
 
 
 @dataclass
@@ -149,6 +166,9 @@ class ActionWriter:
         for row in rows:
             if row["action_id"] not in created:
                 continue
+            outcome = policy_outcome(row)
+            if outcome is not None:
+                result.tally.policy[(row["rule_id"], outcome)] += 1
             if row["status"] == "suppressed":
                 result.tally.suppressed[row["suppressed_reason"]] += 1
                 continue
@@ -169,6 +189,10 @@ class ActionWriter:
         spec = p.rule.action
         details: dict[str, Any] = {}
         suppressed = decision.suppressed_reason
+        explanation = dict(p.explanation)
+        if decision.deferred_by is not None:
+            # Why it waits: the first moment quiet hours and the caps allow (pressure.py).
+            explanation["deferred"] = {"by": decision.deferred_by, "until": _iso(decision)}
         if spec.template:
             details["template"] = spec.template
         if p.context:
@@ -201,7 +225,7 @@ class ActionWriter:
             "channel": decision.channel,
             "deliver_at": decision.deliver_at,
             "due_at": decision.deliver_at + spec.due_in,
-            "explanation": dict(p.explanation),
+            "explanation": explanation,
             "details": details,
             "created_at": now,
             "churn_probability": p.scores.churn_probability if p.scores else None,
@@ -209,6 +233,10 @@ class ActionWriter:
             "value_at_risk": p.scores.value_at_risk if p.scores else None,
             "trace_context": trace.carrier() if trace else None,
         }
+
+
+def _iso(decision: Decision) -> str:
+    return decision.deliver_at.astimezone(UTC).isoformat()
 
 
 def _event(row: dict[str, Any], trace: TraceContext | None = None) -> EmittedEvent:
