@@ -117,7 +117,11 @@ def seed(pipeline: Pipeline) -> None:
     ]
     events = [
         *crowd,
-        *(purchase(f"vip-{n}", "c-vip", now - timedelta(days=20 - n), "2500.00") for n in range(3)),
+        # A month apart, the last a few days ago: VIP, and in the middle of its own rhythm.
+        *(
+            purchase(f"vip-{n}", "c-vip", now - timedelta(days=days), "2500.00")
+            for n, days in enumerate((62, 33, 4))
+        ),
         purchase("reg-1", "c-regular", now - timedelta(days=3), "40.00"),
         purchase("krw-1", "c-krw", now - timedelta(days=1), "50000", currency="KRW"),
     ]
@@ -159,8 +163,9 @@ def sign_in(chromium: Browser, stack: Stack, key: str, start: str = "/") -> Page
     return page
 
 
-def shoot(page: Page, stack: Stack, name: str) -> None:
-    page.screenshot(path=str(stack.shots / f"{name}.png"), full_page=True)
+def shoot(page: Page, stack: Stack, name: str, *, full: bool = True) -> None:
+    """A picture of the page for docs/console (long tables: the first screen only)."""
+    page.screenshot(path=str(stack.shots / f"{name}.png"), full_page=full)
 
 
 def test_anonymous_visitors_get_the_sign_in_page_and_no_customer_data(
@@ -226,7 +231,7 @@ def test_an_operator_finds_a_customer_sees_why_and_overrides_the_label_until_it_
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("c-regular")
     page.goto(stack.url + "/customers")
-    shoot(page, stack, "customers")
+    shoot(page, stack, "customers", full=False)
 
     # The customer, explained: label, rule, inputs, version, and the timeline.
     page.goto(stack.url + "/customers/c-vip")
@@ -285,7 +290,7 @@ def test_an_operator_works_the_action_queue(chromium: Browser, stack: Stack) -> 
     page = sign_in(chromium, stack, stack.pipeline.key, "/actions")
     row = page.locator("tr[data-action]", has_text="account_manager_assignment").first
     expect(row).to_contain_text("c-vip")
-    shoot(page, stack, "actions")
+    shoot(page, stack, "actions", full=False)
     action_id = row.get_attribute("data-action")
     row.get_by_role("button", name="Ack").click()
     expect(page.get_by_test_id("flash")).to_contain_text("acked")
