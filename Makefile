@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 .PHONY: browser install run migrate topics test test-unit test-integration lint format schemas bench bench-quick validate-churn clean help
 
 help:
-	@echo "make run      - start PostgreSQL, broker, migrations, topics and the three services"
+	@echo "make run      - start PostgreSQL, broker, migrations, topics, the three services and the console"
 	@echo "make test     - lint, type-check and run every test (unit, integration, end to end)"
 	@echo "make migrate  - apply database migrations"
 	@echo "make lint     - ruff + mypy (strict)"
