@@ -59,6 +59,7 @@ class LogVerdict:
     reordered: list[Key] = field(default_factory=list)
     gaps: list[Key] = field(default_factory=list)
     chains: dict[Key, list[str]] = field(default_factory=dict)  # labels in log order
+    breaks: dict[Key, str] = field(default_factory=dict)  # where a reordered/gapped chain broke
 
     @property
     def ok(self) -> bool:
@@ -68,7 +69,8 @@ class LogVerdict:
         return (
             f"{self.records} changes: conflicting={self.conflicting[:5]} "
             f"duplicate_changes={self.duplicate_changes[:5]} reordered={self.reordered[:5]} "
-            f"gaps={self.gaps[:5]} redelivered={len(self.redelivered)}"
+            f"gaps={self.gaps[:5]} redelivered={len(self.redelivered)} "
+            f"breaks={list(self.breaks.values())[:3]}"
         )
 
 
@@ -101,6 +103,10 @@ def check(changes: Iterable[LoggedChange]) -> LogVerdict:
                 later = chain[i + 1 :]
                 fits = any(c.from_label == previous for c in later)
                 (verdict.reordered if fits else verdict.gaps).append(key)
+                verdict.breaks[key] = (
+                    f"change {i} ({change.change_id}, {change.cause}) moves from "
+                    f"{change.from_label!r}, the one before it to {previous!r}"
+                )
                 break
             previous = change.to_label
     return verdict

@@ -1,0 +1,370 @@
+"""The fault scenarios' world: a fresh database and topics, the ingest and several classifier
+processes in one consumer group (tests/support.ServiceProcess), events sent through the ingest
+(only those it acknowledged count), and the final judgement — the oracle's expectations
+against PostgreSQL, the change topics through the log checker, stored offsets that never went
+backwards — as one ScenarioResult, also written to var/chaos/<run>.json under `make chaos`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import TopicPartition
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.access import api_key, bearer
+from tests.chaos.log_checker import check, from_records
+from tests.chaos.oracle import Expected, fold, is_subsequence
+from tests.support import (
+    ROOT,
+    Servers,
+    ServiceProcess,
+    isolated_topics,
+    read_to_end,
+    read_topic,
+    unique,
+)
+from tierflow_classifier.adapters.rules_file import load_rules
+from tierflow_common.contract import EmittedEvent
+from tierflow_common.db.engine import create_engine
+from tierflow_common.db.migrate import upgrade_head_async
+from tierflow_common.db.tables import consumer_offsets, customers, outbox
+from tierflow_common.kafka import ensure_topics
+from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
+from tierflow_common.topic_reader import log_ends, reader
+
+RULES = load_rules(ROOT / "config" / "classifier.yaml")
+PARTITIONS = 6
+
+# Every decrease of a stored offset, noted in the writer's own transaction (so a write the
+# fence refused, rolled back, leaves no note). Observation only: nothing reads it but the test.
+REGRESSIONS = [
+    "CREATE TABLE chaos_offset_regressions (topic text, partition int, old bigint, new bigint)",
+    """CREATE FUNCTION chaos_note_regression() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN
+         INSERT INTO chaos_offset_regressions
+           VALUES (NEW.topic, NEW.partition, OLD.next_offset, NEW.next_offset);
+         RETURN NEW;
+       END $$""",
+    """CREATE TRIGGER chaos_offset_regressions BEFORE UPDATE ON consumer_offsets FOR EACH ROW
+       WHEN (NEW.next_offset < OLD.next_offset) EXECUTE FUNCTION chaos_note_regression()""",
+]
+
+
+@dataclass
+class World:
+    database: DatabaseSettings
+    topics: TopicSettings
+    kafka: KafkaSettings
+    engine: AsyncEngine
+    env: dict[str, str]
+    group: str
+    key: str
+    log_dir: Path
+    ingest: ServiceProcess
+    classifiers: list[ServiceProcess] = field(default_factory=list)
+    acknowledged: list[EmittedEvent] = field(default_factory=list)
+
+    def classifier(self) -> ServiceProcess:
+        svc = ServiceProcess("classifier", self.env, self.log_dir)
+        self.classifiers.append(svc)
+        return svc
+
+    def owner_of(self, svc: ServiceProcess) -> str:
+        """The name a process's claims leave on the stored-offset rows."""
+        assert svc.proc is not None
+        return f"{socket.gethostname()}/{svc.proc.pid}"
+
+
+@asynccontextmanager
+async def world(
+    servers: Servers, log_dir: Path, *, classifiers: int, env: dict[str, str] | None = None
+) -> AsyncIterator[World]:
+    """The ingest and `classifiers` classifier processes, ready, on a fresh database/topics."""
+    database = DatabaseSettings(database_url=servers.create_database(unique("chaos")))
+    await upgrade_head_async(database)
+    kafka = KafkaSettings(bootstrap_servers=servers.bootstrap_servers)
+    topics = isolated_topics(partitions=PARTITIONS)
+    await ensure_topics(kafka, topics)
+    engine = create_engine(database)
+    async with engine.begin() as conn:
+        for statement in REGRESSIONS:
+            await conn.execute(text(statement))
+    group = unique("classifier")
+    common = {
+        "DATABASE_URL": database.database_url.get_secret_value(),
+        "KAFKA_BOOTSTRAP_SERVERS": servers.bootstrap_servers,
+        **topics.as_env(),
+    }
+    classifier_env = {
+        **common,
+        "CLASSIFIER_RULES_FILE": str(ROOT / "config" / "classifier.yaml"),
+        "CLASSIFIER_GROUP_ID": group,
+        "CLASSIFIER_CLOCK": "wall",
+        # No population rebuild or churn fit during a scenario: CPU for the faults, and no
+        # population-driven changes (the oracle judges the value tier by the events alone).
+        "CLASSIFIER_POPULATION_REFRESH_S": "86400",
+        "CLASSIFIER_CHURN_FIT_INTERVAL_S": "86400",
+        # Small batches: many transactions, so kills and pauses fall between and inside them.
+        "CONSUMER_MAX_BATCH": "50",
+        **(env or {}),
+    }
+    key = await api_key(database, name="chaos")
+    w = World(
+        database,
+        topics,
+        kafka,
+        engine,
+        classifier_env,
+        group,
+        key,
+        log_dir,
+        ServiceProcess("ingest", common, log_dir),
+    )
+    try:
+        w.ingest.start(wait_ready=False)
+        for _ in range(classifiers):
+            w.classifier().start(wait_ready=False)
+        for svc in [w.ingest, *w.classifiers]:
+            svc.wait_ready(timeout=120)
+        yield w
+    finally:
+        for svc in [w.ingest, *w.classifiers]:
+            if svc.proc is not None:
+                svc.proc.send_signal(18)  # SIGCONT: a paused process cannot stop
+            svc.stop()
+        await engine.dispose()
+
+
+def purchases(n: int, customers_: int, *, seed: int, tag: str) -> list[EmittedEvent]:
+    """`n` purchases over `customers_` customers dated in the last two hours (no rolling
+    window or time-driven transition can fall within a scenario), amounts that move tiers."""
+    rnd = random.Random(seed)
+    start = datetime.now(UTC) - timedelta(hours=2)
+    step = timedelta(hours=1) / max(n, 1)
+    return [
+        EmittedEvent(
+            id=f"{tag}-{i}",
+            type="purchase",
+            source="shop",
+            subject=f"cust-{rnd.randrange(customers_):04d}",
+            time=start + step * i,
+            data={
+                "order_id": f"{tag}-o{i}",
+                "amount": f"{cents(rnd) / 100:.2f}",
+                "currency": "USD",
+            },
+        )
+        for i in range(n)
+    ]
+
+
+def cents(rnd: random.Random) -> int:
+    """Mostly small orders, some large: customers climb regular -> important -> VIP."""
+    return rnd.choice([rnd.randint(500, 30_000), rnd.randint(50_000, 250_000)])
+
+
+def cloudevent(e: EmittedEvent) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": e.id,
+        "source": e.source,
+        "type": e.type,
+        "subject": e.subject,
+        "time": e.time.isoformat(),
+        "data": e.data,
+    }
+
+
+async def send(w: World, events: Sequence[EmittedEvent], *, chunk: int = 100) -> None:
+    """Post through the ingest; an item it did not accept is sent again (with a deadline)."""
+    headers = {"content-type": "application/cloudevents-batch+json", **bearer(w.key)}
+    async with httpx.AsyncClient(timeout=60) as client:
+        for start in range(0, len(events), chunk):
+            todo = list(events[start : start + chunk])
+            deadline = time.monotonic() + 120
+            while todo:
+                assert time.monotonic() < deadline, f"ingest did not accept {len(todo)} events"
+                resp = await client.post(
+                    f"{w.ingest.url}/v1/events:batch",
+                    json=[cloudevent(e) for e in todo],
+                    headers=headers,
+                )
+                if resp.status_code not in (200, 503):
+                    raise AssertionError(f"ingest answered {resp.status_code}: {resp.text}")
+                results = resp.json().get("results") if resp.status_code != 503 else None
+                if not results:
+                    await asyncio.sleep(float(resp.headers.get("retry-after", "1")))
+                    continue
+                again = []
+                for item, event in zip(results, todo, strict=True):
+                    if item["status"] == "accepted":
+                        w.acknowledged.append(event)
+                    elif item["status"] == "failed":
+                        again.append(event)
+                    else:
+                        raise AssertionError(f"ingest rejected {event.id}: {item}")
+                todo = again
+
+
+async def drained(w: World) -> bool:
+    """Every record of the input read and its offset stored, and the outbox relayed."""
+    async with reader(w.kafka) as consumer:
+        tps = [TopicPartition(w.topics.customer_events, p) for p in range(PARTITIONS)]
+        ends = await log_ends(consumer, tps)
+    async with w.engine.connect() as conn:
+        rows = await conn.execute(
+            select(consumer_offsets.c.partition, consumer_offsets.c.next_offset).where(
+                consumer_offsets.c.group_id == w.group,
+                consumer_offsets.c.topic == w.topics.customer_events,
+            )
+        )
+        stored = {r.partition: r.next_offset for r in rows}
+        pending = await conn.scalar(select(func.count()).select_from(outbox))
+    return pending == 0 and all(stored.get(tp.partition, -1) >= end for tp, end in ends.items())
+
+
+async def wait_drained(w: World, timeout: float) -> float:
+    """Seconds until drained (fails past `timeout`)."""
+    began = time.monotonic()
+    while not await drained(w):
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"not drained in {timeout}s")
+        await asyncio.sleep(0.5)
+    return time.monotonic() - began
+
+
+@dataclass(repr=False)
+class ScenarioResult:
+    name: str
+    acknowledged: int = 0
+    lost: int = 0
+    counted_twice: int = 0
+    duplicate_changes: int = 0
+    conflicting_ids: int = 0
+    reordered: int = 0
+    gaps: int = 0
+    tier_mismatches: int = 0
+    offset_regressions: int = 0
+    dead_lettered_expected: int = 0
+    dead_lettered_unexpected: int = 0
+    fenced_writes: int = 0
+    recovery_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    FAILURES = (
+        "lost",
+        "counted_twice",
+        "duplicate_changes",
+        "conflicting_ids",
+        "reordered",
+        "gaps",
+        "tier_mismatches",
+        "offset_regressions",
+        "dead_lettered_unexpected",
+    )
+
+    @property
+    def passed(self) -> bool:
+        return not any(getattr(self, f) for f in self.FAILURES)
+
+    def __str__(self) -> str:
+        bad = {f: getattr(self, f) for f in self.FAILURES if getattr(self, f)}
+        return f"{self.name}: {bad or 'passed'} notes={self.notes[:10]}"
+
+    __repr__ = __str__
+
+
+async def judge(
+    w: World, name: str, *, recovery_s: float = 0.0, injected: frozenset[str] = frozenset()
+) -> ScenarioResult:
+    """The oracle against the database, the change topics and the dead-letter topic (which
+    must hold exactly the events the oracle rejects plus the `injected` poison ids, once each,
+    with their reason); written under `make chaos`."""
+    expected: Expected = fold(w.acknowledged, RULES)
+    result = ScenarioResult(name, acknowledged=len({e.id for e in w.acknowledged}))
+    result.recovery_s = round(recovery_s, 2)
+    async with w.engine.connect() as conn:
+        rows = await conn.execute(
+            select(
+                customers.c.customer_id,
+                customers.c.purchases_lifetime,
+                customers.c.net_spend_lifetime,
+                customers.c.value_tier,
+            )
+        )
+        got = {
+            r.customer_id: (r.purchases_lifetime, Decimal(r.net_spend_lifetime), r.value_tier)
+            for r in rows
+        }
+        result.offset_regressions = int(
+            await conn.scalar(text("SELECT count(*) FROM chaos_offset_regressions")) or 0
+        )
+    for cid in expected.states:
+        want = expected.customer(cid)
+        purchases_, _, tier = got.get(cid, (0, Decimal(0), None))
+        result.lost += max(want.purchases - purchases_, 0)
+        result.counted_twice += max(purchases_ - want.purchases, 0)
+        if (purchases_, got.get(cid, (0, Decimal(0)))[1]) != (want.purchases, want.net_spend):
+            result.notes.append(f"{cid}: {got.get(cid)} != {want}")
+        if tier != want.tier:
+            result.tier_mismatches += 1
+    result.counted_twice += sum(p for cid, (p, _, _) in got.items() if cid not in expected.states)
+    for topic in (w.topics.classification_changed, w.topics.tier_changed):
+        verdict = check(from_records(await read_to_end(w.kafka, topic)))
+        result.duplicate_changes += len(verdict.duplicate_changes)
+        result.conflicting_ids += len(verdict.conflicting)
+        result.reordered += len(verdict.reordered)
+        result.gaps += len(verdict.gaps)
+        result.notes += [f"{topic} {k}: {why}" for k, why in list(verdict.breaks.items())[:3]]
+        for (cid, dimension), chain in verdict.chains.items():
+            if dimension != "value_tier":
+                continue
+            path = expected.tiers.get(cid, [])
+            if not is_subsequence(chain, path) or chain[-1:] != path[-1:]:
+                result.tier_mismatches += 1
+                result.notes.append(f"{cid}: published {chain}, oracle {path}")
+    want_dead = set(expected.rejected) | injected
+    seen_dead: set[str] = set()
+    for d in await read_topic(w.kafka, w.topics.classifier_dlq, expect=10**9, timeout=5):
+        event_id = d["headers"].get("ce_id", b"").decode()
+        if event_id in want_dead and event_id not in seen_dead and d["headers"].get("dlq_reason"):
+            result.dead_lettered_expected += 1
+            seen_dead.add(event_id)
+        else:
+            result.dead_lettered_unexpected += 1
+            result.notes.append(f"dead letter {event_id or '(no id)'}: {d['headers']}")
+    result.lost += len(want_dead - seen_dead)
+    for svc in w.classifiers:
+        result.fenced_writes += svc.log().count("offset_write_fenced")
+    record(result)
+    return result
+
+
+def record(result: ScenarioResult) -> None:
+    """Under `make chaos` (TIERFLOW_CHAOS_RUN set): add the result to var/chaos/<run>.json."""
+    run = os.environ.get("TIERFLOW_CHAOS_RUN")
+    if not run:
+        return
+    path = ROOT / "var" / "chaos" / f"{run}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = (
+        json.loads(path.read_text()) if path.exists() else {"run": run, "scenarios": []}
+    )
+    report["scenarios"].append(
+        {**asdict(result), "notes": result.notes[:20], "passed": result.passed}
+    )
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,101 @@
+"""Zombie: a classifier paused (SIGSTOP) past its session timeout while events flow, its
+partitions moved to the other member of the group, then woken (SIGCONT) with the batch it held:
+its offset writes are refused by the fence, no stored offset ever goes backwards, and the
+oracle finds nothing lost, nothing counted twice, no change published twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.chaos.harness import PARTITIONS, World, judge, purchases, send, wait_drained, world
+from tests.support import Servers
+from tierflow_common.db.tables import consumer_offsets
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass(frozen=True)
+class Size:
+    events: int
+    customers: int
+
+
+SHORT = Size(events=1_200, customers=120)
+FULL = Size(events=20_000, customers=1_000)
+
+
+async def owners(w: World) -> dict[int, str | None]:
+    async with w.engine.connect() as conn:
+        rows = await conn.execute(
+            select(consumer_offsets.c.partition, consumer_offsets.c.owner).where(
+                consumer_offsets.c.group_id == w.group,
+                consumer_offsets.c.topic == w.topics.customer_events,
+            )
+        )
+        return {r.partition: r.owner for r in rows}
+
+
+async def until(probe: object, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} not within {timeout}s"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "size", [SHORT, pytest.param(FULL, marks=pytest.mark.chaos)], ids=["short", "full"]
+)
+async def test_a_paused_classifier_is_fenced_out_when_it_wakes(
+    servers: Servers, log_dir: Path, size: Size
+) -> None:
+    events = purchases(size.events, size.customers, seed=5, tag="zombie")
+    third = len(events) // 3
+    # A longer linger: a busy member spends most of its time holding a polled batch, which is
+    # what a zombie wakes up with and tries to commit.
+    async with world(servers, log_dir, classifiers=2, env={"CONSUMER_LINGER_MS": "100"}) as w:
+        zombie, survivor = w.classifiers
+        await send(w, events[:third])
+
+        async def both_own() -> bool:
+            found = set((await owners(w)).values())
+            return (
+                len(await owners(w)) == PARTITIONS
+                and {w.owner_of(zombie), w.owner_of(survivor)} <= found
+            )
+
+        await until(both_own, "both members holding partitions", 90)
+        # Pause the zombie while it is busy with the stream.
+        flowing = asyncio.create_task(send(w, events[third : 2 * third], chunk=25))
+        await asyncio.sleep(0.5)
+        assert zombie.proc is not None
+        zombie.proc.send_signal(signal.SIGSTOP)
+        paused_at = time.monotonic()
+        try:
+            await flowing
+
+            async def survivor_owns_all() -> bool:
+                return set((await owners(w)).values()) == {w.owner_of(survivor)}
+
+            await until(survivor_owns_all, "the group moving the zombie's partitions", 90)
+        finally:
+            zombie.proc.send_signal(signal.SIGCONT)
+        paused_s = time.monotonic() - paused_at
+        await send(w, events[2 * third :])
+        recovery = await wait_drained(w, timeout=180)
+        assert zombie.proc.poll() is None, "the woken classifier exited"
+        result = await judge(
+            w, f"zombie-{'full' if size is FULL else 'short'}", recovery_s=recovery
+        )
+
+    assert result.passed, result
+    assert result.fenced_writes >= 1, "the woken zombie wrote nothing that the fence refused"
+    assert result.acknowledged == len(events)
+    assert paused_s > 10  # past aiokafka's default session timeout (10 s)
+    print(result)
