@@ -83,6 +83,7 @@ def test_first_purchase_classifies_every_dimension_with_explanations() -> None:
         "loyalty": "ordinary",
         "needs": "product_focused",
         "problem": "none",
+        "care_contact": "none",
         "geography": "unknown",
         "industry": "unknown",
         "company_size": "unknown",

@@ -47,10 +47,10 @@ def test_wildcards_and_first_assignment() -> None:
 
 
 def test_lifecycle_churn_and_problem_transitions_are_generic_dimensions() -> None:
-    assert plan("active", "at_risk", dimension="lifecycle") == [
-        "at-risk-winback-coupon",
-        "at-risk-personal-revisit",
-    ]
+    assert plan("active", "at_risk", dimension="lifecycle") == ["at-risk-winback-coupon"]
+    # The personal revisit follows the classifier's care_contact (the care loop).
+    assert plan("none", "revisit_due", dimension="care_contact") == ["at-risk-personal-revisit"]
+    assert plan("revisit_due", "contacted_recently", dimension="care_contact") == []
     assert plan("low", "high", dimension="churn_risk") == ["churn-risk-high-revisit"]
     assert plan("open_complaint", "escalated", dimension="problem") == [
         "problem-customer-escalation"

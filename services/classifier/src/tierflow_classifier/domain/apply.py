@@ -167,6 +167,10 @@ def _apply_interaction(state: CustomerState, e: Interaction) -> CustomerState:
         )
     if e.kind == "referral":
         features = _count(features, "referrals")
+    if e.kind == "revisit_done":
+        # A completed care revisit or follow-up (the notifier reports it): the last-contact fact
+        # rules read (days_since_contact, the last_contact_at timer anchor).
+        features["last_contact_at"] = _later(features.get("last_contact_at"), e.meta.time)
     return replace(state, features=features)
 
 

@@ -42,6 +42,9 @@ from tierflow_classifier.domain.rules import (
 def _anchor(state: CustomerState, name: str) -> datetime | None:
     if name == "oldest_open_complaint_at":
         return oldest_open_complaint(state)
+    if name == "last_contact_at":
+        contact = state.features.get("last_contact_at")
+        return datetime.fromisoformat(contact) if contact else None
     value: datetime | None = getattr(state, name)
     return value
 

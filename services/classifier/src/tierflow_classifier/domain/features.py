@@ -146,6 +146,8 @@ def compute_features(
         + int(kinds.get("email_open", 0))
         + int(kinds.get("trial_start", 0)),
         "referrals": int(f.get("referrals", 0)),
+        "care_contacts": int(kinds.get("revisit_done", 0)),
+        "days_since_contact": _days(at, f.get("last_contact_at")),
         "complaints_total": len(complaints),
         "open_complaints": len(open_since),
         "oldest_open_complaint_days": max((_days(at, o) for o in open_since), default=0.0),

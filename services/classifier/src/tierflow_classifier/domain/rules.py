@@ -57,7 +57,13 @@ class Dimension:
         return len(self.rules)
 
 
-ANCHORS = ("first_purchase_at", "last_purchase_at", "first_seen_at", "oldest_open_complaint_at")
+ANCHORS = (
+    "first_purchase_at",
+    "last_purchase_at",
+    "first_seen_at",
+    "oldest_open_complaint_at",
+    "last_contact_at",  # the last completed care revisit / follow-up (revisit_done)
+)
 
 
 @dataclass(frozen=True)
