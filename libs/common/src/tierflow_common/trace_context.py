@@ -80,7 +80,12 @@ def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContex
     span_context = trace.get_current_span(PROPAGATOR.extract(carrier)).get_span_context()
     if not span_context.is_valid:
         return None
+    if not tracestate and len(traceparent) == _CANONICAL_LENGTH and traceparent[:3] == "00-":
+        return TraceContext(traceparent)  # accepted as version 00: already what inject writes
     return _of_span_context(span_context)
+
+
+_CANONICAL_LENGTH = 55  # 00-<32 hex>-<16 hex>-<2 hex>
 
 
 def _of_span_context(span_context: trace.SpanContext) -> TraceContext:

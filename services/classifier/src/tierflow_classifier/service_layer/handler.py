@@ -149,10 +149,15 @@ def cause_traces(
     """Each customer's trace in the batch: its last event's (ce_traceparent), where any has
     one. A batch holds many customers' events: each customer keeps its own trace."""
     traces: dict[str, TraceContext] = {}
-    for record, event in decoded:
+    seen: set[str] = set()
+    for record, event in reversed(decoded):  # the last one decides: parse one per customer
+        cid = event.meta.customer_id
+        if cid in seen:
+            continue
+        seen.add(cid)
         trace = from_kafka_headers(record.headers)
         if trace is not None:
-            traces[event.meta.customer_id] = trace
+            traces[cid] = trace
     return traces
 
 
