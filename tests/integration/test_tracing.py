@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -221,10 +222,22 @@ async def test_with_tracing_off_the_ingest_still_starts_or_keeps_the_trace(
             },
         )
         assert binary.status_code == 202, binary.text
-    records = await read_topic(kafka_settings, topics.customer_events, expect=2)
+        bulk = await ingest.post(
+            "/v1/events:bulk",
+            content=orjson.dumps(_purchase("bulk")) + b"\n",
+            headers={
+                "content-type": "application/x-ndjson",
+                "traceparent": f"00-{POST_TRACE}-{POST_SPAN}-01",
+            },
+        )
+        assert bulk.status_code == 200, bulk.text
+        assert bulk.json()["accepted"] == 1
+    records = await read_topic(kafka_settings, topics.customer_events, expect=3)
     headers = {r["key"]: r["headers"] for r in records}
     # Binary mode's ce-traceparent is the event's: carried as it came.
     assert headers[b"binary"]["ce_traceparent"] == f"00-{OWN_TRACE}-{OWN_SPAN}-01".encode()
+    # A bulk upload's lines take the request's traceparent header.
+    assert headers[b"bulk"]["ce_traceparent"] == f"00-{POST_TRACE}-{POST_SPAN}-01".encode()
     # None given: a new trace, not sampled (no span was recorded), on the record.
     started = parse(headers[b"fresh"]["ce_traceparent"].decode())
     assert started is not None

@@ -16,12 +16,13 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from tierflow_common.auth import KeyLookup
+from tierflow_common.auth import KeyLookup, Principal
 from tierflow_common.contract import CustomerEvent
 from tierflow_common.errors_http import PROBLEM_SCHEMA
 from tierflow_common.exceptions import BrokerUnavailable
+from tierflow_common.trace_context import TraceContext
 from tierflow_ingest.domain.validation import FieldError
-from tierflow_ingest.entrypoints import http_io
+from tierflow_ingest.entrypoints import http_io, request_trace
 from tierflow_ingest.entrypoints.examples import ndjson_example
 from tierflow_ingest.entrypoints.metrics import REJECTED
 from tierflow_ingest.entrypoints.routes import BEARER_SECURITY, COMMON_ERRORS, PROBLEM
@@ -57,8 +58,9 @@ BULK_RESULT = {
 
 
 class _Upload:
-    def __init__(self, settings: IngestSettings) -> None:
+    def __init__(self, settings: IngestSettings, trace: TraceContext | None = None) -> None:
         self.settings = settings
+        self.trace = trace  # the request's: the events without a traceparent of their own
         self.lines = 0
         self.accepted = 0
         self.duplicates = 0
@@ -110,7 +112,7 @@ def build_bulk_router(
         first_line = upload.pending[0][0]
         await limiter.wait(key_id, len(events))
         try:
-            outcomes = await intake.accept(events)
+            outcomes = await intake.accept(events, upload.trace)
         except (BrokerUnavailable, Overloaded) as exc:
             raise _BrokerStop(first_line, str(exc)) from exc
         for (line, _), outcome in zip(upload.pending, outcomes, strict=True):
@@ -157,7 +159,15 @@ def build_bulk_router(
         wrong = http_io.check_media(request, NDJSON_TYPES)
         if wrong is not None:
             return wrong
-        upload = _Upload(settings)
+        return await request_trace.traced(
+            "POST /v1/events:bulk",
+            request,
+            request_trace.incoming(request),
+            lambda trace: receive(request, key, trace),
+        )
+
+    async def receive(request: Request, key: Principal, trace: TraceContext) -> Response:
+        upload = _Upload(settings, trace)
         now = clock()
         buffer = bytearray()
         skipping = False  # inside an over-long line: drop bytes until its newline
