@@ -84,6 +84,8 @@ def test_shipped_playbook_has_every_trigger_and_action_kind() -> None:
         "FirstPurchaseTrigger",
         "BirthdayTrigger",
         "ComplaintTrigger",
+        "HolidayTrigger",
+        "CareCompletedTrigger",
     }
     kinds = {r.action.kind for r in PLAYBOOK.rules}
     assert kinds == {

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import re
-from datetime import time, timedelta
+from datetime import date, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from tierflow_common.config_file import load_yaml_model
+from tierflow_common.config_file import (
+    ConfigProblems,
+    Problem,
+    load_yaml_model_with_nodes,
+    position_of,
+)
 from tierflow_notifier.domain.playbooks import (
     DEFAULT_CLASS,
     ActionKind,
@@ -19,11 +25,14 @@ from tierflow_notifier.domain.playbooks import (
     BirthdayTrigger,
     CadenceTrigger,
     Cap,
+    CareCompletedTrigger,
     ChangeTrigger,
     ComplaintTrigger,
     ContactPolicy,
     Coupon,
     FirstPurchaseTrigger,
+    Holiday,
+    HolidayTrigger,
     OnCap,
     Playbook,
     PriorityClass,
@@ -81,6 +90,40 @@ class _Birthday(_Model):
     at: TimeOfDay = time(9, 0)
 
 
+class _Holiday(_Model):
+    at: TimeOfDay = time(9, 0)
+    names: list[Label] | None = Field(
+        default=None, min_length=1, description="Holidays of the calendar; default: all"
+    )
+
+
+class _CareCompleted(_Model):
+    after: Duration
+    # Not `on`: YAML 1.1 reads an unquoted on as true.
+    of: list[Literal["complaint_resolved", "revisit_done"]] = Field(min_length=1)
+
+
+_MONTH_DAY = re.compile(r"^(?:(\d{4})-)?(\d{2})-(\d{2})$")
+
+
+def _calendar_day(value: Any) -> tuple[int | None, int, int]:
+    match = _MONTH_DAY.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("write a holiday as a quoted 'MM-DD' (every year) or 'YYYY-MM-DD' (once)")
+    year = int(match.group(1)) if match.group(1) else None
+    month, day = int(match.group(2)), int(match.group(3))
+    try:
+        date(year or 2000, month, day)  # 2000: a leap year, so 02-29 is a yearly day
+    except ValueError:
+        raise ValueError(f"not a calendar day: {value!r}") from None
+    return year, month, day
+
+
+class _CalendarDay(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    date: Annotated[tuple[int | None, int, int], BeforeValidator(_calendar_day)]
+
+
 class _When(_Model):
     """Either a classification change (dimension / from / to) or exactly one schedule."""
 
@@ -91,25 +134,30 @@ class _When(_Model):
     first_purchase: _After | None = None
     birthday: _Birthday | None = None
     complaint_unresolved: _After | None = None
+    holiday: _Holiday | None = None
+    care_completed: _CareCompleted | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> _When:
-        schedules = [
-            n
-            for n in ("cadence", "first_purchase", "birthday", "complaint_unresolved")
-            if getattr(self, n) is not None
-        ]
+        schedules = [n for n in _SCHEDULES if getattr(self, n) is not None]
         is_change = self.dimension is not None or self.to_label is not None
         if is_change and (self.dimension is None or self.to_label is None):
             raise ValueError("a change trigger needs both `dimension` and `to`")
         if len(schedules) + is_change != 1:
             raise ValueError(
                 "give exactly one trigger: dimension/from/to, cadence, first_purchase, "
-                "birthday or complaint_unresolved"
+                "birthday, complaint_unresolved, holiday or care_completed"
             )
         return self
 
-    def to_trigger(self) -> Trigger:
+    def to_trigger(self, calendar: tuple[Holiday, ...] = ()) -> Trigger:
+        if self.holiday is not None:
+            names = self.holiday.names
+            chosen = tuple(h for h in calendar if names is None or h.name in names)
+            return HolidayTrigger(self.holiday.at, chosen)
+        if self.care_completed is not None:
+            done = self.care_completed
+            return CareCompletedTrigger(done.after, frozenset(done.of))
         if self.cadence is not None:
             c = self.cadence
             return CadenceTrigger(c.dimension, c.label, c.every)
@@ -222,6 +270,7 @@ class _Policy(_Model):
 class _File(_Model):
     playbook_version: Annotated[str, Field(min_length=1)]
     contact_policy: _Policy = Field(default_factory=_Policy)
+    holidays: list[_CalendarDay] = Field(default_factory=list)
     rules: list[_Rule]
 
     @model_validator(mode="after")
@@ -229,6 +278,7 @@ class _File(_Model):
         for what, ids in (
             ("rule", [r.id for r in self.rules]),
             ("cap", [c.id for c in self.contact_policy.caps]),
+            ("holiday", [h.name for h in self.holidays]),
         ):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
@@ -236,8 +286,45 @@ class _File(_Model):
         return self
 
 
+_SCHEDULES = (
+    "cadence",
+    "first_purchase",
+    "birthday",
+    "complaint_unresolved",
+    "holiday",
+    "care_completed",
+)
+
+
+def _check_holidays(raw: _File, origin: str, root: yaml.Node | None) -> tuple[Holiday, ...]:
+    """The calendar, and every holiday rule names days it has (else: file, line, problem)."""
+    calendar = tuple(Holiday(h.name, h.date[1], h.date[2], h.date[0]) for h in raw.holidays)
+    known = {h.name for h in calendar}
+    problems: list[Problem] = []
+    for i, rule in enumerate(raw.rules):
+        holiday = rule.when.holiday
+        if holiday is None:
+            continue
+        loc: tuple[str | int, ...] = ("rules", i, "when", "holiday")
+        if not calendar:
+            problems.append(_problem(root, loc, "no `holidays:` calendar in this playbook"))
+        for j, name in enumerate(holiday.names or ()):
+            if name not in known:
+                why = f"{name!r} is not in `holidays:` ({', '.join(sorted(known)) or 'empty'})"
+                problems.append(_problem(root, (*loc, "names", j), why))
+    if problems:
+        raise ConfigProblems(origin, problems)
+    return calendar
+
+
+def _problem(root: yaml.Node | None, loc: tuple[str | int, ...], message: str) -> Problem:
+    line, column = position_of(root, loc)
+    return Problem(line, column, ".".join(str(p) for p in loc), message)
+
+
 def load_playbook(path: Path) -> Playbook:
-    raw = load_yaml_model(path, _File)
+    raw, root = load_yaml_model_with_nodes(path, _File)
+    calendar = _check_holidays(raw, str(path), root)
     pol = raw.contact_policy
     policy = ContactPolicy(
         caps=tuple(
@@ -251,6 +338,6 @@ def load_playbook(path: Path) -> Playbook:
     )
     return Playbook(
         version=raw.playbook_version,
-        rules=tuple(Rule(r.id, r.when.to_trigger(), r.action.to_spec()) for r in raw.rules),
+        rules=tuple(Rule(r.id, r.when.to_trigger(calendar), r.action.to_spec()) for r in raw.rules),
         policy=policy,
     )

@@ -93,8 +93,54 @@ class ComplaintTrigger:
     after: timedelta
 
 
-Trigger = ChangeTrigger | CadenceTrigger | FirstPurchaseTrigger | BirthdayTrigger | ComplaintTrigger
-ScheduledTrigger = CadenceTrigger | FirstPurchaseTrigger | BirthdayTrigger | ComplaintTrigger
+@dataclass(frozen=True)
+class Holiday:
+    """A calendar day (config/notifier.yaml `holidays`): every year, or once (`year` set)."""
+
+    name: str
+    month: int
+    day: int
+    year: int | None = None
+
+
+@dataclass(frozen=True)
+class HolidayTrigger:
+    """Each of `holidays` at this local time in the customer's time zone."""
+
+    local_time: time
+    holidays: tuple[Holiday, ...]
+
+
+# The interactions after which care may follow up (the notifier reads them off customer-events).
+CARE_COMPLETIONS = ("complaint_resolved", "revisit_done")
+
+
+@dataclass(frozen=True)
+class CareCompletedTrigger:
+    """`after` a complaint was resolved or a care task (revisit, follow-up) was reported done:
+    e.g. a satisfaction survey. Once per complaint or completed task."""
+
+    after: timedelta
+    on: frozenset[str]  # of CARE_COMPLETIONS
+
+
+Trigger = (
+    ChangeTrigger
+    | CadenceTrigger
+    | FirstPurchaseTrigger
+    | BirthdayTrigger
+    | ComplaintTrigger
+    | HolidayTrigger
+    | CareCompletedTrigger
+)
+ScheduledTrigger = (
+    CadenceTrigger
+    | FirstPurchaseTrigger
+    | BirthdayTrigger
+    | ComplaintTrigger
+    | HolidayTrigger
+    | CareCompletedTrigger
+)
 
 
 @dataclass(frozen=True)

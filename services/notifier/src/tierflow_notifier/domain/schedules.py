@@ -15,8 +15,11 @@ from zoneinfo import ZoneInfo
 from tierflow_notifier.domain.playbooks import (
     BirthdayTrigger,
     CadenceTrigger,
+    CareCompletedTrigger,
     ComplaintTrigger,
     FirstPurchaseTrigger,
+    Holiday,
+    HolidayTrigger,
     PlannedAction,
     Rule,
     plan,
@@ -108,6 +111,11 @@ def _on_year(birthday: date, year: int) -> date:
         return date(year, 2, 28)
 
 
+def _local_moment(day: date, local_time: time, zone: ZoneInfo) -> datetime:
+    """`local_time` on `day` in `zone`, in UTC (a time skipped by DST moves forward with it)."""
+    return datetime.combine(day, local_time, tzinfo=zone).astimezone(UTC)
+
+
 def next_birthday(
     birthday: date, local_time: time, tz: str, after: datetime
 ) -> tuple[datetime, int]:
@@ -115,10 +123,70 @@ def next_birthday(
     zone = ZoneInfo(tz)
     year = after.astimezone(zone).year
     for y in (year, year + 1):
-        at = datetime.combine(_on_year(birthday, y), local_time, tzinfo=zone).astimezone(UTC)
+        at = _local_moment(_on_year(birthday, y), local_time, zone)
         if at > after:
             return at, y
     raise AssertionError("unreachable: next year's birthday is always later")
+
+
+def next_holiday(
+    holidays: tuple[Holiday, ...], local_time: time, tz: str, after: datetime
+) -> tuple[datetime, Holiday, date] | None:
+    """The first holiday moment (`local_time` in `tz`, as for birthdays) strictly after
+    `after`: when, which holiday and its local date. None once only past one-off days remain.
+    A yearly 29 February is kept on the 28th outside leap years, as birthdays are."""
+    zone = ZoneInfo(tz)
+    year = after.astimezone(zone).year
+    best: tuple[datetime, Holiday, date] | None = None
+    for h in holidays:
+        if h.year is None:  # 2000 is a leap year: any month-day is a date in it
+            days = [_on_year(date(2000, h.month, h.day), y) for y in (year, year + 1)]
+        else:
+            days = [date(h.year, h.month, h.day)]
+        for day in days:
+            at = _local_moment(day, local_time, zone)
+            if at > after and (best is None or at < best[0]):
+                best = (at, h, day)
+    return best
+
+
+def holiday_entry(rule: Rule, customer_id: str, tz: str, after: datetime) -> ScheduleEntry | None:
+    """The customer's next holiday of the rule (None: the calendar has no later day)."""
+    trig = rule.trigger
+    assert isinstance(trig, HolidayTrigger)
+    found = next_holiday(trig.holidays, trig.local_time, tz, after)
+    if found is None:
+        return None
+    due, holiday, day = found
+    return ScheduleEntry(
+        schedule_id=schedule_id("holiday", customer_id, rule.id),
+        rule_id=rule.id,
+        customer_id=customer_id,
+        due_at=due,
+        anchor_at=due,
+        period=day.toordinal(),
+        ref=holiday.name,
+    )
+
+
+def care_completed_entry(
+    rule: Rule, customer_id: str, kind: str, reference: str, at: datetime
+) -> ScheduleEntry | None:
+    """`after` a completed complaint or care task (`kind`, `reference`: the complaint or the
+    completed action); None if the rule does not follow that kind."""
+    trig = rule.trigger
+    assert isinstance(trig, CareCompletedTrigger)
+    if kind not in trig.on:
+        return None
+    ref = f"{kind}:{reference}"
+    return ScheduleEntry(
+        schedule_id=schedule_id("care_completed", customer_id, ref, rule.id),
+        rule_id=rule.id,
+        customer_id=customer_id,
+        due_at=at + trig.after,
+        anchor_at=at,
+        ref=ref,
+    )
 
 
 def birthday_entry(
@@ -200,6 +268,31 @@ def _fire(
             not_before=entry.due_at,
         )
         return action, birthday_entry(rule, cid, facts.birthday, facts.timezone, entry.due_at)
+    if isinstance(trig, HolidayTrigger):
+        day = date.fromordinal(entry.period)
+        action = plan(
+            rule,
+            trigger_key=trigger_key(f"holiday:{cid}:{entry.ref}:{day.isoformat()}", facts),
+            customer_id=cid,
+            reason=f"holiday {entry.ref} ({day.isoformat()}, {facts.timezone})",
+            explanation={"trigger": "holiday", "holiday": entry.ref, "date": day.isoformat()},
+            not_before=entry.due_at,
+            context={"holiday": entry.ref or ""},
+        )
+        return action, holiday_entry(rule, cid, facts.timezone, entry.due_at)
+    if isinstance(trig, CareCompletedTrigger):
+        kind, _, reference = (entry.ref or "").partition(":")
+        about = "complaint_id" if kind == "complaint_resolved" else "completed_action_id"
+        return plan(
+            rule,
+            trigger_key=trigger_key(f"care_completed:{cid}:{entry.ref}", facts),
+            customer_id=cid,
+            reason=f"{kind.replace('_', ' ')} {entry.anchor_at:%Y-%m-%d}: "
+            f"follow-up after {_span(trig.after)}",
+            explanation={"trigger": "care_completed", "on": kind, about: reference},
+            not_before=entry.due_at,
+            context={about: reference},
+        ), None
     if isinstance(trig, ComplaintTrigger):
         complaint = entry.ref or ""
         if complaint in facts.resolved_complaints:

@@ -33,14 +33,18 @@ from tierflow_notifier.adapters import erasure as erasure_store
 from tierflow_notifier.adapters import projection
 from tierflow_notifier.domain.playbooks import (
     BirthdayTrigger,
+    CareCompletedTrigger,
     ComplaintTrigger,
     FirstPurchaseTrigger,
+    HolidayTrigger,
     Playbook,
 )
 from tierflow_notifier.domain.schedules import (
     ScheduleEntry,
     birthday_entry,
+    care_completed_entry,
     complaint_entry,
+    holiday_entry,
 )
 from tierflow_notifier.service_layer.erasure import SERVICE
 
@@ -160,6 +164,9 @@ class EventsHandler:
                     inter = InteractionData.model_validate(data)
                     if inter.kind in ("complaint", "complaint_resolved") and inter.complaint_id:
                         items.append((inter.kind, customer, at, inter.complaint_id))
+                    elif inter.kind == "revisit_done":  # a care task done (a survey may follow)
+                        done = inter.reference_id or f"{record.partition}:{record.offset}"
+                        items.append((inter.kind, customer, at, done))
             except (orjson.JSONDecodeError, ValidationError):
                 log.debug("customer_event_skipped", offset=record.offset, type=ce_type)
                 outcome.duplicates += 1
@@ -188,6 +195,7 @@ class EventsHandler:
         await self._profiles(conn, profiles, now)
         await self._first_purchases(conn, earliest)
         await self._complaints(conn, complaints)
+        await self._care_completed(conn, complaints)
         return outcome
 
     async def _check_epoch(self, conn: AsyncConnection) -> None:
@@ -214,6 +222,9 @@ class EventsHandler:
         for customer, patch in sorted(profiles.items()):
             if patch:
                 await projection.patch_profile(conn, customer, patch)
+        # Holidays are for customers with a profile (the purchase path stays a header read),
+        # in its time zone: (re)planned at every profile change.
+        await self._holidays(conn, list(profiles), now, "replace")
         rules = self.playbook.scheduled(BirthdayTrigger)
         touched = [c for c, p in profiles.items() if "birthday" in p or "timezone" in p]
         if not rules or not touched:
@@ -227,6 +238,35 @@ class EventsHandler:
             for rule in rules
         ]
         await self._schedule(conn, entries, "replace")
+
+    async def _holidays(
+        self,
+        conn: AsyncConnection,
+        customers: Sequence[str],
+        now: datetime,
+        merge: projection.Merge,
+    ) -> None:
+        """Each customer's next holiday of every holiday rule, in their time zone."""
+        rules = self.playbook.scheduled(HolidayTrigger)
+        if not rules or not customers:
+            return
+        contacts = await projection.load_contacts(conn, customers)
+        default_tz = self.playbook.policy.default_timezone
+        entries = [
+            entry
+            for customer in sorted(set(customers))
+            for rule in rules
+            if (
+                entry := holiday_entry(
+                    rule,
+                    customer,
+                    (contacts.get(customer) or {}).get("timezone") or default_tz,
+                    now,
+                )
+            )
+            is not None
+        ]
+        await self._schedule(conn, entries, merge)
 
     async def _first_purchases(self, conn: AsyncConnection, earliest: dict[str, datetime]) -> None:
         if not earliest:
@@ -247,6 +287,8 @@ class EventsHandler:
     ) -> None:
         rules = self.playbook.scheduled(ComplaintTrigger)
         for kind, customer, complaint_id, at in complaints:
+            if kind == "revisit_done":
+                continue
             if kind == "complaint_resolved":
                 await projection.resolve_complaint(conn, customer, complaint_id, at)
             elif await projection.open_complaint(conn, customer, complaint_id, at):
@@ -254,3 +296,17 @@ class EventsHandler:
                     complaint_entry(r, customer, complaint_id, at) for r in rules
                 ]
                 await self._schedule(conn, entries, "keep")
+
+    async def _care_completed(
+        self, conn: AsyncConnection, completions: list[tuple[str, str, str, datetime]]
+    ) -> None:
+        """Schedule what follows a resolved complaint or a completed care task (a survey),
+        once per complaint or task ("keep": a replayed report plans nothing new)."""
+        rules = self.playbook.scheduled(CareCompletedTrigger)
+        entries = [
+            entry
+            for kind, customer, reference, at in completions
+            for rule in rules
+            if (entry := care_completed_entry(rule, customer, kind, reference, at)) is not None
+        ]
+        await self._schedule(conn, entries, "keep")
