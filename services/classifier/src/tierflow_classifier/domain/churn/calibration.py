@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats  # type: ignore[import-untyped]
 
 FloatArray = NDArray[np.float64]
 # A probability of exactly 0 or 1 would make one surprise cost infinite log loss, and no store's
@@ -92,6 +91,9 @@ def roc_auc(score: ArrayLike, positive: ArrayLike) -> float:
     n_neg = float(pos.size) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    # Imported here: scipy.stats costs a service ~40 MiB it needs only while fitting.
+    from scipy import stats  # type: ignore[import-untyped]  # noqa: PLC0415
+
     ranks = stats.rankdata(s)
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
