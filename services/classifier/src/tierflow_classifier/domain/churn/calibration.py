@@ -64,7 +64,7 @@ class Calibration:
 
 def fit_isotonic(logit: ArrayLike, churned: ArrayLike) -> Calibration:
     """Isotonic regression of the churn label on the logit (ties of the logit share a value)."""
-    from scipy import optimize  # noqa: PLC0415  (only the fitting process needs the optimiser)
+    from scipy import optimize  # type: ignore[import-untyped]  # noqa: PLC0415 (fitting only)
 
     z = np.asarray(logit, dtype=np.float64)
     y = np.asarray(churned, dtype=np.float64)
@@ -92,7 +92,7 @@ def roc_auc(score: ArrayLike, positive: ArrayLike) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     # Imported here: scipy.stats costs a service ~40 MiB it needs only while fitting.
-    from scipy import stats  # type: ignore[import-untyped]  # noqa: PLC0415
+    from scipy import stats  # noqa: PLC0415
 
     ranks = stats.rankdata(s)
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
