@@ -11,13 +11,14 @@ export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: browser install run migrate topics test test-unit test-integration lint format schemas bench bench-quick validate-churn clean help
+.PHONY: browser install run migrate topics test test-unit test-integration chaos lint format schemas bench bench-quick validate-churn clean help
 
 help:
 	@echo "make run      - start PostgreSQL, broker, migrations, topics, the three services and the console"
 	@echo "make test     - lint, type-check and run every test (unit, integration, end to end)"
 	@echo "make migrate  - apply database migrations"
 	@echo "make lint     - ruff + mypy (strict)"
+	@echo "make chaos    - the full fault scenarios (tests/chaos), results in var/chaos/<run>.json"
 	@echo "make schemas  - regenerate the JSON Schemas under docs/schemas and docs/asyncapi.yaml"
 	@echo "make bench    - benchmarks against raw broker/database baselines (<10 min); bench-quick <2 min"
 
@@ -64,6 +65,15 @@ test-unit: install
 
 test-integration: install
 	$(VENV)/bin/pytest tests/integration tests/e2e
+
+# The full forms of the fault scenarios (their short forms run in `make test`); each writes its
+# result to var/chaos/<run>.json and docs/reliability.md's table is rebuilt from it.
+chaos: install
+	@run=$$(date -u +%Y%m%dT%H%M%SZ); \
+	TIERFLOW_CHAOS=1 TIERFLOW_CHAOS_RUN=$$run $(VENV)/bin/pytest tests/chaos -m chaos --timeout=1800; \
+	status=$$?; \
+	$(VENV)/bin/python -m tests.chaos.report var/chaos/$$run.json docs/reliability.md; \
+	exit $$status
 
 validate-churn: install
 	$(VENV)/bin/python scripts/churn_validation.py

@@ -34,19 +34,22 @@ from tests.support import (
     ServiceProcess,
     isolated_topics,
     read_to_end,
-    read_topic,
     unique,
 )
 from tierflow_classifier.adapters.rules_file import load_rules
+from tierflow_classifier.domain.classify import silent_first
 from tierflow_common.contract import EmittedEvent
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.migrate import upgrade_head_async
 from tierflow_common.db.tables import consumer_offsets, customers, outbox
+from tierflow_common.dead_letters import dead_letters
 from tierflow_common.kafka import ensure_topics
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 from tierflow_common.topic_reader import log_ends, reader
 
 RULES = load_rules(ROOT / "config" / "classifier.yaml")
+# Dimensions whose first assignment to their default label is not published as a change.
+SILENT_DEFAULTS = {d.name: d.default for d in RULES.dimensions if silent_first(d, d.default)}
 PARTITIONS = 6
 
 # Every decrease of a stored offset, noted in the writer's own transaction (so a write the
@@ -324,7 +327,7 @@ async def judge(
             result.tier_mismatches += 1
     result.counted_twice += sum(p for cid, (p, _, _) in got.items() if cid not in expected.states)
     for topic in (w.topics.classification_changed, w.topics.tier_changed):
-        verdict = check(from_records(await read_to_end(w.kafka, topic)))
+        verdict = check(from_records(await read_to_end(w.kafka, topic)), SILENT_DEFAULTS)
         result.duplicate_changes += len(verdict.duplicate_changes)
         result.conflicting_ids += len(verdict.conflicting)
         result.reordered += len(verdict.reordered)
@@ -339,14 +342,19 @@ async def judge(
                 result.notes.append(f"{cid}: published {chain}, oracle {path}")
     want_dead = set(expected.rejected) | injected
     seen_dead: set[str] = set()
-    for d in await read_topic(w.kafka, w.topics.classifier_dlq, expect=10**9, timeout=5):
-        event_id = d["headers"].get("ce_id", b"").decode()
-        if event_id in want_dead and event_id not in seen_dead and d["headers"].get("dlq_reason"):
+    for d in await dead_letters(w.topics.classifier_dlq, limit=10**9, kafka=w.kafka):
+        event_id = d.headers.get("ce_id", "")
+        if (
+            event_id in want_dead
+            and event_id not in seen_dead
+            and d.reason
+            and d.source_topic == w.topics.customer_events
+        ):
             result.dead_lettered_expected += 1
             seen_dead.add(event_id)
         else:
             result.dead_lettered_unexpected += 1
-            result.notes.append(f"dead letter {event_id or '(no id)'}: {d['headers']}")
+            result.notes.append(f"dead letter {event_id or '(no id)'}: {d.reason}")
     result.lost += len(want_dead - seen_dead)
     for svc in w.classifiers:
         result.fenced_writes += svc.log().count("offset_write_fenced")

@@ -7,7 +7,8 @@ pipeline must never publish.
 - reordered: a change whose `from` is not the previous change's `to`, while the change that
   would fit comes later in the log;
 - gap: the same break with no change anywhere that would close it (a change was lost); the
-  first change of a key must be a first assignment (`from` null).
+  first change of a key must be a first assignment (`from` null, or the dimension's default
+  label where its first assignment is not published).
 
 The same id with the same content twice is a redelivery (the outbox relay publishes at least
 once; consumers dedupe by id): counted, not a failure.
@@ -15,7 +16,7 @@ once; consumers dedupe by id): counted, not a failure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,13 @@ class LogVerdict:
         )
 
 
-def check(changes: Iterable[LoggedChange]) -> LogVerdict:
-    """Judge changes given in log order (per key: the order of its partition)."""
+def check(
+    changes: Iterable[LoggedChange], silent_defaults: Mapping[str, str] | None = None
+) -> LogVerdict:
+    """Judge changes given in log order (per key: the order of its partition).
+    `silent_defaults`: dimension -> the default label whose first assignment is not published
+    (a key's chain may start from it as well as from null)."""
+    silent = silent_defaults or {}
     verdict = LogVerdict()
     by_id: dict[str, LoggedChange] = {}
     by_content: dict[tuple[str, str, str, str | None, str], str] = {}
@@ -99,6 +105,8 @@ def check(changes: Iterable[LoggedChange]) -> LogVerdict:
         verdict.chains[key] = [c.to_label for c in chain]
         previous: str | None = None
         for i, change in enumerate(chain):
+            if i == 0 and change.from_label is not None and silent.get(key[1]) == change.from_label:
+                previous = change.from_label  # its unpublished first assignment
             if change.from_label != previous:
                 later = chain[i + 1 :]
                 fits = any(c.from_label == previous for c in later)

@@ -98,3 +98,13 @@ def test_the_oracle_counts_each_acknowledged_event_once() -> None:
         assert path[0] == "regular"
         assert is_subsequence([path[-1]], path)
         assert not is_subsequence([path[-1], path[0]], path) or len(set(path)) == 1
+
+
+def test_a_chain_may_start_from_a_default_whose_first_assignment_is_silent() -> None:
+    log = [
+        LoggedChange("a1", "c0", "abc", "unscored", "B", "population:2"),
+        LoggedChange("a2", "c0", "abc", "B", "A", "population:3"),
+    ]
+    assert check(log, {"abc": "unscored"}).ok
+    assert check(log).gaps == [("c0", "abc")]
+    assert check(log, {"abc": "none"}).gaps == [("c0", "abc")]

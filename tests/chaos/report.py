@@ -1,0 +1,53 @@
+"""`python -m tests.chaos.report var/chaos/<run>.json docs/reliability.md`: the run's results
+as the table between the markers of docs/reliability.md (run by `make chaos`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- chaos-table -->"
+END = "<!-- /chaos-table -->"
+COLUMNS = (
+    ("name", "scenario"),
+    ("acknowledged", "acknowledged"),
+    ("lost", "lost"),
+    ("counted_twice", "counted twice"),
+    ("duplicate_changes", "duplicate changes"),
+    ("reordered", "reordered"),
+    ("gaps", "gaps"),
+    ("offset_regressions", "offsets back"),
+    ("fenced_writes", "fenced writes"),
+    ("dead_lettered_expected", "dead-lettered (expected)"),
+    ("dead_lettered_unexpected", "dead-lettered (unexpected)"),
+    ("recovery_s", "recovery s"),
+    ("passed", "passed"),
+)
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"Run `{report['run']}`:",
+        "",
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for scenario in report["scenarios"]:
+        lines.append("| " + " | ".join(str(scenario.get(k, "")) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(results: Path, doc: Path) -> None:
+    if not results.exists():
+        print(f"{results}: no results (no scenario finished)", file=sys.stderr)
+        return
+    text = doc.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{BEGIN}\n{table(json.loads(results.read_text()))}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
