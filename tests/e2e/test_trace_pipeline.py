@@ -1,11 +1,14 @@
 """The W3C trace context across the three service processes, tracing off (the default): the
 trace id of the POST's `traceparent` header is on the customer-events record, the classification
 and tier changes, the care action, the webhook request's `traceparent` header and, once the task
-is completed, on the completion event the notifier POSTs back through the ingest."""
+is completed, on the completion event the notifier POSTs back through the ingest. Run again with
+spans on (`OTEL_TRACES_EXPORTER=console`): each process's bootstrap turns tracing on from the
+standard variable, and every service's spans are in that same trace."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,9 +44,17 @@ RULE = """  - id: trace-follow-up
 """
 
 
+CONSOLE = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+# A span as the SDK's console exporter prints it: its name, then its context.
+SPAN = re.compile(
+    r'"name": "(?P<name>[^"]+)",\s*"context": \{\s*"trace_id": "0x(?P<trace>[0-9a-f]{32})"'
+)
+
+
 @dataclass
 class Live:
     ingest: ServiceProcess
+    classifier: ServiceProcess
     notifier: ServiceProcess
     receiver: WebhookReceiver
     kafka: KafkaSettings
@@ -52,7 +63,10 @@ class Live:
 
 
 @pytest.fixture
-def live(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Live]:
+def live(
+    request: pytest.FixtureRequest, servers: Servers, log_dir: Path, tmp_path: Path
+) -> Iterator[Live]:
+    otel: dict[str, str] = getattr(request, "param", {})
     database = DatabaseSettings(database_url=servers.create_database(unique("e2e_trace")))
     upgrade_head(database)
     key = api_key_sync(database, name="e2e")
@@ -70,6 +84,7 @@ def live(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Live]:
             write_playbook(tmp_path / "care.yaml", playbook_text() + RULE)
         ),
         **topics.as_env(),
+        **otel,
     }
     with ThreadedReceiver(WebhookReceiver()) as receiver:
         ingest = ServiceProcess("ingest", env, log_dir)
@@ -89,7 +104,7 @@ def live(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Live]:
                 svc.start(wait_ready=False)
             for svc in services:
                 svc.wait_ready()
-            yield Live(ingest, services[2], receiver, kafka, topics, key)
+            yield Live(ingest, services[1], services[2], receiver, kafka, topics, key)
         finally:
             for svc in services:
                 svc.stop()
@@ -106,6 +121,7 @@ def _headers(record: Any) -> dict[str, bytes]:
     return {k: bytes(v) for k, v in record.headers}
 
 
+@pytest.mark.parametrize("live", [{}, CONSOLE], ids=["tracing-off", "spans-on"], indirect=True)
 async def test_the_post_trace_id_is_on_every_record_and_request_it_causes(live: Live) -> None:
     purchase = {
         "specversion": "1.0",
@@ -162,3 +178,26 @@ async def test_the_post_trace_id_is_on_every_record_and_request_it_causes(live: 
         if r.key == CUSTOMER.encode() and b'"trace-follow-up"' in r.value
     ]
     assert [_trace_id(_headers(r).get("ce_traceparent")) for r in actions] == [TRACE]
+    if live.ingest.env.get("OTEL_TRACES_EXPORTER") != "console":
+        return
+
+    async def spans() -> dict[str, set[str]]:
+        names: dict[str, set[str]] = {}
+        for svc in (live.ingest, live.classifier, live.notifier):
+            text = svc.log_file.read_text(errors="replace")
+            for m in SPAN.finditer(text):
+                if m["trace"] == TRACE:
+                    names.setdefault(svc.name, set()).add(m["name"])
+        return names
+
+    wanted = {
+        "ingest": {"POST /v1/events"},
+        "classifier": {"classify customer"},
+        "notifier": {"notifier action", "webhook delivery"},
+    }
+    await eventually(
+        spans,
+        lambda got: all(names <= got.get(svc, set()) for svc, names in wanted.items()),
+        timeout=30,
+        what="every service's spans in the POST's trace",
+    )
