@@ -70,7 +70,8 @@ async def test_change_and_scheduled_actions_carry_value_at_risk_to_the_api_and_w
 ) -> None:
     state = customer(unique("var"), 12, "9000", 150)
     (scored,) = change_scores([(state, NOW)], MODEL, churn_config({}))
-    assert scored is not None and scored.value_at_risk
+    assert scored is not None
+    assert scored.value_at_risk
     await publish(harness, [(change(state.customer_id, "value_tier", "VIP"), scored)])
     rows = await eventually(
         harness.rows,
