@@ -254,13 +254,28 @@ class StatefulConsumer:
         ends = await consumer.end_offsets(list(assigned))
         begins = await consumer.beginning_offsets(list(assigned))
         # Claim the partitions (fencing out whoever held them) and read their offsets of record
-        # in one statement; a partition never stored is claimed at its log start.
-        async with self._engine.begin() as conn:
-            claims = await claim_partitions(
-                conn, self.group_id, {tp: begins[tp] for tp in assigned}, self._owner
-            )
-            if self._watcher is not None:
-                await self._watcher.assigned(conn, frozenset(assigned))
+        # in one statement; a partition never stored is claimed at its log start. Unclaimed, a
+        # partition is not consumed at all: with the database away, wait for it.
+        backoff = Backoff(first=0.2)
+        while True:
+            try:
+                async with self._engine.begin() as conn:
+                    claims = await claim_partitions(
+                        conn, self.group_id, {tp: begins[tp] for tp in assigned}, self._owner
+                    )
+                    if self._watcher is not None:
+                        await self._watcher.assigned(conn, frozenset(assigned))
+                break
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set():
+                    raise
+                log.warning(
+                    "partition_claim_retry",
+                    group=self.group_id,
+                    error=str(exc),
+                    retry_in=backoff.delay,
+                )
+                await backoff.wait()
         self._epochs = {tp: c.epoch for tp, c in claims.items()}
         # Seek to the offsets of record. An empty partition under a stored offset means the
         # broker lost its log (the in-memory broker restarted): read from the start, the ledger
