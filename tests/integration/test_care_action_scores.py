@@ -14,6 +14,7 @@ import pytest
 from tests.integration.helpers import eventually
 from tests.integration.test_notifier_queue import MODEL, NOW, change, customer, publish
 from tests.notifier_support import Harness, WebhookReceiver, start_harness, write_playbook
+from tests.published_events import from_kafka, raw_records
 from tests.support import unique
 from tierflow_classifier.domain.change_scores import change_scores
 from tierflow_classifier.domain.churn_features import churn_config
@@ -93,6 +94,18 @@ async def test_change_and_scheduled_actions_carry_value_at_risk_to_the_api_and_w
     for action_id in ids:
         data = CareActionData.model_validate(received[action_id])
         assert (data.churn_probability, data.clv, data.value_at_risk) == expected
+    # The care-actions records, read with the CloudEvents SDK, carry the same scores.
+    topic = harness.topics.care_actions
+    published = await eventually(
+        lambda: raw_records(harness.kafka, topic),
+        lambda records: ids <= {e.id for e in from_kafka(topic, records)},
+        timeout=30,
+        what="every action on care-actions",
+    )
+    for event in from_kafka(topic, published):
+        if event.id in ids:
+            data = CareActionData.model_validate(event.data)
+            assert (data.churn_probability, data.clv, data.value_at_risk) == expected
 
     by_sort = (await harness.client.get("/v1/actions", params={"sort": "id"})).json()["items"]
     by_alias = (await harness.client.get("/v1/actions", params={"order": "id"})).json()["items"]

@@ -18,6 +18,7 @@ from tierflow_notifier.domain.pressure import (
     decide,
     quiet_until,
 )
+from tierflow_notifier.service_layer.actions import policy_outcome
 
 NOW = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
 QUIET = QuietHours(time(21, 0), time(8, 0))
@@ -112,3 +113,24 @@ def test_the_rule_decides_not_the_class() -> None:
     assert later.deferred_by == "cap:messages-week"
     # The first contact leaves the 7-day window a week after it was made: 11:00 UTC.
     assert later.deliver_at == NOW - timedelta(minutes=60) + timedelta(days=7)
+
+
+def test_each_deferral_and_drop_is_counted_by_its_outcome() -> None:
+    """What CONTACT_POLICY counts for a created row (the ActionWriter records explanation and
+    status from the decision)."""
+    deferred = {"status": "open", "explanation": {"deferred": {"by": "quiet_hours"}}}
+    capped = {"status": "open", "explanation": {"deferred": {"by": "cap:messages-week"}}}
+    dropped = {"status": "suppressed", "suppressed_reason": "cap:messages-week", "explanation": {}}
+    refused = {"status": "suppressed", "suppressed_reason": "consent_withdrawn", "explanation": {}}
+    on_time = {"status": "open", "explanation": {}}
+    assert [policy_outcome(r) for r in (deferred, capped, dropped, refused, on_time)] == [
+        "deferred_quiet_hours",
+        "deferred_cap",
+        "dropped_cap",
+        None,  # counted by tierflow_notifier_actions_suppressed_total{reason}
+        None,
+    ]
+    night = datetime(2026, 3, 28, 22, 30, tzinfo=UTC)
+    d = decide(POLICY, PROMO, Reachability(timezone="UTC"), [], now=night)
+    assert d.deferred_by == "quiet_hours"
+    assert d.deliver_at == datetime(2026, 3, 29, 8, 0, tzinfo=UTC)
