@@ -20,7 +20,7 @@ from tierflow_common import tracing
 from tierflow_common.consumer import BatchOutcome, DeadLetter, Record
 from tierflow_common.exceptions import PoisonRecord
 from tierflow_common.trace_context import TraceContext, from_kafka_headers
-from tierflow_notifier.adapters import projection
+from tierflow_notifier.adapters import customer_scores, projection
 from tierflow_notifier.adapters.changes import Change, Erasure, decode_changes
 from tierflow_notifier.domain.playbooks import (
     ANY,
@@ -195,7 +195,7 @@ class NotifierHandler:
         ended = [(c, r, v) for (c, r), v in cadence.items() if isinstance(v, str)]
         # Labels first: the actions below take the tier as of the end of this batch.
         await projection.project_changes(conn, labels, ended, entries)
-        await projection.note_scores(conn, scores)  # for scheduled actions (scheduler.py)
+        await customer_scores.note_scores(conn, scores)  # for scheduled actions (scheduler.py)
         if entries:
             due = min(e.due_at for e in entries)
             self.earliest_due = due if self.earliest_due is None else min(self.earliest_due, due)

@@ -23,7 +23,7 @@ from tierflow_common.contract.ids import rfc3339
 from tierflow_common.erasure import erased_through
 from tierflow_common.outbox import enqueue
 from tierflow_common.transient import is_transient
-from tierflow_notifier.adapters import projection
+from tierflow_notifier.adapters import customer_scores, projection
 from tierflow_notifier.domain.playbooks import ComplaintTrigger, PlannedAction, Playbook
 from tierflow_notifier.domain.schedules import ScheduleEntry, fire
 from tierflow_notifier.metrics import OPEN_TASKS, SCHEDULE_LAG, SCHEDULES_FIRED
@@ -169,7 +169,7 @@ class Scheduler:
             action, nxt = fire(entry, rule, facts, now)
             if action is not None:
                 # The customer's latest known scores: scheduled work ranks by them too.
-                known = projection.scores(contacts.get(entry.customer_id))
+                known = customer_scores.scores(contacts.get(entry.customer_id))
                 planned.append(replace(action, scores=known) if known else action)
             if nxt is None:
                 finished.append(entry.schedule_id)
