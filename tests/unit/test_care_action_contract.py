@@ -46,6 +46,8 @@ def test_the_contract_names_every_kind_and_class_the_notifier_uses() -> None:
 
 def test_published_and_webhook_actions_carry_the_whole_contract() -> None:
     rows = {r["rule_id"]: r for r in _rows("lifecycle", "active", "at_risk")}
+    # The personal revisit follows the care loop (care_contact), not the lifecycle itself.
+    rows |= {r["rule_id"]: r for r in _rows("care_contact", "none", "revisit_due")}
     coupon_row, revisit_row = rows["at-risk-winback-coupon"], rows["at-risk-personal-revisit"]
 
     coupon = CareActionData.model_validate(_event(coupon_row).data)

@@ -337,7 +337,8 @@ class NoDatabase:
 
 
 def test_labels_kept_are_the_tier_and_what_cadences_follow() -> None:
-    assert label_dimensions(PLAYBOOK) == {"value_tier"}
+    # value_tier: the VIP / important cadences; care_contact: the at-risk revisit cadence.
+    assert label_dimensions(PLAYBOOK) == {"value_tier", "care_contact"}
 
 
 async def test_a_batch_that_triggers_nothing_writes_nothing_but_dead_letters_poison() -> None:
