@@ -265,6 +265,7 @@ class ScenarioResult:
     dead_lettered_expected: int = 0
     dead_lettered_unexpected: int = 0
     fenced_writes: int = 0
+    faults: int = 0  # processes killed, restarted or paused
     recovery_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -292,7 +293,12 @@ class ScenarioResult:
 
 
 async def judge(
-    w: World, name: str, *, recovery_s: float = 0.0, injected: frozenset[str] = frozenset()
+    w: World,
+    name: str,
+    *,
+    recovery_s: float = 0.0,
+    injected: frozenset[str] = frozenset(),
+    faults: int = 0,
 ) -> ScenarioResult:
     """The oracle against the database, the change topics and the dead-letter topic (which
     must hold exactly the events the oracle rejects plus the `injected` poison ids, once each,
@@ -300,6 +306,7 @@ async def judge(
     expected: Expected = fold(w.acknowledged, RULES)
     result = ScenarioResult(name, acknowledged=len({e.id for e in w.acknowledged}))
     result.recovery_s = round(recovery_s, 2)
+    result.faults = faults
     async with w.engine.connect() as conn:
         rows = await conn.execute(
             select(

@@ -1,5 +1,5 @@
-"""`python -m tests.chaos.report var/chaos/<run>.json docs/reliability.md`: the run's results
-as the table between the markers of docs/reliability.md (run by `make chaos`)."""
+"""`python -m tests.chaos.report var/chaos/<run>.json [more.json ...] docs/reliability.md`: the
+runs' results as the table between the markers of docs/reliability.md (run by `make chaos`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ END = "<!-- /chaos-table -->"
 COLUMNS = (
     ("name", "scenario"),
     ("acknowledged", "acknowledged"),
+    ("faults", "faults"),
     ("lost", "lost"),
     ("counted_twice", "counted twice"),
     ("duplicate_changes", "duplicate changes"),
@@ -27,27 +28,30 @@ COLUMNS = (
 )
 
 
-def table(report: dict[str, Any]) -> str:
+def table(reports: list[dict[str, Any]]) -> str:
+    runs = ", ".join(f"`{r['run']}`" for r in reports)
     lines = [
-        f"Run `{report['run']}`:",
+        f"Run {runs}:",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
-    for scenario in report["scenarios"]:
-        lines.append("| " + " | ".join(str(scenario.get(k, "")) for k, _ in COLUMNS) + " |")
+    for report in reports:
+        for scenario in report["scenarios"]:
+            lines.append("| " + " | ".join(str(scenario.get(k, "")) for k, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 
-def main(results: Path, doc: Path) -> None:
-    if not results.exists():
-        print(f"{results}: no results (no scenario finished)", file=sys.stderr)
+def main(results: list[Path], doc: Path) -> None:
+    found = [json.loads(p.read_text()) for p in results if p.exists()]
+    if not found:
+        print(f"{' '.join(map(str, results))}: no results (no scenario finished)", file=sys.stderr)
         return
     text = doc.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{table(json.loads(results.read_text()))}\n{END}{tail}")
+    doc.write_text(f"{head}{BEGIN}\n{table(found)}\n{END}{tail}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main([Path(p) for p in sys.argv[1:-1]], Path(sys.argv[-1]))

@@ -73,7 +73,7 @@ async def test_members_killed_and_restarted_while_events_flow(
             await asyncio.to_thread(svc.wait_ready, 120)
         recovery = time.monotonic() - began + await wait_drained(w, timeout=300)
         name = f"rebalance-storm-{'full' if size is FULL else 'short'}"
-        result = await judge(w, name, recovery_s=recovery)
+        result = await judge(w, name, recovery_s=recovery, faults=len(faults))
 
     assert len(faults) >= 2, faults
     assert result.passed, result

@@ -1,7 +1,8 @@
 """Zombie: a classifier paused (SIGSTOP) past its session timeout while events flow, its
 partitions moved to the other member of the group, then woken (SIGCONT) with the batch it held:
-its offset writes are refused by the fence, no stored offset ever goes backwards, and the
-oracle finds nothing lost, nothing counted twice, no change published twice."""
+whatever it tries to write is refused by the fence, no stored offset ever goes backwards, the
+woken process goes on working, and the oracle finds nothing lost, nothing counted twice, no
+change published twice."""
 
 from __future__ import annotations
 
@@ -57,8 +58,11 @@ async def test_a_paused_classifier_is_fenced_out_when_it_wakes(
 ) -> None:
     events = purchases(size.events, size.customers, seed=5, tag="zombie")
     third = len(events) // 3
-    # A longer linger: a busy member spends most of its time holding a polled batch, which is
-    # what a zombie wakes up with and tries to commit.
+    # A longer linger: a member keeping up with the stream spends much of its time holding a
+    # polled batch (lingering for more), which is what a zombie wakes up with and may try to
+    # commit — if its own client has not noticed first that the group moved on (a race: the
+    # refused write is then counted in `fenced_writes`; tests/integration/test_offset_fencing.py
+    # shows the refusal deterministically).
     async with world(servers, log_dir, classifiers=2, env={"CONSUMER_LINGER_MS": "100"}) as w:
         zombie, survivor = w.classifiers
         await send(w, events[:third])
@@ -71,7 +75,7 @@ async def test_a_paused_classifier_is_fenced_out_when_it_wakes(
             )
 
         await until(both_own, "both members holding partitions", 90)
-        # Pause the zombie while it is busy with the stream.
+        # Pause the zombie while events flow.
         flowing = asyncio.create_task(send(w, events[third : 2 * third], chunk=25))
         await asyncio.sleep(0.5)
         assert zombie.proc is not None
@@ -89,13 +93,11 @@ async def test_a_paused_classifier_is_fenced_out_when_it_wakes(
         paused_s = time.monotonic() - paused_at
         await send(w, events[2 * third :])
         recovery = await wait_drained(w, timeout=180)
+        await until(both_own, "the woken zombie holding partitions again", 90)
         assert zombie.proc.poll() is None, "the woken classifier exited"
-        result = await judge(
-            w, f"zombie-{'full' if size is FULL else 'short'}", recovery_s=recovery
-        )
+        name = f"zombie-{'full' if size is FULL else 'short'}"
+        result = await judge(w, name, recovery_s=recovery, faults=1)
 
     assert result.passed, result
-    assert result.fenced_writes >= 1, "the woken zombie wrote nothing that the fence refused"
     assert result.acknowledged == len(events)
     assert paused_s > 10  # past aiokafka's default session timeout (10 s)
-    print(result)
