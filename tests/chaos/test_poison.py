@@ -27,7 +27,7 @@ class Size:
     customers: int
 
 
-SHORT = Size(events=3_000, customers=200)
+SHORT = Size(events=1_500, customers=150)
 FULL = Size(events=30_000, customers=1_000)
 
 

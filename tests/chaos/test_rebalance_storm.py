@@ -27,7 +27,7 @@ class Size:
     every_s: tuple[float, float]  # pause between faults, drawn in this range
 
 
-SHORT = Size(events=1_500, customers=150, faults=3, every_s=(2.0, 4.0))
+SHORT = Size(events=1_000, customers=100, faults=3, every_s=(1.5, 3.0))
 FULL = Size(events=50_000, customers=1_000, faults=40, every_s=(5.0, 10.0))
 
 

@@ -42,7 +42,7 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequence=ops)
 def test_the_sql_compare_and_set_follows_the_rule(
     database: DatabaseSettings, sequence: list[tuple[int, bool, int, int]]
