@@ -4,19 +4,15 @@ CloudEvents identity rule checked on it: one `source` + `id`, one event."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
 from cloudevents.v1 import http as ce_http
 from cloudevents.v1 import kafka as ce_kafka
 
 from tests.cloudevents_js import Message, decode, install
-from tierflow_common.kafka import make_consumer
-from tierflow_common.settings import KafkaSettings
 
 
 @dataclass(frozen=True)
@@ -32,31 +28,6 @@ class Published:
 
     def same_event(self, other: Published) -> bool:
         return (self.type, self.subject, self.data) == (other.type, other.subject, other.data)
-
-
-async def raw_records(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Any]:
-    """Every record of `topic` up to its end offsets as of the call, as aiokafka gives them."""
-    consumer = make_consumer(kafka, group_id=None)
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions:
-            assert time.monotonic() < deadline, f"no partitions for {topic}"
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(records)
-        return out
-    finally:
-        await consumer.stop()
 
 
 def _data(event: Any) -> Any:

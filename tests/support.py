@@ -94,11 +94,9 @@ async def read_topic(
         await consumer.stop()
 
 
-async def read_to_end(
-    kafka: KafkaSettings, topic: str, timeout: float = 30.0
-) -> list[dict[str, Any]]:
-    """Every record of `topic` up to its end offsets as of the call (no waiting for more):
-    CloudEvent attributes from the `ce_*` headers (`id`, `source`, `subject`, ...), `value`."""
+async def raw_records(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record of `topic` up to its end offsets as of the call (no waiting for more), as
+    aiokafka gives them."""
     consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
@@ -112,20 +110,28 @@ async def read_to_end(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
             for records in (await consumer.getmany(timeout_ms=200)).values():
-                for r in records:
-                    attrs = {
-                        k.removeprefix("ce_"): bytes(v).decode()
-                        for k, v in r.headers
-                        if k.startswith("ce_")
-                    }
-                    out.append({**attrs, "key": r.key, "value": r.value})
+                out.extend(records)
         return out
     finally:
         await consumer.stop()
+
+
+async def read_to_end(
+    kafka: KafkaSettings, topic: str, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """`raw_records` with the CloudEvent attributes from the `ce_*` headers (`id`, `source`,
+    `subject`, ...), `key` and `value`."""
+    out: list[dict[str, Any]] = []
+    for r in await raw_records(kafka, topic, timeout):
+        attrs = {
+            k.removeprefix("ce_"): bytes(v).decode() for k, v in r.headers if k.startswith("ce_")
+        }
+        out.append({**attrs, "key": r.key, "value": r.value})
+    return out
 
 
 class ServiceProcess:

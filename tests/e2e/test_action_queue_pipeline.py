@@ -5,10 +5,8 @@ notifier's `GET /v1/actions` ranks the actions they cause by them."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,13 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.access import api_key_sync
+from tests.e2e.conftest import Pipeline, running_pipeline
 from tests.integration.helpers import eventually
 from tests.notifier_support import playbook_text, write_playbook
-from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, unique
-from tierflow_common.db.migrate import upgrade_head
-from tierflow_common.kafka import ensure_topics
-from tierflow_common.settings import DatabaseSettings, KafkaSettings
+from tests.support import Servers, unique
 from tierflow_notifier.domain.queue import OPEN_STATES, queue_key
 
 pytestmark = pytest.mark.e2e
@@ -30,43 +25,15 @@ pytestmark = pytest.mark.e2e
 CUSTOMERS = 60  # the churn model is fitted on at least 50 customers' purchase history
 
 
-@dataclass
-class Stack:
-    ingest: ServiceProcess
-    classifier: ServiceProcess
-    notifier: ServiceProcess
-    key: str
-
-
 @pytest.fixture
-def stack(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Stack]:
-    database = DatabaseSettings(database_url=servers.create_database(unique("e2e_queue")))
-    upgrade_head(database)
-    key = api_key_sync(database, name="e2e")
-    topics = isolated_topics(partitions=3)
-    asyncio.run(ensure_topics(KafkaSettings(bootstrap_servers=servers.bootstrap_servers), topics))
-    env = {
-        "DATABASE_URL": database.database_url.get_secret_value(),
-        "KAFKA_BOOTSTRAP_SERVERS": servers.bootstrap_servers,
-        "CLASSIFIER_RULES_FILE": str(ROOT / "config" / "classifier.yaml"),
-        "CLASSIFIER_GROUP_ID": unique("classifier"),
-        "NOTIFIER_GROUP_ID": unique("notifier"),
+def stack(servers: Servers, log_dir: Path, tmp_path: Path) -> Iterator[Pipeline]:
+    playbook = write_playbook(tmp_path / "care.yaml", playbook_text(churn_to="*"))
+    extra = {
         "NOTIFIER_EVENTS_GROUP_ID": unique("notifier_events"),
-        "NOTIFIER_PLAYBOOKS_FILE": str(
-            write_playbook(tmp_path / "care.yaml", playbook_text(churn_to="*"))
-        ),
-        **topics.as_env(),
+        "NOTIFIER_PLAYBOOKS_FILE": str(playbook),
     }
-    services = [ServiceProcess(name, env, log_dir) for name in ("ingest", "classifier", "notifier")]
-    try:
-        for svc in services:
-            svc.start(wait_ready=False)
-        for svc in services:
-            svc.wait_ready()
-        yield Stack(services[0], services[1], services[2], key)
-    finally:
-        for svc in services:
-            svc.stop()
+    with running_pipeline(servers, log_dir, extra) as pipeline:
+        yield pipeline
 
 
 def history(now: datetime) -> list[dict[str, Any]]:
@@ -104,7 +71,7 @@ def key_of(item: dict[str, Any]) -> tuple[Any, ...]:
 
 
 async def test_actions_are_ranked_by_the_value_at_risk_the_classifier_computed(
-    stack: Stack,
+    stack: Pipeline,
 ) -> None:
     headers = {"authorization": f"Bearer {stack.key}"}
     async with httpx.AsyncClient(timeout=30, headers=headers) as http:

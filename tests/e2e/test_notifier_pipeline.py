@@ -37,10 +37,9 @@ from tests.published_events import (
     Published,
     from_kafka,
     from_webhooks,
-    raw_records,
     shared_identities,
 )
-from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, unique
+from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, raw_records, unique
 from tierflow_common.contract import (
     CARE_ACTION_TYPE,
     CLASSIFICATIONS_CHANGED_TYPE,

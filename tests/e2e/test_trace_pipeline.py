@@ -27,8 +27,7 @@ from tests.notifier_support import (
     webhooks_env,
     write_playbook,
 )
-from tests.published_events import raw_records
-from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, unique
+from tests.support import ROOT, Servers, ServiceProcess, isolated_topics, raw_records, unique
 from tierflow_common.db.migrate import upgrade_head
 from tierflow_common.kafka import ensure_topics
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings

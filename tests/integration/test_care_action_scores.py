@@ -14,8 +14,8 @@ import pytest
 from tests.integration.helpers import eventually
 from tests.integration.test_notifier_queue import MODEL, NOW, change, customer, publish
 from tests.notifier_support import Harness, WebhookReceiver, start_harness, write_playbook
-from tests.published_events import from_kafka, raw_records
-from tests.support import unique
+from tests.published_events import from_kafka
+from tests.support import raw_records, unique
 from tierflow_classifier.domain.change_scores import change_scores
 from tierflow_classifier.domain.churn_features import churn_config
 from tierflow_common.contract import CareActionData
