@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tierflow_console.domain.heatmap import HeatRow, heat_colour, heat_rows
 from tierflow_console.domain.samples import Sample, SampleWindow
 from tierflow_console.domain.sessions import Flash, SessionStore
-from tierflow_console.entrypoints.web_auth import safe_next
+from tierflow_console.entrypoints.web_auth import form_time, safe_next
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
@@ -111,3 +111,11 @@ def test_sign_in_keeps_a_local_path_and_refuses_elsewhere() -> None:
     assert safe_next("/customers?q=c-1") == "/customers?q=c-1"
     for bad in ("https://evil.example", "//evil.example", "/\\evil.example", "", None):
         assert safe_next(bad) == "/"
+
+
+def test_a_form_time_without_zone_is_utc_and_nonsense_is_no_time() -> None:
+    assert form_time("2026-12-01T14:30") == datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
+    assert form_time(" 2026-12-01T14:30:05+08:00 ") == datetime(2026, 12, 1, 6, 30, 5, tzinfo=UTC)
+    assert form_time("") is None
+    assert form_time(None) is None
+    assert form_time("yesterday") is None

@@ -41,6 +41,7 @@ from tierflow_console.entrypoints.signin import build_signin
 from tierflow_console.entrypoints.web_auth import (
     CsrfRejected,
     SessionAuth,
+    api_key_of,
     denied_page_or_problem,
     utc_now,
 )
@@ -132,7 +133,7 @@ def create_app(
     install_auth(app, keys, audit=AuditLog(engine, service="console"))
 
     def forbidden(request: Request, exc: AccessDenied) -> Response:
-        principal = keys.lookup(_bearer(request))
+        principal = keys.lookup(api_key_of(request))
         return pages.render(
             request,
             "forbidden.html",
@@ -161,11 +162,6 @@ def create_app(
     # Outermost: the session cookie becomes the bearer key before anything checks a role.
     app.add_middleware(SessionAuth, sessions=sessions, clock=utc_now)
     return app
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else ""
 
 
 def main() -> None:

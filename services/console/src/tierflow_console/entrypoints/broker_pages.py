@@ -4,7 +4,6 @@ customer, event id, type or time), both read from the broker with tierflow_commo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
@@ -14,7 +13,7 @@ from tierflow_common.auth import Principal, Role, requires
 from tierflow_common.operations import DeadLetter, TopicRecord
 from tierflow_console.adapters.services import ServiceError
 from tierflow_console.entrypoints.context import Console
-from tierflow_console.entrypoints.web_auth import CsrfChecked
+from tierflow_console.entrypoints.web_auth import CsrfChecked, form_time
 
 Reader = Annotated[Principal, requires(Role.READ)]
 Operator = Annotated[Principal, requires(Role.OPERATE)]
@@ -98,8 +97,8 @@ def build_broker_pages(console: Console) -> APIRouter:
                 key=customer or None,
                 event_id=event_id or None,
                 type=event_type or None,
-                since=_time(since),
-                until=_time(until),
+                since=form_time(since),
+                until=form_time(until),
                 limit=limit,
             )
         except Exception as exc:
@@ -117,13 +116,3 @@ def build_broker_pages(console: Console) -> APIRouter:
         )
 
     return router
-
-
-def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -4,7 +4,6 @@ with the timeline of changes, care actions and a manual override."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -14,7 +13,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from tierflow_common.auth import Principal, Role, requires
 from tierflow_console.adapters.services import ServiceError
 from tierflow_console.entrypoints.context import Console
-from tierflow_console.entrypoints.web_auth import CsrfChecked, api_key_of
+from tierflow_console.entrypoints.web_auth import CsrfChecked, api_key_of, form_time
 
 Reader = Annotated[Principal, requires(Role.READ)]
 Operator = Annotated[Principal, requires(Role.OPERATE)]
@@ -124,7 +123,7 @@ def build_customers(console: Console) -> APIRouter:
     ) -> HTMLResponse:
         key = api_key_of(request)
         path = f"/v1/customers/{quote(customer_id, safe='')}"
-        when = _as_of(as_of)
+        when = form_time(as_of)
         try:
             now, history, actions, distribution = await asyncio.gather(
                 classifier.get(path, key),
@@ -180,11 +179,12 @@ def build_customers(console: Console) -> APIRouter:
         expires_at: Annotated[str, Form()] = "",
     ) -> Response:
         back = f"/customers/{quote(customer_id, safe='')}"
+        expiry = form_time(expires_at)
         body = {
             "dimension": dimension,
             "label": label,
             "reason": reason,
-            "expires_at": _form_time(expires_at),
+            "expires_at": expiry.isoformat() if expiry else None,
         }
         try:
             result = await classifier.post(
@@ -212,19 +212,3 @@ def build_customers(console: Console) -> APIRouter:
         return console.pages.done(request, back, f"Override of {dimension} cleared", result)
 
     return router
-
-
-def _as_of(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _form_time(value: str) -> str | None:
-    """A `datetime-local` field (no zone) is read as UTC, the zone every page shows."""
-    parsed = _as_of(value.strip())
-    return parsed.isoformat() if parsed else None

@@ -79,6 +79,18 @@ def api_key_of(request: Request) -> str:
     return key.strip() if scheme.lower() == "bearer" else ""
 
 
+def form_time(value: str | None) -> datetime | None:
+    """A time from a form or query (`datetime-local` has no zone): read as UTC, the zone every
+    page shows; None when empty or not a time."""
+    if not value or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 class CsrfRejected(Exception):
     pass
 
