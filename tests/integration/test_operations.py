@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
 from tests.support import ROOT, plain_producer, unique
 from tierflow_common.contract import EmittedEvent, encode_event
+from tierflow_common.db.engine import create_engine
 from tierflow_common.kafka import make_consumer, partition_for
 from tierflow_common.operations import (
     PartitionLag,
@@ -101,6 +102,17 @@ async def test_lag_is_what_was_produced_minus_what_the_classifier_applied(
     assert {p.partition: p.end for p in lag} == {
         p: before[p] + behind[p] for p in range(topics.partitions)
     }
+    # On a caller's own engine (the console keeps one) the answer is the same.
+    engine = create_engine(database)
+    try:
+        on_engine = await consumer_lag(kafka=kafka_settings, topics=topics, engine=engine)
+    finally:
+        await engine.dispose()
+    assert [
+        p
+        for p in on_engine
+        if p.topic == topics.customer_events and p.group.startswith("classifier_")
+    ] == lag
     ends = await topic_ends(kafka=kafka_settings, topics=topics)
     assert ends.ends[topics.customer_events] == 63
 

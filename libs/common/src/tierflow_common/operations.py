@@ -19,6 +19,7 @@ from typing import Any, Literal
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_common.consumer import Record
 from tierflow_common.db.engine import create_engine
@@ -99,9 +100,12 @@ class TopicEnds:
 
 
 async def _stored_offsets(
-    database: DatabaseSettings, topic_names: set[str]
+    database: DatabaseSettings, topic_names: set[str], engine: AsyncEngine | None
 ) -> dict[tuple[str, str], dict[int, int]]:
-    engine = create_engine(database)
+    """The offsets the services stored with their state; on the caller's engine when it keeps
+    one (the console samples every few seconds), else on one made for this call."""
+    own = engine is None
+    engine = engine or create_engine(database)
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
@@ -117,7 +121,8 @@ async def _stored_offsets(
                 out.setdefault((r.group_id, r.topic), {})[r.partition] = r.next_offset
             return out
     finally:
-        await engine.dispose()
+        if own:
+            await engine.dispose()
 
 
 async def _broker_offsets(
@@ -159,13 +164,15 @@ async def consumer_lag(
     topics: TopicSettings | None = None,
     database: DatabaseSettings | None = None,
     groups: Sequence[str] | None = None,
+    engine: AsyncEngine | None = None,
 ) -> list[PartitionLag]:
     """Lag of every consumer group on the pipeline's topics, per partition, sorted by group,
     topic, partition: from the offsets the services stored with their state (`database`),
-    else the broker's committed offsets. `groups`: only these."""
+    else the broker's committed offsets. `groups`: only these. `engine`: a caller's own
+    engine on that database, reused (else one is made and closed for the call)."""
     kafka = kafka or KafkaSettings()
     topics = topics or TopicSettings()
-    stored = await _stored_offsets(database or DatabaseSettings(), set(topics.all_topics()))
+    stored = await _stored_offsets(database or DatabaseSettings(), set(topics.all_topics()), engine)
     out: list[PartitionLag] = []
     async with reader(kafka) as consumer:
         tps = {t: await partitions_of(consumer, t) for t in topics.all_topics()}

@@ -76,7 +76,7 @@ def create_app(
         client("classifier", settings.classifier_url),
         client("notifier", settings.notifier_url),
     )
-    broker = Broker(kafka, topics, database)
+    broker = Broker(kafka, topics, engine)
     window = SampleWindow(timedelta(seconds=settings.sample_window_s))
     sampler = Sampler(
         window,

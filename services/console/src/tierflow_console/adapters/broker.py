@@ -7,19 +7,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from tierflow_common import operations
-from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
+from tierflow_common.settings import KafkaSettings, TopicSettings
 
 
 @dataclass(frozen=True)
 class Broker:
     kafka: KafkaSettings
     topics: TopicSettings
-    database: DatabaseSettings
+    engine: AsyncEngine  # the console's own (its key cache's): sampling opens no engine
 
     async def lag(self) -> Mapping[tuple[str, str, int], int]:
         rows = await operations.consumer_lag(
-            kafka=self.kafka, topics=self.topics, database=self.database
+            kafka=self.kafka, topics=self.topics, engine=self.engine
         )
         return {(r.group, r.topic, r.partition): r.lag for r in rows}
 
