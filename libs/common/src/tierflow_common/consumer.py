@@ -31,7 +31,13 @@ from tierflow_common.db.offsets import claim_partitions, store_offsets
 from tierflow_common.fencing import OffsetsFenced
 from tierflow_common.kafka import make_consumer
 from tierflow_common.logging import error_fields
-from tierflow_common.metrics import ASSIGNED_PARTITIONS, BATCH_SECONDS, CONSUMED, DEAD_LETTERED
+from tierflow_common.metrics import (
+    ASSIGNED_PARTITIONS,
+    BATCH_SECONDS,
+    CONSUMED,
+    DEAD_LETTERED,
+    LOG_LOSS,
+)
 from tierflow_common.outbox import enqueue
 from tierflow_common.settings import ConsumerSettings, KafkaSettings
 from tierflow_common.transient import is_transient
@@ -284,12 +290,7 @@ class StatefulConsumer:
         for tp in sorted(assigned):
             start = claims[tp].next_offset
             if start > 0 and ends[tp] == 0:
-                log.warning(
-                    "stored_offset_beyond_empty_log",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    stored=start,
-                )
+                self._log_lost(tp, "stored_offset_beyond_empty_log", stored=start)
                 start = begins[tp]
             consumer.seek(tp, start)
             self._expected[tp] = start
@@ -307,16 +308,16 @@ class StatefulConsumer:
                 continue
             position = await consumer.position(tp)
             if position > high:
-                log.warning(
-                    "position_beyond_log_end",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    position=position,
-                    log_end=high,
-                )
+                self._log_lost(tp, "position_beyond_log_end", position=position, log_end=high)
                 await consumer.seek_to_beginning(tp)
                 self._expected.pop(tp, None)
                 self._seeks += 1
+
+    def _log_lost(self, tp: TopicPartition, event: str, **where: int) -> None:
+        """Alert (log line and `tierflow_consumer_log_loss_total`): the broker lost records this
+        group had applied, and with them whatever they published downstream."""
+        log.error(event, group=self.group_id, topic=tp.topic, partition=tp.partition, **where)
+        LOG_LOSS.labels(group=self.group_id, topic=tp.topic, partition=str(tp.partition)).inc()
 
     async def _report_caught_up(
         self, consumer: AIOKafkaConsumer, in_batch: set[TopicPartition]

@@ -19,10 +19,15 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 def ops_router(
     checks: Mapping[str, ReadinessCheck],
     *,
+    reported: Mapping[str, ReadinessCheck] | None = None,
     metrics_access: MetricsAccess = "loopback",
     timeout: float = 2.0,
 ) -> APIRouter:
-    """Readiness is the conjunction of the named checks; each raises when its dependency is away."""
+    """Readiness is the conjunction of the named checks; each raises when its dependency is away.
+    `reported` checks are answered beside them but do not make the service unready: a
+    dependency it serves its requests without (the ingest's database), whose outage must not
+    take it out of a load balancer's rotation; `status` is then `degraded`."""
+    reported = reported or {}
     router = APIRouter(tags=["operations"])
 
     @router.get("/livez", summary="The process is alive")
@@ -32,6 +37,10 @@ def ops_router(
     @router.get(
         "/readyz",
         summary="Broker and database reachable (and, for consumers, partitions assigned)",
+        description=(
+            "200 `ok`; 200 `degraded` when only a dependency the service serves without is "
+            "away (the ingest's database); 503 `unavailable` otherwise. `checks` says which."
+        ),
         responses={503: {"description": "A dependency is not ready; `checks` says which"}},
     )
     async def readyz() -> JSONResponse:
@@ -42,14 +51,14 @@ def ops_router(
                 return f"fail: {exc!s}"
             return "ok"
 
-        names = list(checks)
-        results = await asyncio.gather(*(run(checks[n]) for n in names))
+        every = {**reported, **checks}
+        names = list(every)
+        results = await asyncio.gather(*(run(every[n]) for n in names))
         report = dict(zip(names, results, strict=True))
-        ok = all(r == "ok" for r in results)
-        return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": report},
-            status_code=200 if ok else 503,
-        )
+        ok = all(report[n] == "ok" for n in checks)
+        degraded = any(r != "ok" for r in results)
+        status = "unavailable" if not ok else "degraded" if degraded else "ok"
+        return JSONResponse({"status": status, "checks": report}, status_code=200 if ok else 503)
 
     # The document says what the service does: no key (open), a key optional (loopback: `{}`
     # is "no authentication" among the alternatives), or a read key required.

@@ -25,6 +25,13 @@ BATCH_SECONDS = Histogram(
     ["group"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+LOG_LOSS = Counter(
+    "tierflow_consumer_log_loss_total",
+    "Times a consumer found a partition's log ending before the offset it had stored: the "
+    "broker lost records (an in-memory broker restarted); the partition is read again from "
+    "its start, and the outputs published from the lost records are gone from the broker too",
+    ["group", "topic", "partition"],
+)
 ASSIGNED_PARTITIONS = Gauge(
     "tierflow_consumer_assigned_partitions", "Partitions assigned to this consumer", ["group"]
 )
