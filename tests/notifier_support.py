@@ -112,15 +112,19 @@ class WebhookReceiver:
                 }
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 status = await self._handle(method, path, headers, body)
-                writer.write(
-                    f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
-                    "content-length: 2\r\n\r\n{}".encode()
-                )
-                await writer.drain()
+                await self._respond(writer, status)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
+
+    async def _respond(self, writer: asyncio.StreamWriter, status: int) -> None:
+        """Answer `status` (a subclass may answer otherwise, e.g. reset the connection)."""
+        writer.write(
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+            "content-length: 2\r\n\r\n{}".encode()
+        )
+        await writer.drain()
 
     async def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> int:
         if method != "POST":

@@ -1,8 +1,10 @@
 """The fault scenarios' world: a fresh database and topics, the ingest and several classifier
-processes in one consumer group (tests/support.ServiceProcess), events sent through the ingest
-(only those it acknowledged count), and the final judgement — the oracle's expectations
-against PostgreSQL, the change topics through the log checker, stored offsets that never went
-backwards — as one ScenarioResult, also written to var/chaos/<run>.json under `make chaos`."""
+processes in one consumer group (tests/support.ServiceProcess), optionally notifier processes in
+one group delivering to a webhook receiver that records every delivery (tests/chaos/care.py),
+events sent through the ingest (only those it acknowledged count), and the final judgement —
+the oracle's expectations against PostgreSQL, the change topics through the log checker, stored
+offsets that never went backwards, the care actions the receiver accepted — as one
+ScenarioResult, also written to var/chaos/<run>.json under `make chaos`."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -26,8 +28,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.access import api_key, bearer
-from tests.chaos.log_checker import check, from_records
-from tests.chaos.oracle import Expected, fold, is_subsequence
+from tests.chaos.care import implied_ids, judge_actions, write_playbook
+from tests.chaos.log_checker import LoggedChange, check, from_records
+from tests.chaos.oracle import Expected, care_actions, fold, is_subsequence
+from tests.notifier_support import ThreadedReceiver, WebhookReceiver, webhooks_env
 from tests.support import (
     ROOT,
     Servers,
@@ -41,11 +45,12 @@ from tierflow_classifier.domain.classify import silent_first
 from tierflow_common.contract import EmittedEvent
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.migrate import upgrade_head_async
-from tierflow_common.db.tables import consumer_offsets, customers, outbox
+from tierflow_common.db.tables import care_deliveries, consumer_offsets, customers, outbox
 from tierflow_common.dead_letters import dead_letters
 from tierflow_common.kafka import ensure_topics
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 from tierflow_common.topic_reader import log_ends, reader
+from tierflow_notifier.domain.playbooks import Playbook
 
 RULES = load_rules(ROOT / "config" / "classifier.yaml")
 # Dimensions whose first assignment to their default label is not published as a change.
@@ -80,11 +85,27 @@ class World:
     ingest: ServiceProcess
     classifiers: list[ServiceProcess] = field(default_factory=list)
     acknowledged: list[EmittedEvent] = field(default_factory=list)
+    # The notifiers (one group) and what they deliver to; unset in a world without them.
+    notifier_env: dict[str, str] = field(default_factory=dict)
+    notifier_group: str = ""
+    notifiers: list[ServiceProcess] = field(default_factory=list)
+    receiver: WebhookReceiver | None = None
+    playbook: Playbook | None = None
 
     def classifier(self) -> ServiceProcess:
         svc = ServiceProcess("classifier", self.env, self.log_dir)
         self.classifiers.append(svc)
         return svc
+
+    def notifier(self) -> ServiceProcess:
+        svc = ServiceProcess("notifier", self.notifier_env, self.log_dir)
+        self.notifiers.append(svc)
+        return svc
+
+    @property
+    def processes(self) -> list[ServiceProcess]:
+        """The consumers (classifiers, then notifiers)."""
+        return [*self.classifiers, *self.notifiers]
 
     def owner_of(self, svc: ServiceProcess) -> str:
         """The name a process's claims leave on the stored-offset rows."""
@@ -94,9 +115,19 @@ class World:
 
 @asynccontextmanager
 async def world(
-    servers: Servers, log_dir: Path, *, classifiers: int, env: dict[str, str] | None = None
+    servers: Servers,
+    log_dir: Path,
+    *,
+    classifiers: int,
+    env: dict[str, str] | None = None,
+    notifiers: int = 0,
+    notifier_env: Mapping[str, str] | None = None,
+    receiver: WebhookReceiver | None = None,
 ) -> AsyncIterator[World]:
-    """The ingest and `classifiers` classifier processes, ready, on a fresh database/topics."""
+    """The ingest and `classifiers` classifier processes, ready, on a fresh database/topics;
+    with `notifiers` notifier processes in one group, on the scenarios' playbook
+    (tests/chaos/care.py), delivering to `receiver` (a recording WebhookReceiver by default),
+    served on its own thread (the test's loop may block)."""
     database = DatabaseSettings(database_url=servers.create_database(unique("chaos")))
     await upgrade_head_async(database)
     kafka = KafkaSettings(bootstrap_servers=servers.bootstrap_servers)
@@ -137,19 +168,40 @@ async def world(
         log_dir,
         ServiceProcess("ingest", common, log_dir),
     )
-    try:
-        w.ingest.start(wait_ready=False)
-        for _ in range(classifiers):
-            w.classifier().start(wait_ready=False)
-        for svc in [w.ingest, *w.classifiers]:
-            svc.wait_ready(timeout=120)
-        yield w
-    finally:
-        for svc in [w.ingest, *w.classifiers]:
-            if svc.proc is not None:
-                svc.proc.send_signal(18)  # SIGCONT: a paused process cannot stop
-            svc.stop()
-        await engine.dispose()
+    with ExitStack() as stack:
+        if notifiers:
+            w.receiver = stack.enter_context(ThreadedReceiver(receiver or WebhookReceiver()))
+            playbook_file, w.playbook = write_playbook(log_dir)
+            w.notifier_group = unique("notifier")
+            w.notifier_env = {
+                **common,
+                "NOTIFIER_PLAYBOOKS_FILE": str(playbook_file),
+                "NOTIFIER_GROUP_ID": w.notifier_group,
+                "NOTIFIER_EVENTS_GROUP_ID": unique("notifier_events"),
+                "NOTIFIER_WEBHOOKS": webhooks_env(w.receiver.endpoint("chaos")),
+                "NOTIFIER_DELIVERY_POLL_S": "0.1",
+                # A killed notifier's leased deliveries are sent again soon (same webhook-id).
+                "NOTIFIER_DELIVERY_LEASE_S": "5",
+                "NOTIFIER_DELIVERY_TIMEOUT_S": "2",
+                "NOTIFIER_PRUNE_INTERVAL_S": "86400",
+                "CONSUMER_MAX_BATCH": "50",
+                **(notifier_env or {}),
+            }
+        try:
+            w.ingest.start(wait_ready=False)
+            for _ in range(classifiers):
+                w.classifier().start(wait_ready=False)
+            for _ in range(notifiers):
+                w.notifier().start(wait_ready=False)
+            for svc in [w.ingest, *w.processes]:
+                svc.wait_ready(timeout=120)
+            yield w
+        finally:
+            for svc in [w.ingest, *w.processes]:
+                if svc.proc is not None:
+                    svc.proc.send_signal(18)  # SIGCONT: a paused process cannot stop
+                svc.stop()
+            await engine.dispose()
 
 
 def purchases(n: int, customers_: int, *, seed: int, tag: str) -> list[EmittedEvent]:
@@ -223,21 +275,40 @@ async def send(w: World, events: Sequence[EmittedEvent], *, chunk: int = 100) ->
                 todo = again
 
 
-async def drained(w: World) -> bool:
-    """Every record of the input read and its offset stored, and the outbox relayed."""
+async def consumed(w: World, group: str, topic: str) -> bool:
+    """Every record of `topic` read by `group` and its offset stored."""
     async with reader(w.kafka) as consumer:
-        tps = [TopicPartition(w.topics.customer_events, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         ends = await log_ends(consumer, tps)
     async with w.engine.connect() as conn:
         rows = await conn.execute(
             select(consumer_offsets.c.partition, consumer_offsets.c.next_offset).where(
-                consumer_offsets.c.group_id == w.group,
-                consumer_offsets.c.topic == w.topics.customer_events,
+                consumer_offsets.c.group_id == group, consumer_offsets.c.topic == topic
             )
         )
         stored = {r.partition: r.next_offset for r in rows}
-        pending = await conn.scalar(select(func.count()).select_from(outbox))
-    return pending == 0 and all(stored.get(tp.partition, -1) >= end for tp, end in ends.items())
+    return all(stored.get(tp.partition, -1) >= end for tp, end in ends.items())
+
+
+async def drained(w: World, *, deliveries: bool = True) -> bool:
+    """Every record of the input read and its offset stored, and the outbox relayed; with
+    notifiers, also every change read by them and (`deliveries`) no delivery left pending."""
+    if not await consumed(w, w.group, w.topics.customer_events):
+        return False
+    async with w.engine.connect() as conn:
+        if await conn.scalar(select(func.count()).select_from(outbox)):
+            return False
+        if (
+            w.notifiers
+            and deliveries
+            and await conn.scalar(
+                select(func.count())
+                .select_from(care_deliveries)
+                .where(care_deliveries.c.state == "pending")
+            )
+        ):
+            return False
+    return not w.notifiers or await consumed(w, w.notifier_group, w.topics.classification_changed)
 
 
 async def wait_drained(w: World, timeout: float) -> float:
@@ -266,6 +337,13 @@ class ScenarioResult:
     dead_lettered_unexpected: int = 0
     fenced_writes: int = 0
     faults: int = 0  # processes killed, restarted or paused
+    # Care actions (scenarios with notifiers; tests/chaos/care.py says what each counts).
+    actions_expected: int = 0
+    actions_delivered: int = 0
+    duplicate_actions: int = 0
+    missing_actions: int = 0
+    unexpected_actions: int = 0
+    redeliveries: int = 0  # the same webhook-id accepted again: allowed
     recovery_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -279,6 +357,9 @@ class ScenarioResult:
         "tier_mismatches",
         "offset_regressions",
         "dead_lettered_unexpected",
+        "duplicate_actions",
+        "missing_actions",
+        "unexpected_actions",
     )
 
     @property
@@ -339,8 +420,10 @@ async def judge(
         if tier != want.tier:
             result.tier_mismatches += 1
     result.counted_twice += sum(p for cid, (p, _, _) in got.items() if cid not in expected.states)
+    published: dict[str, list[LoggedChange]] = {}
     for topic in (w.topics.classification_changed, w.topics.tier_changed):
-        verdict = check(from_records(await read_to_end(w.kafka, topic)), SILENT_DEFAULTS)
+        published[topic] = from_records(await read_to_end(w.kafka, topic))
+        verdict = check(published[topic], SILENT_DEFAULTS)
         result.duplicate_changes += len(verdict.duplicate_changes)
         result.conflicting_ids += len(verdict.conflicting)
         result.reordered += len(verdict.reordered)
@@ -369,7 +452,21 @@ async def judge(
             result.dead_lettered_unexpected += 1
             result.notes.append(f"dead letter {event_id or '(no id)'}: {d.reason}")
     result.lost += len(want_dead - seen_dead)
-    for svc in w.classifiers:
+    if w.receiver is not None and w.playbook is not None:
+        # The notifiers read customer-classification-changed (the tier topic is its legacy twin).
+        implied = implied_ids(published[w.topics.classification_changed], w.playbook)
+        actions = judge_actions(w.receiver, care_actions(expected, w.playbook), implied)
+        result.actions_expected = actions.expected
+        result.actions_delivered = actions.delivered
+        result.duplicate_actions = actions.duplicate
+        result.missing_actions = actions.missing
+        result.unexpected_actions = actions.unexpected
+        result.redeliveries = actions.redeliveries
+        result.notes += actions.notes[:5]
+        for d in await dead_letters(w.topics.notifier_dlq, limit=10**9, kafka=w.kafka):
+            result.dead_lettered_unexpected += 1
+            result.notes.append(f"notifier dead letter {d.headers.get('ce_id', '')}: {d.reason}")
+    for svc in w.processes:
         result.fenced_writes += svc.log().count("offset_write_fenced")
     record(result)
     return result

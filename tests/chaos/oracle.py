@@ -12,10 +12,19 @@ Judged at each event's own time (the pipeline judges on the wall clock): the sce
 events dated in the last hours, where no rolling window or time-driven transition can tell the
 two apart. The pipeline classifies once per batch per customer, so it may skip intermediate
 labels; what it publishes must be a subsequence of `tiers[customer]` ending at its last label.
+
+`care_actions` runs the fold's value-tier changes through the notifier's own pure planner
+(`plan_actions`): which playbook rule fires for which change. The pipeline may skip
+intermediate labels, so it is exact for rules that fire on a label a customer reaches at most
+once and keeps (the scenarios' playbook, tests/chaos/care.py: "to VIP", with purchases only):
+every subsequence ending at the fold's last label fires them as often as the fold's path does.
+Scheduled (time-driven) rules are left out of the scenarios' playbook, as the population
+refresh is left out of the classifier's run.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,6 +39,7 @@ from tierflow_classifier.exceptions import UnprocessableEvent
 from tierflow_classifier.service_layer.handler import to_domain
 from tierflow_common.contract import EmittedEvent, encode_event
 from tierflow_common.exceptions import PoisonRecord
+from tierflow_notifier.domain.playbooks import ChangeTrigger, Playbook, plan_actions
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class Expected:
 
     states: dict[str, CustomerState] = field(default_factory=dict)
     tiers: dict[str, list[str]] = field(default_factory=dict)
+    # (from, to) of every value-tier change, per customer, in order
+    tier_changes: dict[str, list[tuple[str | None, str]]] = field(default_factory=dict)
     applied: int = 0
     rejected: dict[str, str] = field(default_factory=dict)  # event id -> reason
 
@@ -84,6 +96,36 @@ def fold(acknowledged: Iterable[EmittedEvent], rules: RuleSet) -> Expected:
         for change in changes:
             if change.dimension == VALUE_TIER:
                 out.tiers.setdefault(event.subject, []).append(change.to.label)
+                out.tier_changes.setdefault(event.subject, []).append(
+                    (change.from_label, change.to.label)
+                )
+    return out
+
+
+ActionKey = tuple[str, str]  # (customer, rule id)
+
+
+def care_actions(expected: Expected, playbook: Playbook) -> Counter[ActionKey]:
+    """How many care actions of each (customer, rule) the fold's value-tier changes cause,
+    by the notifier's planner. A playbook with a rule on any other dimension, or a scheduled
+    one, cannot be judged this way (refused)."""
+    for rule in playbook.rules:
+        trigger = rule.trigger
+        if not (isinstance(trigger, ChangeTrigger) and trigger.dimension == VALUE_TIER):
+            raise ValueError(f"rule {rule.id}: the oracle judges value-tier change rules only")
+    out: Counter[ActionKey] = Counter()
+    for cid, changes in expected.tier_changes.items():
+        for i, (from_label, to_label) in enumerate(changes):
+            planned = plan_actions(
+                playbook,
+                trigger_event_id=f"oracle-{cid}-{i}",
+                dimension=VALUE_TIER,
+                from_label=from_label,
+                to_label=to_label,
+                change_reason="oracle",
+                customer_id=cid,
+            )
+            out.update((cid, p.rule_id) for p in planned)
     return out
 
 

@@ -1,7 +1,10 @@
-"""Rebalance storm: three classifiers in one group while events flow through the ingest, one
-random member SIGKILLed or restarted (SIGTERM) every few seconds, so partitions move again and
-again mid-batch: the oracle finds nothing lost, nothing counted twice, and the log checker no
-change published twice, out of order or missing; no stored offset goes backwards."""
+"""Rebalance storm: three classifiers in one group and two notifiers in another while events
+flow through the ingest, one random process of the five SIGKILLed or restarted (SIGTERM) every
+few seconds, so partitions move again and again mid-batch and deliveries are cut off mid-send:
+the oracle finds nothing lost, nothing counted twice, and the log checker no change published
+twice, out of order or missing; no stored offset goes backwards; the webhook receiver got every
+care action the oracle expects, none under two webhook-ids (the same webhook-id again — a
+killed notifier's lease running out — is a redelivery, counted, not a failure)."""
 
 from __future__ import annotations
 
@@ -32,11 +35,18 @@ FULL = Size(events=50_000, customers=1_000, faults=40, every_s=(5.0, 10.0))
 
 
 async def storm(w: World, size: Size, rnd: random.Random, flowing: asyncio.Task[None]) -> list[str]:
-    """Kill or restart a random classifier every few seconds while events flow."""
+    """Kill or restart a random process (classifier or notifier) every few seconds while events
+    flow; the last fault goes to a kind not hit yet, so both kinds are always hit."""
     done: list[str] = []
-    for _ in range(size.faults):
+    hit: set[str] = set()
+    for n in range(size.faults):
         await asyncio.sleep(rnd.uniform(*size.every_s))
-        victim = rnd.choice(w.classifiers)
+        last = n == size.faults - 1 or (flowing.done() and len(done) >= 1)
+        pool = w.processes
+        if last and hit and len(hit) < 2:
+            pool = [p for p in w.processes if p.name not in hit]
+        victim = rnd.choice(pool)
+        hit.add(victim.name)
         how = rnd.choice(["SIGKILL", "restart"])
         if how == "SIGKILL":
             victim.kill()
@@ -44,7 +54,7 @@ async def storm(w: World, size: Size, rnd: random.Random, flowing: asyncio.Task[
             await asyncio.to_thread(victim.stop)
         victim.start(wait_ready=False)
         done.append(f"{how} {victim.log_file.name}")
-        if flowing.done() and len(done) >= 2:
+        if flowing.done() and len(done) >= 2 and len(hit) == 2:
             break
     return done
 
@@ -57,7 +67,7 @@ async def test_members_killed_and_restarted_while_events_flow(
 ) -> None:
     rnd = random.Random(17)
     events = purchases(size.events, size.customers, seed=17, tag="storm")
-    async with world(servers, log_dir, classifiers=3) as w:
+    async with world(servers, log_dir, classifiers=3, notifiers=2) as w:
 
         async def flow() -> None:
             chunk = 50
@@ -69,12 +79,15 @@ async def test_members_killed_and_restarted_while_events_flow(
         faults = await storm(w, size, rnd, flowing)
         await flowing
         began = time.monotonic()
-        for svc in w.classifiers:
+        for svc in w.processes:
             await asyncio.to_thread(svc.wait_ready, 120)
         recovery = time.monotonic() - began + await wait_drained(w, timeout=300)
         name = f"rebalance-storm-{'full' if size is FULL else 'short'}"
         result = await judge(w, name, recovery_s=recovery, faults=len(faults))
 
     assert len(faults) >= 2, faults
+    assert any("notifier" in f for f in faults), faults
+    assert any("classifier" in f for f in faults), faults
     assert result.passed, result
     assert result.acknowledged == len(events)
+    assert result.actions_delivered == result.actions_expected > 0

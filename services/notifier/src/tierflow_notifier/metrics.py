@@ -32,6 +32,12 @@ DELIVERY_LATENCY = Histogram(
 BREAKER_OPEN = Gauge(
     "tierflow_notifier_circuit_open", "1 while an endpoint's circuit breaker is open", ["endpoint"]
 )
+BREAKER_OPENED = Counter(
+    "tierflow_notifier_circuit_opened_total",
+    "Times an endpoint's circuit breaker opened (consecutive failures reached the threshold; "
+    "a failed probe re-opening it is not counted)",
+    ["endpoint"],
+)
 OPEN_TASKS = Gauge("tierflow_notifier_open_tasks", "Open or acknowledged actions by age", ["age"])
 SCHEDULES_FIRED = Counter(
     "tierflow_notifier_schedules_fired_total", "Due schedule entries processed", ["rule"]

@@ -26,7 +26,8 @@ class HttpError(Exception):
 
 
 class _Closed(HttpError):
-    """The peer closed the connection before any response (e.g. an idle keep-alive one)."""
+    """The peer closed the connection cleanly (FIN) without a byte of response: what an idle
+    keep-alive connection the server had already closed looks like."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,14 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[tuple[int, bool]] | None = None
         self.status = 0
         self.closed = False
+        self.answered = False  # a byte of response to the current request arrived
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -67,7 +70,10 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if self.status and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result((self.status, False))  # body delimited by the close
-        self._fail(_Closed(f"connection closed: {exc or 'by peer'}"))
+        if exc is None and not self.answered:
+            self._fail(_Closed("connection closed by peer"))
+        else:  # reset, or closed mid-response: the server had the request
+            self._fail(HttpError(f"connection lost mid-response: {exc or 'closed by peer'}"))
 
     # httptools callbacks
     def on_headers_complete(self) -> None:
@@ -84,6 +90,7 @@ class _Conn(asyncio.Protocol):
     async def request(self, data: bytes) -> tuple[int, bool]:
         assert self.transport is not None
         self.status = 0
+        self.answered = False
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         try:
@@ -134,9 +141,11 @@ class HttpClient:
             try:
                 return await self._exchange(conn, data)
             except _Closed:
-                # A kept-alive connection the server had already closed: try a fresh one
-                # (a webhook is deduped by its id, so a second copy would be harmless).
-                continue
+                # A kept-alive connection the server had already closed: once more, on a
+                # fresh one. Only then (a reset or a cut-off answer means the server had the
+                # request: a failed attempt, retried with backoff), and only once: each
+                # attempt reaches the endpoint at most twice, not once per idle connection.
+                break
         return await self._exchange(await self._connect(), data)
 
     async def _connect(self) -> _Conn:

@@ -28,7 +28,7 @@ from tierflow_common.transient import is_transient
 from tierflow_notifier.adapters import repository
 from tierflow_notifier.adapters.http import HttpClient, Post, with_trace
 from tierflow_notifier.domain.delivery import CircuitBreaker, backoff_delay
-from tierflow_notifier.metrics import BREAKER_OPEN, DELIVERIES, DELIVERY_LATENCY
+from tierflow_notifier.metrics import BREAKER_OPEN, BREAKER_OPENED, DELIVERIES, DELIVERY_LATENCY
 
 log = structlog.get_logger(__name__)
 # Finished attempts are written together (like a producer's linger): a crash before the write
@@ -259,15 +259,29 @@ class EndpointWorker:
         if not self._results:
             self._results_since = time.monotonic()
         if error is None:
-            if self.breaker.state == "half_open":  # the probe after an outage succeeded
+            if self.breaker.state != "closed":
+                # The probe after an outage (or a request sent before it opened) succeeded.
                 self._recovered = True
+                BREAKER_OPEN.labels(endpoint=self.name).set(0)
             self.breaker.record_success()
             since = row.get("deliver_at") or row.get("created_at")
             latency = (done - since).total_seconds() if isinstance(since, datetime) else None
             self._results.append(_result(row, "delivered", attempts, done, None, done))
             self._metrics.append(("delivered", latency))
         else:
+            was = self.breaker.state
             self.breaker.record_failure()
+            if was == "closed" and self.breaker.state == "open":
+                # Once per outage: a failed probe re-opens it quietly (every cooldown).
+                BREAKER_OPEN.labels(endpoint=self.name).set(1)
+                BREAKER_OPENED.labels(endpoint=self.name).inc()
+                log.warning(
+                    "delivery_circuit_opened",
+                    endpoint=self.name,
+                    failures=self.breaker.failures,
+                    cooldown_s=self.breaker.cooldown,
+                    error=error,
+                )
             dead = attempts >= self._policy.max_attempts
             wait = backoff_delay(
                 attempts, base=self._policy.base_s, cap=self._policy.max_s, rand=self._rand
