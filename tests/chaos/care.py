@@ -16,6 +16,7 @@ attempt to deliver it — derives from the change id and the rule. So:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import socket
 import struct
@@ -46,6 +47,7 @@ rules:
 
 RESET = -1  # `_handle`'s answer for "reset the connection instead of answering"
 FAULTS = ("ok", "error", "timeout", "latency", "reset")
+FAILURES = frozenset({"error", "timeout", "reset"})
 
 
 def write_playbook(directory: Path) -> tuple[Path, Playbook]:
@@ -66,21 +68,47 @@ class ChaosReceiver(WebhookReceiver):
     weight: `ok` (2xx, accepted), `error` (500), `timeout` (no answer for `hang_s`), `latency`
     (`latency_s`, then accepted), `reset` (half a status line, then a TCP reset). Every attempt
     is noted in `tried` by webhook-id; `accepted` (the base class) holds only 2xx answers.
-    `mix` may be changed while it runs (phases of a scenario)."""
+    `mix` may be changed while it runs (phases of a scenario). A `doomed` share of the
+    webhook-ids (by a hash of the id) gets only the mix's failures while it has any, so some
+    deliveries reach their attempt bound whatever the order of the requests."""
 
     mix: dict[str, float] = field(default_factory=lambda: {"ok": 1.0})
     seed: int = 0
     latency_s: float = 10.0
     hang_s: float = 60.0
+    doomed: float = 0.0
     tried: dict[str, list[Attempt]] = field(default_factory=dict)
     _rnd: random.Random = field(default_factory=random.Random)
+    _connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._rnd = random.Random(self.seed)
 
-    def draw(self) -> str:
-        faults = list(self.mix)
-        return self._rnd.choices(faults, weights=[self.mix[f] for f in faults])[0]
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def stop(self) -> None:
+        """Also end the connections still held (a `timeout` answer sleeps for long)."""
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await super().stop()
+
+    def is_doomed(self, webhook_id: str) -> bool:
+        return hashlib.sha256(webhook_id.encode()).digest()[0] < self.doomed * 256
+
+    def draw(self, webhook_id: str) -> str:
+        mix = self.mix
+        if FAILURES & mix.keys() and self.is_doomed(webhook_id):
+            mix = {f: w for f, w in mix.items() if f in FAILURES}
+        faults = list(mix)
+        return self._rnd.choices(faults, weights=[mix[f] for f in faults])[0]
 
     def tries(self) -> dict[str, list[Attempt]]:
         while True:  # the receiver's thread may add an entry while we copy
@@ -96,7 +124,7 @@ class ChaosReceiver(WebhookReceiver):
         wid = headers.get("webhook-id")
         if method != "POST" or path == "/v1/events" or wid is None:
             return await super()._handle(method, path, headers, body)
-        fault = self.draw()
+        fault = self.draw(wid)
         self.tried.setdefault(wid, []).append(Attempt(time.time(), fault))
         if fault == "error":
             self.attempts += 1

@@ -1,6 +1,7 @@
 """Webhook chaos: while tier changes flow, the receiver answers each delivery with a seeded
-random fault — 500, no answer (timeout), a long delay, a connection reset mid-response — then
-fails everything for a while (the breaker must open and spare the endpoint), then is healthy
+random fault — 500, no answer (timeout), a long delay, a connection reset mid-response; 5% of
+the actions (by webhook-id) only failures, so some reach their attempt bound — then fails
+everything for a while (the breaker must open and spare the endpoint), then is healthy
 again (the breaker must close). Judged: no action attempted more often than
 `NOTIFIER_DELIVERY_MAX_ATTEMPTS` (counted by the receiver, per webhook-id), nothing the
 notifier marked dead was ever accepted, every action delivered once healthy (the dead ones
@@ -83,7 +84,7 @@ async def test_a_faulty_receiver_gets_every_action_once_with_bounded_retries(
     servers: Servers, log_dir: Path, size: Size
 ) -> None:
     receiver = ChaosReceiver(
-        mix=dict(MIX), seed=15, latency_s=size.latency_s, hang_s=size.timeout_s * 3
+        mix=dict(MIX), seed=15, latency_s=size.latency_s, hang_s=size.timeout_s * 3, doomed=0.05
     )
     notifier_env = {
         "NOTIFIER_DELIVERY_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
@@ -107,8 +108,12 @@ async def test_a_faulty_receiver_gets_every_action_once_with_bounded_retries(
         async def created() -> bool:  # every action created (delivered or not)
             return await drained(w, deliveries=False)
 
+        async def some_dead() -> bool:  # the doomed reach their bound
+            return any(state == "dead" for _, state, _ in (await deliveries(w)).values())
+
         await send(w, events[:half])
         await until(created, "every change read by the notifier", 180)
+        await until(some_dead, "a delivery reaching its attempt bound", 120)
         await asyncio.sleep(size.chaos_s)
         phases.append(time.monotonic())
         # 2. Sustained failure while the second half flows: the breaker opens, and while open
@@ -173,7 +178,8 @@ async def test_a_faulty_receiver_gets_every_action_once_with_bounded_retries(
         after = await deliveries(w)
         phases.append(time.monotonic())
         name = f"webhook-chaos-{'full' if size is FULL else 'short'}"
-        result = await judge(w, name, recovery_s=recovery, faults=sum(receiver.faults().values()))
+        injected = sum(n for fault, n in receiver.faults().items() if fault != "ok")
+        result = await judge(w, name, recovery_s=recovery, faults=injected)
         result.notes.append(
             f"faults {dict(receiver.faults())}; dead then retried {len(dead)}; most tries of one "
             f"action {most_tries}; attempts in {window_s:.1f}s of open breaker {in_window}; "

@@ -30,7 +30,9 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
 BREAKER_OPEN = Gauge(
-    "tierflow_notifier_circuit_open", "1 while an endpoint's circuit breaker is open", ["endpoint"]
+    "tierflow_notifier_circuit_open",
+    "1 while an endpoint's circuit breaker is open (also while it probes, half-open), 0 closed",
+    ["endpoint"],
 )
 BREAKER_OPENED = Counter(
     "tierflow_notifier_circuit_opened_total",

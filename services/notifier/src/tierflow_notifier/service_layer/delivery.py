@@ -94,6 +94,10 @@ class EndpointWorker:
         self._results_since = 0.0
         self._claimed_at = 0.0
         self._latency = DELIVERY_LATENCY.labels(endpoint=name)
+        # Set at the transitions only (opened: 1, closed: 0), not where the worker happens to
+        # look at the breaker: it stays 1 through the probes (half-open) of an outage.
+        self._breaker_open = BREAKER_OPEN.labels(endpoint=name)
+        self._breaker_open.set(0 if breaker.state == "closed" else 1)
 
     def wake(self) -> None:
         """New deliveries may be due: look in the database at the next turn."""
@@ -165,9 +169,7 @@ class EndpointWorker:
         if not (self._look or polled):
             return
         if not self.breaker.allow():
-            BREAKER_OPEN.labels(endpoint=self.name).set(1)
             return
-        BREAKER_OPEN.labels(endpoint=self.name).set(0)
         want = max(self._policy.batch, self._policy.concurrency) - len(self._queue)
         self._look = False  # a wake() while we read sets it again
         now = self._clock()
@@ -262,7 +264,7 @@ class EndpointWorker:
             if self.breaker.state != "closed":
                 # The probe after an outage (or a request sent before it opened) succeeded.
                 self._recovered = True
-                BREAKER_OPEN.labels(endpoint=self.name).set(0)
+                self._breaker_open.set(0)
             self.breaker.record_success()
             since = row.get("deliver_at") or row.get("created_at")
             latency = (done - since).total_seconds() if isinstance(since, datetime) else None
@@ -273,7 +275,7 @@ class EndpointWorker:
             self.breaker.record_failure()
             if was == "closed" and self.breaker.state == "open":
                 # Once per outage: a failed probe re-opens it quietly (every cooldown).
-                BREAKER_OPEN.labels(endpoint=self.name).set(1)
+                self._breaker_open.set(1)
                 BREAKER_OPENED.labels(endpoint=self.name).inc()
                 log.warning(
                     "delivery_circuit_opened",
