@@ -166,6 +166,7 @@ async def test_the_pipeline_waits_out_a_postgres_outage(
     assert result.dead_lettered_expected == result.dead_lettered_unexpected == 0
     assert result.acknowledged == len(events) + sum(s == 202 for s in observed.ingest_statuses)
     # The classifiers applied nothing while the database was down, though events kept coming.
+    assert len(offsets_at_stop) == PARTITIONS
     assert offsets_at_end == offsets_at_stop, (offsets_at_stop, offsets_at_end)
     assert end_at_end > end_at_stop
     assert retries > 0
