@@ -56,6 +56,21 @@ RULES = load_rules(ROOT / "config" / "classifier.yaml")
 # Dimensions whose first assignment to their default label is not published as a change.
 SILENT_DEFAULTS = {d.name: d.default for d in RULES.dimensions if silent_first(d, d.default)}
 PARTITIONS = 6
+# TIERFLOW_CHAOS_SERVICES_FROM=<checkout>: the services (and their rules file) run from another
+# checkout's source, e.g. a worktree of the commit before a fix, to show that a scenario fails
+# there; the judging (migrations, oracle, checks) stays this tree's. Unset: this tree.
+SERVICES_ROOT = Path(os.environ.get("TIERFLOW_CHAOS_SERVICES_FROM") or ROOT)
+
+
+def services_from() -> dict[str, str]:
+    """The environment that makes a service process import SERVICES_ROOT's packages (ahead of
+    the venv's editable installs of this tree)."""
+    if SERVICES_ROOT == ROOT:
+        return {}
+    sources = [SERVICES_ROOT / "libs" / "common" / "src"]
+    sources += sorted((SERVICES_ROOT / "services").glob("*/src"))
+    return {"PYTHONPATH": os.pathsep.join(str(p) for p in sources)}
+
 
 # Every decrease of a stored offset, noted in the writer's own transaction (so a write the
 # fence refused, rolled back, leaves no note). Observation only: nothing reads it but the test.
@@ -142,10 +157,11 @@ async def world(
         "DATABASE_URL": database.database_url.get_secret_value(),
         "KAFKA_BOOTSTRAP_SERVERS": servers.bootstrap_servers,
         **topics.as_env(),
+        **services_from(),
     }
     classifier_env = {
         **common,
-        "CLASSIFIER_RULES_FILE": str(ROOT / "config" / "classifier.yaml"),
+        "CLASSIFIER_RULES_FILE": str(SERVICES_ROOT / "config" / "classifier.yaml"),
         "CLASSIFIER_GROUP_ID": group,
         "CLASSIFIER_CLOCK": "wall",
         # No population rebuild or churn fit during a scenario: CPU for the faults, and no
@@ -345,6 +361,8 @@ class ScenarioResult:
     unexpected_actions: int = 0
     redeliveries: int = 0  # the same webhook-id accepted again: allowed
     recovery_s: float = 0.0
+    peak_rss_mib: float | None = None  # the ingest's, where the scenario samples it (overload)
+    events_per_s: float | None = None  # drain throughput, where measured (poison vs clean)
     notes: list[str] = field(default_factory=list)
 
     FAILURES = (
@@ -381,6 +399,8 @@ async def judge(
     injected: frozenset[str] = frozenset(),
     faults: int = 0,
     rewound: Mapping[int, int] | None = None,
+    peak_rss_mib: float | None = None,
+    events_per_s: float | None = None,
 ) -> ScenarioResult:
     """The oracle against the database, the change topics and the dead-letter topic (which
     must hold exactly the events the oracle rejects plus the `injected` poison ids, once each,
@@ -391,6 +411,8 @@ async def judge(
     result = ScenarioResult(name, acknowledged=len({e.id for e in w.acknowledged}))
     result.recovery_s = round(recovery_s, 2)
     result.faults = faults
+    result.peak_rss_mib = peak_rss_mib
+    result.events_per_s = events_per_s
     async with w.engine.connect() as conn:
         rows = await conn.execute(
             select(

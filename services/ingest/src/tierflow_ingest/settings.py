@@ -13,6 +13,9 @@ class IngestSettings(BaseSettings):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1_024)
     # Bounds memory: events waiting for a broker ack beyond this get 503 instead of queueing.
     max_in_flight: int = Field(default=20_000, ge=1)
+    # Bounds memory and latency under overload: POSTs to /v1/events and /v1/events:batch being
+    # read, checked or published at once; one more is answered 503 before its body is read.
+    max_concurrent_requests: int = Field(default=128, ge=1)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     max_future_skew_s: float = Field(default=300.0, ge=0)
     # Events before this year are data errors (a backfill of 1990s orders still passes).

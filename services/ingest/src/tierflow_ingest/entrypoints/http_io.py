@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -159,6 +160,32 @@ async def read_body(request: Request, settings: IngestSettings) -> bytearray | J
                 f"body exceeds the limit of {settings.max_body_bytes} bytes",
             )
     return body
+
+
+@dataclass
+class Admission:
+    """Requests let in at once, at most `limit`: under overload the next ones are answered
+    before their body is read, so memory (bodies, parsed items, events awaiting acks) and the
+    wait of those let in stay bounded, whatever the number of clients."""
+
+    limit: int
+    active: int = 0
+
+    def enter(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+def saturated(settings: IngestSettings, admission: Admission) -> JSONResponse:
+    REJECTED.labels(reason="saturated").inc()
+    return unavailable(
+        settings, f"ingest is saturated: {admission.active} requests in progress; retry later"
+    )
 
 
 def unavailable(settings: IngestSettings, detail: str, **extra: Any) -> JSONResponse:

@@ -93,6 +93,7 @@ def build_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["events"])
     skew = timedelta(seconds=settings.max_future_skew_s)
+    admission = http_io.Admission(settings.max_concurrent_requests)
 
     @router.post(
         "/events",
@@ -145,6 +146,25 @@ def build_router(
         key = http_io.authenticate_token(http_io.bearer_token(request), keys, settings)
         if isinstance(key, Response):
             return key
+        refused = refuse_early(key)
+        if refused is not None:
+            return refused
+        try:
+            return await read_event(request, key)
+        finally:
+            admission.leave()
+
+    def refuse_early(key: Principal) -> Response | None:
+        """429 for a key with no event left, 503 past the admission bound: before the body is
+        read (what refusing costs under overload). None: the request is let in (leave after)."""
+        wait = limiter.exhausted(key.key_id)
+        if wait is not None:
+            return http_io.rate_limited(wait, 1)
+        if not admission.enter():
+            return http_io.saturated(settings, admission)
+        return None
+
+    async def read_event(request: Request, key: Principal) -> Response:
         if binary_mode.is_binary(request, http_io.media_type(request)):
             parsed = await binary_mode.read_event(request, settings)
         else:
@@ -234,15 +254,21 @@ def build_router(
         key = http_io.authenticate_token(http_io.bearer_token(request), keys, settings)
         if isinstance(key, Response):
             return key
-        parsed = await http_io.read_json(request, BATCH_TYPES, settings)
-        if isinstance(parsed, Response):
-            return parsed
-        return await request_trace.traced(
-            "POST /v1/events:batch",
-            request,
-            request_trace.incoming(request),
-            lambda trace: accept_batch(key, parsed, trace),
-        )
+        refused = refuse_early(key)
+        if refused is not None:
+            return refused
+        try:
+            parsed = await http_io.read_json(request, BATCH_TYPES, settings)
+            if isinstance(parsed, Response):
+                return parsed
+            return await request_trace.traced(
+                "POST /v1/events:batch",
+                request,
+                request_trace.incoming(request),
+                lambda trace: accept_batch(key, parsed, trace),
+            )
+        finally:
+            admission.leave()
 
     async def accept_batch(key: Principal, parsed: Any, trace: TraceContext) -> Response:
         if not isinstance(parsed, list):

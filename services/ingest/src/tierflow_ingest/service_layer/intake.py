@@ -61,6 +61,15 @@ class RateLimiter:
             return None
         return bucket.retry_after(n)
 
+    def exhausted(self, key_id: str) -> int | None:
+        """The Retry-After seconds if the key has not even one event left now (its request can
+        be refused before its body is read), else None."""
+        if self.rate <= 0:
+            return None
+        bucket = self._bucket(key_id)
+        bucket.take(0, self.clock())  # refilled to now
+        return bucket.retry_after(1) if bucket.tokens < 1 else None
+
     async def wait(self, key_id: str, n: int) -> None:
         """Pace a streamed upload instead of refusing it."""
         if self.rate <= 0:
