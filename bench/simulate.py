@@ -32,6 +32,7 @@ import psutil
 
 from bench.stack import ROOT, Scenario, Stack
 from tierflow_classifier.adapters import population_store
+from tierflow_classifier.adapters.child_process import os_name
 from tierflow_classifier.adapters.repository import STATE_COLUMNS, save_states
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.apply import apply
@@ -189,7 +190,10 @@ class _Probe(threading.Thread):
 
 
 class _ChildRss(threading.Thread):
-    """The peak RSS of the classifier's child processes (the simulation)."""
+    """The peak memory of the classifier's child processes while the simulation runs: the
+    simulation processes and the fork server they start from (what a what-if adds), apart
+    from a churn fit that may run meanwhile (the children name themselves,
+    adapters/child_process.py)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -197,17 +201,24 @@ class _ChildRss(threading.Thread):
         self.stopping = threading.Event()
         self.peak = 0  # RSS: shared pages counted in every process
         self.peak_uss = 0  # USS: what each process alone holds (the memory it adds)
+        self.peak_fit_uss = 0
 
     def run(self) -> None:
+        fit = os_name("tierflow-churn-fit")
         while not self.stopping.wait(0.1):
-            rss = uss = 0
+            rss = uss = fit_uss = 0
             for child in self.parent.children(recursive=True):
                 try:
+                    name = child.name()
                     info = child.memory_full_info()
                 except psutil.Error:
                     continue
-                rss, uss = rss + info.rss, uss + info.uss
+                if name == fit:
+                    fit_uss += info.uss
+                else:
+                    rss, uss = rss + info.rss, uss + info.uss
             self.peak, self.peak_uss = max(self.peak, rss), max(self.peak_uss, uss)
+            self.peak_fit_uss = max(self.peak_fit_uss, fit_uss)
 
 
 def run_simulate(stack: Stack, plan: SimulatePlan) -> dict[str, Any]:
@@ -254,6 +265,7 @@ def run_simulate(stack: Stack, plan: SimulatePlan) -> dict[str, Any]:
         "customers_per_s": round(report["customers"] / wall) if wall else None,
         "simulation_peak_rss_mib": round(child.peak / 2**20, 1),
         "simulation_peak_uss_mib": round(child.peak_uss / 2**20, 1),
+        "churn_fit_peak_uss_mib": round(child.peak_fit_uss / 2**20, 1),
         "classifier_rss_mib_before": round(rss_before / 2**20, 1),
         "classifier_rss_mib_after": round(rss_after / 2**20, 1),
         "value_tier_changed": tiers["changed"],

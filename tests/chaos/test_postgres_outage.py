@@ -32,7 +32,7 @@ from tests.chaos.harness import (
 from tests.chaos.outages import dedicated_postgres, readiness, until
 from tests.support import Servers
 from tierflow_common.db.tables import consumer_offsets
-from tierflow_common.operations import _broker_offsets
+from tierflow_common.operations import broker_offsets
 from tierflow_common.topic_reader import log_ends, reader
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,7 @@ async def applied_offsets(w: World) -> dict[int, int]:
     """The classifier's offsets as it mirrors them to the broker after each committed batch
     (PostgreSQL holds the offsets of record, but it is the one that is down)."""
     tps = [TopicPartition(w.topics.customer_events, p) for p in range(PARTITIONS)]
-    found = await _broker_offsets(w.kafka, tps, [w.group])
+    found = await broker_offsets(w.kafka, tps, [w.group])
     return found.get((w.group, w.topics.customer_events), {})
 
 

@@ -125,7 +125,7 @@ async def _stored_offsets(
             await engine.dispose()
 
 
-async def _broker_offsets(
+async def broker_offsets(
     kafka: KafkaSettings, tps: Sequence[TopicPartition], groups: Sequence[str] | None
 ) -> dict[tuple[str, str], dict[int, int]]:
     """The broker's committed offsets of groups (all it lists unless `groups`) on `tps`.
@@ -177,7 +177,7 @@ async def consumer_lag(
     async with reader(kafka) as consumer:
         tps = {t: await partitions_of(consumer, t) for t in topics.all_topics()}
         every = [tp for found in tps.values() for tp in found]
-        broker = await _broker_offsets(kafka, every, groups)
+        broker = await broker_offsets(kafka, every, groups)
         pairs = {p for p in (*stored, *broker) if groups is None or p[0] in groups}
         ends = await log_ends(consumer, [tp for t in {t for _, t in pairs} for tp in tps[t]])
     for group, topic in sorted(pairs):

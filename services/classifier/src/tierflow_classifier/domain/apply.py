@@ -7,7 +7,6 @@ latest value), so replaying the same events in any order yields the same state.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -31,6 +30,7 @@ from tierflow_classifier.domain.model import (
     ProfilePatch,
     Purchase,
     Refund,
+    evolve,
 )
 from tierflow_classifier.domain.purchase_days import with_purchase, with_satisfaction
 from tierflow_classifier.domain.rules import RuleSet
@@ -102,7 +102,7 @@ def _apply_purchase(state: CustomerState, e: Purchase, rules: RuleSet) -> Custom
     if e.discounted:
         features = _count(features, "discounted_purchases")
     recent = tuple(sorted({*state.recent_purchases, t}, reverse=True)[:2])
-    return replace(
+    return evolve(
         state,
         recent_purchases=recent,
         purchases_lifetime=state.purchases_lifetime + 1,
@@ -140,7 +140,7 @@ def _apply_refund(state: CustomerState, e: Refund, rules: RuleSet) -> CustomerSt
     causes = dict(features.get("refund_causes", {}))
     causes[e.order_id] = sorted({*causes.get(e.order_id, ()), e.meta.cause})
     features["refund_causes"] = causes
-    return replace(
+    return evolve(
         state,
         features=features,
         refunds_lifetime=state.refunds_lifetime + 1,
@@ -171,7 +171,7 @@ def _apply_interaction(state: CustomerState, e: Interaction) -> CustomerState:
         # A completed care revisit or follow-up (the notifier reports it): the last-contact fact
         # rules read (days_since_contact, the last_contact_at timer anchor).
         features["last_contact_at"] = _later(features.get("last_contact_at"), e.meta.time)
-    return replace(state, features=features)
+    return evolve(state, features=features)
 
 
 def _earlier(a: str | None, b: datetime) -> str:
@@ -202,7 +202,7 @@ def _apply_feedback(state: CustomerState, e: Feedback) -> CustomerState:
     if e.nps is not None:
         features = _count(features, "nps_count")
         features = _count(features, "nps_sum", e.nps)
-    return replace(state, features=features)
+    return evolve(state, features=features)
 
 
 def _apply_profile(state: CustomerState, e: ProfilePatch) -> CustomerState:
@@ -213,7 +213,7 @@ def _apply_profile(state: CustomerState, e: ProfilePatch) -> CustomerState:
         candidate = {"value": value, "at": e.meta.time.isoformat()}
         if current is None or _profile_key(candidate) > _profile_key(current):
             profile[name] = candidate
-    return replace(state, profile=profile)
+    return evolve(state, profile=profile)
 
 
 def _profile_key(entry: Mapping[str, Any]) -> tuple[datetime, str]:
@@ -238,7 +238,7 @@ def apply(
         return apply_override(state, event, rules, at=at or event.meta.time, outside=outside)
     current = state or CustomerState(customer_id=event.meta.customer_id)
     t = event.meta.time
-    current = replace(
+    current = evolve(
         current,
         first_seen_at=t if current.first_seen_at is None else min(current.first_seen_at, t),
     )
@@ -280,13 +280,13 @@ def apply_override(
         if current is None or overrides.hold_of(current) is None:
             return state, []
         ended = overrides.cleared(current, at, event.by)
-        state = replace(state, dimensions={**state.dimensions, event.dimension: ended})
+        state = evolve(state, dimensions={**state.dimensions, event.dimension: ended})
         return classify(state, rules, at=at, cause=event.meta.cause, outside=outside)
     if event.expires_at is not None and event.expires_at <= at:
         return state, []
     version = labelled_version(effective_version(rules, outside), outside)
     assignment = overrides.pinned(event, at, version)
-    state = replace(state, dimensions={**state.dimensions, event.dimension: assignment})
+    state = evolve(state, dimensions={**state.dimensions, event.dimension: assignment})
     # The other dimensions are judged at the same instant, as after any event.
     state, changes = classify(state, rules, at=at, cause=event.meta.cause, outside=outside)
     if current is None or current.label != assignment.label:

@@ -4,7 +4,7 @@ next instant at which time alone could change a label (the customer's review dea
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from tierflow_classifier.domain.features import (
     window_sums,
 )
 from tierflow_classifier.domain.memo import once_per_object
-from tierflow_classifier.domain.model import Assignment, Change, CustomerState
+from tierflow_classifier.domain.model import Assignment, Change, CustomerState, evolve
 from tierflow_classifier.domain.overrides import hold_of
 from tierflow_classifier.domain.population import PopulationStats
 from tierflow_classifier.domain.rules import (
@@ -295,7 +295,7 @@ def classify(
             )
         )
     return (
-        replace(
+        evolve(
             state,
             dimensions=dimensions,
             next_review_at=later_than(at, deadlines),
