@@ -33,7 +33,9 @@ SHORT = Size(events=1_200, customers=120)
 FULL = Size(events=20_000, customers=1_000)
 # How long a member holding a short batch waits for more (CONSUMER_LINGER_MS): the longer, the
 # likelier the pause falls while the zombie holds a polled batch it will try to write on waking.
-LINGER_MS = os.environ.get("TIERFLOW_CHAOS_ZOMBIE_LINGER_MS", "100")
+# At 100 ms the unfenced tree (scripts/chaos-unfenced.sh) passed: the zombie's client noticed the
+# new assignment first and dropped its batch; at 1,500 ms it wrote and moved offsets back.
+LINGER_MS = os.environ.get("TIERFLOW_CHAOS_ZOMBIE_LINGER_MS", "1500")
 
 
 def held(svc: ServiceProcess) -> int:
