@@ -23,7 +23,13 @@ COLUMNS = (
     ("fenced_writes", "fenced writes"),
     ("dead_lettered_expected", "dead-lettered (expected)"),
     ("dead_lettered_unexpected", "dead-lettered (unexpected)"),
+    ("actions_delivered", "care actions delivered"),
+    ("duplicate_actions", "duplicate actions"),
+    ("missing_actions", "missing actions"),
+    ("redeliveries", "same-id redeliveries"),
     ("recovery_s", "recovery s"),
+    ("events_per_s", "events/s"),
+    ("peak_rss_mib", "ingest peak RSS MiB"),
     ("passed", "passed"),
 )
 
@@ -38,8 +44,13 @@ def table(reports: list[dict[str, Any]]) -> str:
     ]
     for report in reports:
         for scenario in report["scenarios"]:
-            lines.append("| " + " | ".join(str(scenario.get(k, "")) for k, _ in COLUMNS) + " |")
+            lines.append("| " + " | ".join(_cell(scenario.get(k)) for k, _ in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """A figure a scenario does not measure (None: no notifiers, no RSS sampling) is blank."""
+    return "" if value is None else str(value)
 
 
 def main(results: list[Path], doc: Path) -> None:
