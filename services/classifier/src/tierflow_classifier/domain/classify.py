@@ -145,7 +145,9 @@ def _variables(
     it (building it converts every variable: CEL's main cost)."""
     params = rules.params
     population = outside.population
-    features = compute_features(state, at, params, population)
+    # Once: the features read the window's sums, the deadlines its oldest month.
+    window = window_sums(state.features.get("months", {}), at, rules.window_months)
+    features = compute_features(state, at, params, population, window=window)
     features.update(churn_features(state, at, outside.churn, rule_set_churn_config(rules)))
     # CEL never coerces int and double: every number a rule sees is a double.
     variables: dict[str, Any] = {
@@ -165,7 +167,7 @@ def _variables(
             variables[timer.name] = at >= due
             deadlines.append(due)
         context.set(timer.name, variables[timer.name])
-    _, _, oldest = window_sums(state.features.get("months", {}), at, rules.window_months)
+    oldest = window[2]
     if oldest is not None:
         # The oldest month in the rolling window drops out then, changing the window sums.
         deadlines.append(month_start(oldest + rules.window_months))

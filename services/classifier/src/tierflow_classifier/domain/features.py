@@ -25,7 +25,7 @@ NEVER = 1e9  # "days since" for something that never happened: beyond every thre
 
 
 def month_key(t: datetime) -> str:
-    u = t.astimezone(UTC)
+    u = t if t.tzinfo is UTC else t.astimezone(UTC)
     return f"{u.year:04d}-{u.month:02d}"
 
 
@@ -45,7 +45,8 @@ def window_sums(
 
     The window holds the current calendar month and the `window_months - 1` before it.
     """
-    current = month_index(month_key(at))
+    u = at if at.tzinfo is UTC else at.astimezone(UTC)
+    current = u.year * 12 + u.month - 1  # month_index(month_key(at))
     first = current - window_months + 1
     spend, orders, oldest = Decimal(0), 0, None
     for key, bucket in months.items():
@@ -88,17 +89,24 @@ def population_features(
     }
 
 
+Window = tuple[Decimal, int, int | None]  # what window_sums returns
+
+
 def compute_features(
     state: CustomerState,
     at: datetime,
     params: Mapping[str, Any],
     population: PopulationStats | None = None,
+    *,
+    window: Window | None = None,
 ) -> dict[str, Any]:
-    """Every feature the rules may name, as CEL-friendly values (numbers, strings, bools)."""
+    """Every feature the rules may name, as CEL-friendly values (numbers, strings, bools).
+    `window`: the state's window_sums at `at`, where the caller has them already."""
     f = state.features
     n = state.purchases_lifetime
-    window_months = int(params.get("window_months", 12))
-    spend_w, orders_w, _ = window_sums(f.get("months", {}), at, window_months)
+    if window is None:
+        window = window_sums(f.get("months", {}), at, int(params.get("window_months", 12)))
+    spend_w, orders_w, _ = window
     rhythm_min = int(params.get("rhythm_min_purchases", 3))
     if n >= rhythm_min and state.first_purchase_at and state.last_purchase_at:
         rhythm = (

@@ -143,4 +143,3 @@ def evolve(obj: T, **changes: Any) -> T:
     new = object.__new__(type(obj))
     new.__dict__.update(obj.__dict__, **changes)
     return new
-
