@@ -6,12 +6,13 @@ are kept; conversion to the base currency happens in the classifier, with its ra
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -43,6 +44,21 @@ CurrencyCode = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, upper case", examples=["USD"])
 ]
 CustomerId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+
+# Review deadlines and ledger weeks lie years after an event: a time near the end of the
+# calendar (9999-12-31) would overflow them, and such a record would crash the classifier
+# every time it is read. Refused here, so the ingest answers 422 and a record written straight
+# to the topic is dead-lettered with this reason.
+LATEST_EVENT_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _before_latest(t: datetime) -> datetime:
+    if t >= LATEST_EVENT_TIME:
+        raise ValueError(f"must be before {LATEST_EVENT_TIME:%Y-%m-%d}")
+    return t
+
+
+EventTime = Annotated[AwareDatetime, AfterValidator(_before_latest)]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 Channel = Annotated[
     str,
@@ -230,7 +246,7 @@ class CloudEventEnvelope(BaseModel):
         str, Field(min_length=1, max_length=256, description="The upstream system sending it")
     ]
     subject: CustomerId = Field(description="The customer id")
-    time: AwareDatetime = Field(description="When it happened, RFC 3339 with an offset")
+    time: EventTime = Field(description="When it happened, RFC 3339 with an offset")
     datacontenttype: JsonMediaType | None = None
     dataschema: DataSchemaUri | None = None
 
