@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from tests.access import bearer
-from tests.chaos.harness import World, judge, wait_drained, world
+from tests.chaos.harness import World, cloudevent, judge, wait_drained, world
 from tests.support import Servers
 from tierflow_common.contract import EmittedEvent
 
@@ -73,20 +73,7 @@ class Load:
         )
 
     def body(self, r: int) -> bytes:
-        return orjson.dumps(
-            [
-                {
-                    "specversion": "1.0",
-                    "id": e.id,
-                    "source": e.source,
-                    "type": e.type,
-                    "subject": e.subject,
-                    "time": e.time.isoformat(),
-                    "data": e.data,
-                }
-                for e in (self.event(r, j) for j in range(BATCH))
-            ]
-        )
+        return orjson.dumps([cloudevent(self.event(r, j)) for j in range(BATCH)])
 
 
 @dataclass
