@@ -337,7 +337,7 @@ def simulate_rows(r: dict[str, Any], upsert: float | None) -> list[Row]:
             _met(wall <= 60 and extra is not None and extra <= 300)
             + f" simulation processes' peak USS {extra} MiB (RSS {sim['simulation_peak_rss_mib']}"
             f" MiB; a churn fit meanwhile: {_fmt(sim.get('churn_fit_peak_uss_mib'))} MiB USS, not "
-            "counted); classifier RSS {sim['classifier_rss_mib_before']} → "
+            f"counted); classifier RSS {sim['classifier_rss_mib_before']} → "
             f"{sim['classifier_rss_mib_after']} MiB; {sim['value_tier_changed']:,} would become "
             f"VIP; consumption meanwhile: probe lag p50 / max {_fmt(during.get('lag_p50_ms'))} / "
             f"{_fmt(during.get('lag_max_ms'))} ms ({during.get('applied')} of "
