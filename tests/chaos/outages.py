@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -28,14 +29,7 @@ def dedicated_postgres(servers: Servers) -> Iterator[tuple[EmbeddedPostgres, Ser
     pg = EmbeddedPostgres(base / "pgdata", port=free_port(), log_file=base / "postgres.log")
     pg.start()
     try:
-        yield (
-            pg,
-            Servers(
-                postgres_admin_url=pg.url,
-                bootstrap_servers=servers.bootstrap_servers,
-                create_database=pg.create_database,
-            ),
-        )
+        yield pg, replace(servers, postgres_admin_url=pg.url, create_database=pg.create_database)
     finally:
         pg.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -47,14 +41,7 @@ def dedicated_tansu(servers: Servers, log_dir: Path) -> Iterator[tuple[EmbeddedT
     tansu = EmbeddedTansu(port=free_port(), log_file=log_dir / "tansu.log")
     tansu.start()
     try:
-        yield (
-            tansu,
-            Servers(
-                postgres_admin_url=servers.postgres_admin_url,
-                bootstrap_servers=tansu.bootstrap_servers,
-                create_database=servers.create_database,
-            ),
-        )
+        yield tansu, replace(servers, bootstrap_servers=tansu.bootstrap_servers)
     finally:
         tansu.stop()
 

@@ -146,23 +146,20 @@ def build_router(
         key = http_io.authenticate_token(http_io.bearer_token(request), keys, settings)
         if isinstance(key, Response):
             return key
-        refused = refuse_early(key)
-        if refused is not None:
-            return refused
-        try:
-            return await read_event(request, key)
-        finally:
-            admission.leave()
+        return await admitted(key, lambda: read_event(request, key))
 
-    def refuse_early(key: Principal) -> Response | None:
-        """429 for a key with no event left, 503 past the admission bound: before the body is
-        read (what refusing costs under overload). None: the request is let in (leave after)."""
+    async def admitted(key: Principal, respond: Callable[[], Awaitable[Response]]) -> Response:
+        """`respond()` inside the admission bound; before the body is read (what refusing
+        costs under overload), 429 for a key with no event left and 503 past the bound."""
         wait = limiter.exhausted(key.key_id)
         if wait is not None:
             return http_io.rate_limited(wait, 1)
         if not admission.enter():
             return http_io.saturated(settings, admission)
-        return None
+        try:
+            return await respond()
+        finally:
+            admission.leave()
 
     async def read_event(request: Request, key: Principal) -> Response:
         if binary_mode.is_binary(request, http_io.media_type(request)):
@@ -254,21 +251,18 @@ def build_router(
         key = http_io.authenticate_token(http_io.bearer_token(request), keys, settings)
         if isinstance(key, Response):
             return key
-        refused = refuse_early(key)
-        if refused is not None:
-            return refused
-        try:
-            parsed = await http_io.read_json(request, BATCH_TYPES, settings)
-            if isinstance(parsed, Response):
-                return parsed
-            return await request_trace.traced(
-                "POST /v1/events:batch",
-                request,
-                request_trace.incoming(request),
-                lambda trace: accept_batch(key, parsed, trace),
-            )
-        finally:
-            admission.leave()
+        return await admitted(key, lambda: read_batch(request, key))
+
+    async def read_batch(request: Request, key: Principal) -> Response:
+        parsed = await http_io.read_json(request, BATCH_TYPES, settings)
+        if isinstance(parsed, Response):
+            return parsed
+        return await request_trace.traced(
+            "POST /v1/events:batch",
+            request,
+            request_trace.incoming(request),
+            lambda trace: accept_batch(key, parsed, trace),
+        )
 
     async def accept_batch(key: Principal, parsed: Any, trace: TraceContext) -> Response:
         if not isinstance(parsed, list):
