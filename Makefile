@@ -53,8 +53,11 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Two test processes (pytest-xdist, a file's tests together): most tests wait on servers they
+# started, so two keep the 2-core machine busy where one leaves it half idle.
+TEST_WORKERS ?= 2
 test: install lint browser
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Debian's Chromium for the console's browser tests (unpacked under .tools when not installed).
 browser:

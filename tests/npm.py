@@ -4,6 +4,7 @@ tests/ — never globally — and again only when the lock file changed."""
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,11 +17,15 @@ def installed_node(folder: Path, what: str) -> str:
     assert node, f"node is needed to run {what}"
     installed = folder / "node_modules" / ".package-lock.json"
     lock = folder / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            [npm, "ci", "--prefix", str(folder), "--ignore-scripts", "--no-audit", "--no-fund"],
-            check=True,
-            capture_output=True,
-            timeout=240,
-        )
+    # `make test` runs the tests in two processes (pytest-xdist): one installs, the other waits
+    # for it instead of running a second `npm ci` into the same folder.
+    with (folder / ".npm-install.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+            subprocess.run(
+                [npm, "ci", "--prefix", str(folder), "--ignore-scripts", "--no-audit", "--no-fund"],
+                check=True,
+                capture_output=True,
+                timeout=240,
+            )
     return node

@@ -30,6 +30,7 @@ from tierflow_common.tracing import configure_tracing
 from tierflow_ingest.adapters.publisher import KafkaPublisher
 from tierflow_ingest.adapters.receipts import TABLE as RECEIPTS_TABLE
 from tierflow_ingest.adapters.receipts import ReceiptWriter
+from tierflow_ingest.entrypoints import http_io
 from tierflow_ingest.entrypoints.bulk import build_bulk_router
 from tierflow_ingest.entrypoints.metrics import IN_FLIGHT
 from tierflow_ingest.entrypoints.routes import (
@@ -70,6 +71,9 @@ def create_app(
     receipts = ReceiptWriter(engine, partitions=receipt_partitions)
     intake = Intake(publisher, receipts)
     limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
+    admission = http_io.Admission(
+        settings.max_concurrent_requests, shed_lag_s=settings.shed_loop_lag_ms / 1000
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +82,7 @@ def create_app(
             asyncio.create_task(keys.run()),
             asyncio.create_task(receipts.run()),
             asyncio.create_task(receipt_partitions.run()),
+            asyncio.create_task(admission.watch_loop()),
         ]
         try:
             yield
@@ -108,12 +113,12 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    events = build_router(intake, keys, limiter, settings)
+    events = build_router(intake, keys, limiter, settings, admission=admission)
     app.include_router(events)
     # POST /v1/events and /v1/events:batch straight to their endpoints (~50 µs a request less).
     app.add_middleware(HotRoutes, routes=hot_routes(events))
     _publish_event_components(app)
-    app.include_router(build_bulk_router(intake, keys, limiter, settings))
+    app.include_router(build_bulk_router(intake, keys, limiter, settings, admission))
     install_auth(app, keys)
     app.include_router(
         ops_router(

@@ -16,6 +16,9 @@ class IngestSettings(BaseSettings):
     # Bounds memory and latency under overload: POSTs to /v1/events and /v1/events:batch being
     # read, checked or published at once; one more is answered 503 before its body is read.
     max_concurrent_requests: int = Field(default=128, ge=1)
+    # ... and while the event loop lags more than this (the CPU is the bottleneck), every new
+    # request is refused that way too; 0 turns it off.
+    shed_loop_lag_ms: float = Field(default=500.0, ge=0)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     max_future_skew_s: float = Field(default=300.0, ge=0)
     # Events before this year are data errors (a backfill of 1990s orders still passes).

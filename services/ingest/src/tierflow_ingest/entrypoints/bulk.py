@@ -101,8 +101,11 @@ def build_bulk_router(
     keys: KeyLookup,
     limiter: RateLimiter,
     settings: IngestSettings,
+    admission: http_io.Admission,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
+    """`admission`: the events routes' bound; an upload holds one place in it while it runs
+    (it paces itself on the key's rate limit rather than being refused by it)."""
     router = APIRouter(prefix="/v1", tags=["events"])
 
     async def flush(upload: _Upload, key_id: str) -> None:
@@ -159,11 +162,15 @@ def build_bulk_router(
         wrong = http_io.check_media(request, NDJSON_TYPES)
         if wrong is not None:
             return wrong
-        return await request_trace.traced(
-            "POST /v1/events:bulk",
-            request,
-            request_trace.incoming(request),
-            lambda trace: receive(request, key, trace),
+        return await http_io.admitted(
+            admission,
+            settings,
+            lambda: request_trace.traced(
+                "POST /v1/events:bulk",
+                request,
+                request_trace.incoming(request),
+                lambda trace: receive(request, key, trace),
+            ),
         )
 
     async def receive(request: Request, key: Principal, trace: TraceContext) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,7 +16,7 @@ from tierflow_common.auth import ANY_SOURCE, AccessDenied, KeyLookup, Principal,
 from tierflow_common.contract import CustomerEvent
 from tierflow_common.errors_http import problem
 from tierflow_ingest.domain.validation import FieldError, validate_event, validate_events
-from tierflow_ingest.entrypoints.metrics import REJECTED
+from tierflow_ingest.entrypoints.metrics import LOOP_LAG, REJECTED
 from tierflow_ingest.settings import IngestSettings
 
 _INGEST = Role.INGEST
@@ -166,13 +168,20 @@ async def read_body(request: Request, settings: IngestSettings) -> bytearray | J
 class Admission:
     """Requests let in at once, at most `limit`: under overload the next ones are answered
     before their body is read, so memory (bodies, parsed items, events awaiting acks) and the
-    wait of those let in stay bounded, whatever the number of clients."""
+    wait of those let in stay bounded, whatever the number of clients.
+
+    A CPU-bound process rarely has many requests in progress (each runs to its end once it has
+    the CPU) while hundreds wait unread in its sockets; what grows then is the event loop's lag.
+    Past `shed_lag_s` (smoothed over about half a second, see `watch_loop`) every new request is
+    refused too, so the CPU goes to answering them quickly instead of queueing them all."""
 
     limit: int
+    shed_lag_s: float = 0.0  # 0: no shedding on lag
     active: int = 0
+    lag_s: float = 0.0
 
     def enter(self) -> bool:
-        if self.active >= self.limit:
+        if self.active >= self.limit or self.lagging():
             return False
         self.active += 1
         return True
@@ -180,12 +189,42 @@ class Admission:
     def leave(self) -> None:
         self.active -= 1
 
+    def lagging(self) -> bool:
+        return 0 < self.shed_lag_s < self.lag_s
+
+    async def watch_loop(self, interval_s: float = 0.02, smoothing_s: float = 0.5) -> None:
+        """Keep `lag_s`: how late a timer fires, an exponential average over ~`smoothing_s`
+        (one late tick, a garbage collection say, sheds nothing)."""
+        loop = asyncio.get_running_loop()
+        weight = min(1.0, interval_s / smoothing_s)
+        while True:
+            began = loop.time()
+            await asyncio.sleep(interval_s)
+            late = max(0.0, loop.time() - began - interval_s)
+            self.lag_s += weight * (late - self.lag_s)
+            LOOP_LAG.set(self.lag_s)
+
+
+async def admitted(
+    admission: Admission, settings: IngestSettings, respond: Callable[[], Awaitable[Response]]
+) -> Response:
+    """`respond()` inside the admission bound, or 503 + Retry-After past it (body unread)."""
+    if not admission.enter():
+        return saturated(settings, admission)
+    try:
+        return await respond()
+    finally:
+        admission.leave()
+
 
 def saturated(settings: IngestSettings, admission: Admission) -> JSONResponse:
     REJECTED.labels(reason="saturated").inc()
-    return unavailable(
-        settings, f"ingest is saturated: {admission.active} requests in progress; retry later"
+    why = (
+        f"its event loop lags {admission.lag_s * 1000:.0f} ms"
+        if admission.lagging()
+        else f"{admission.active} requests in progress"
     )
+    return unavailable(settings, f"ingest is saturated: {why}; retry later")
 
 
 def unavailable(settings: IngestSettings, detail: str, **extra: Any) -> JSONResponse:

@@ -13,3 +13,7 @@ PUBLISH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 IN_FLIGHT = Gauge("tierflow_ingest_in_flight", "Events awaiting broker acknowledgement")
+LOOP_LAG = Gauge(
+    "tierflow_ingest_loop_lag_seconds",
+    "How late the event loop runs a timer, averaged over ~0.5 s (INGEST_SHED_LOOP_LAG_MS)",
+)

@@ -90,10 +90,12 @@ def build_router(
     limiter: RateLimiter,
     settings: IngestSettings,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    admission: http_io.Admission | None = None,
 ) -> APIRouter:
+    """`admission`: the bound on requests in progress, shared with the bulk route."""
     router = APIRouter(prefix="/v1", tags=["events"])
     skew = timedelta(seconds=settings.max_future_skew_s)
-    admission = http_io.Admission(settings.max_concurrent_requests)
+    admission = admission or http_io.Admission(settings.max_concurrent_requests)
 
     @router.post(
         "/events",
@@ -154,12 +156,7 @@ def build_router(
         wait = limiter.exhausted(key.key_id)
         if wait is not None:
             return http_io.rate_limited(wait, 1)
-        if not admission.enter():
-            return http_io.saturated(settings, admission)
-        try:
-            return await respond()
-        finally:
-            admission.leave()
+        return await http_io.admitted(admission, settings, respond)
 
     async def read_event(request: Request, key: Principal) -> Response:
         if binary_mode.is_binary(request, http_io.media_type(request)):
