@@ -51,10 +51,12 @@ class Size:
 
 
 SHORT = Size(overload_s=3.0, clients=200, rate_limit=1_000)
-# 10 s: the ingest takes in a burst of a few seconds at 10x (its open-loop throughput is
-# above its closed-loop capacity; a 3 s burst once got 1,362 acceptances and no refusal), so
-# the overload has to last; all it accepts one classifier applies before the oracle judges.
-FULL = Size(overload_s=10.0, clients=1_000, rate_limit=None)
+# 3 s: the ingest accepts at its capacity throughout (and until the last queued request is
+# answered), and one classifier has to apply all of that before the oracle can judge (at 10 s
+# that took longer than `make chaos` may). Known to fail now and then: the ingest's open-loop
+# throughput is above its closed-loop capacity and it once took in a whole 3 s burst without
+# refusing (docs/reliability.md, "Not passing").
+FULL = Size(overload_s=3.0, clients=1_000, rate_limit=None)
 
 
 @dataclass
