@@ -327,6 +327,12 @@ async def drained(w: World, *, deliveries: bool = True) -> bool:
     return not w.notifiers or await consumed(w, w.notifier_group, w.topics.classification_changed)
 
 
+def drain_bound(events: int) -> float:
+    """A drain timeout for `events` still to apply: a slow machine's rate (a few hundred new
+    customers' events a second per classifier), never under 300 s."""
+    return max(300.0, events / 200)
+
+
 async def wait_drained(w: World, timeout: float) -> float:
     """Seconds until drained (fails past `timeout`)."""
     began = time.monotonic()

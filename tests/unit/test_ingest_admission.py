@@ -39,7 +39,7 @@ def app_with_one_place() -> tuple[FastAPI, http_io.Admission]:
     admission = http_io.Admission(settings.max_concurrent_requests)
     app = FastAPI()
     app.include_router(
-        build_router(intake, FakeKeys(), limiter, settings, clock=lambda: NOW, admission=admission)
+        build_router(intake, FakeKeys(), limiter, settings, admission, clock=lambda: NOW)
     )
     app.include_router(
         build_bulk_router(intake, FakeKeys(), limiter, settings, admission, clock=lambda: NOW)

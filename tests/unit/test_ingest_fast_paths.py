@@ -288,7 +288,8 @@ def ingest_app(*, hot: bool) -> FastAPI:
     settings = IngestSettings(max_batch_events=3, max_body_bytes=4096)
     intake = Intake(started(FakeProducer(hold=b"held"), timeout_s=0.2), FakeReceipts())  # type: ignore[arg-type]
     limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
-    router = build_router(intake, FakeKeys(), limiter, settings, clock=lambda: NOW)
+    admission = http_io.Admission(settings.max_concurrent_requests)
+    router = build_router(intake, FakeKeys(), limiter, settings, admission, clock=lambda: NOW)
     app = FastAPI()
     app.include_router(router)
     if hot:

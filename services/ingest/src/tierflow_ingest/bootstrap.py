@@ -113,7 +113,7 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    events = build_router(intake, keys, limiter, settings, admission=admission)
+    events = build_router(intake, keys, limiter, settings, admission)
     app.include_router(events)
     # POST /v1/events and /v1/events:batch straight to their endpoints (~50 µs a request less).
     app.add_middleware(HotRoutes, routes=hot_routes(events))

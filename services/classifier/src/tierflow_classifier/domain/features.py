@@ -24,8 +24,13 @@ DAY_S = 86_400.0
 NEVER = 1e9  # "days since" for something that never happened: beyond every threshold
 
 
+def _utc(t: datetime) -> datetime:
+    # Most instants are on UTC already (the contract's decoder gives them so): no conversion.
+    return t if t.tzinfo is UTC else t.astimezone(UTC)
+
+
 def month_key(t: datetime) -> str:
-    u = t if t.tzinfo is UTC else t.astimezone(UTC)
+    u = _utc(t)
     return f"{u.year:04d}-{u.month:02d}"
 
 
@@ -45,8 +50,8 @@ def window_sums(
 
     The window holds the current calendar month and the `window_months - 1` before it.
     """
-    u = at if at.tzinfo is UTC else at.astimezone(UTC)
-    current = u.year * 12 + u.month - 1  # month_index(month_key(at))
+    u = _utc(at)
+    current = u.year * 12 + u.month - 1  # month_index(month_key(at)), without the string
     first = current - window_months + 1
     spend, orders, oldest = Decimal(0), 0, None
     for key, bucket in months.items():

@@ -89,13 +89,13 @@ def build_router(
     keys: KeyLookup,
     limiter: RateLimiter,
     settings: IngestSettings,
+    admission: http_io.Admission,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    admission: http_io.Admission | None = None,
 ) -> APIRouter:
-    """`admission`: the bound on requests in progress, shared with the bulk route."""
+    """`admission`: the bound on requests in progress, shared with the bulk route (passed in,
+    never made here, so no route can end up with a bound of its own)."""
     router = APIRouter(prefix="/v1", tags=["events"])
     skew = timedelta(seconds=settings.max_future_skew_s)
-    admission = admission or http_io.Admission(settings.max_concurrent_requests)
 
     @router.post(
         "/events",
