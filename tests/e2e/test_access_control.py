@@ -110,7 +110,14 @@ def test_roles_decide_who_reads_operates_and_administers(pipeline: Pipeline) -> 
     assert httpx.get(f"{notifier}/v1/actions", headers=bearer(operate)).status_code == 403
 
     # The audit log (one table for all services, served by the classifier, admin only).
-    assert httpx.get(f"{classifier}/v1/audit", headers=bearer(read)).status_code == 403
+    # A new key is known to each service within one key refresh: until the classifier's
+    # next one, the read key is unknown there (401), then it lacks the role (403).
+    refused_audit = poll(
+        lambda: httpx.get(f"{classifier}/v1/audit", headers=bearer(read)),
+        lambda r: r.status_code != 401,
+        what="the classifier knows the read key",
+    )
+    assert refused_audit.status_code == 403
     audit = httpx.get(
         f"{classifier}/v1/audit", params={"key": key_id(operate)}, headers=pipeline.auth
     )
