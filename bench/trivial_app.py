@@ -1,5 +1,5 @@
 """The baseline HTTP service: a FastAPI endpoint that reads the body and answers 202, served by
-the same uvicorn set-up (uvloop, httptools) as the tierflow services. `python -m bench.trivial_app`
+the same uvicorn set-up as the ingest (its event loop, httptools). `python -m bench.trivial_app`
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tierflow_common.serve import serve
+from tierflow_common.serve import ADMISSION_LOOP, serve
 from tierflow_common.settings import HttpSettings
 
 app = FastAPI(title="trivial")
@@ -27,4 +27,8 @@ async def ready() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    serve(app, HttpSettings(host="127.0.0.1", port=int(os.environ["TRIVIAL_PORT"])))
+    serve(
+        app,
+        HttpSettings(host="127.0.0.1", port=int(os.environ["TRIVIAL_PORT"])),
+        loop=ADMISSION_LOOP,
+    )

@@ -51,11 +51,9 @@ class Size:
 
 
 SHORT = Size(overload_s=3.0, clients=200, rate_limit=1_000)
-# 3 s: the ingest accepts at its capacity throughout (and until the last queued request is
-# answered), and one classifier has to apply all of that before the oracle can judge (at 10 s
-# that took longer than `make chaos` may). Known to fail now and then: the ingest's open-loop
-# throughput is above its closed-loop capacity and it once took in a whole 3 s burst without
-# refusing (docs/reliability.md, "Not passing").
+# 3 s: the ingest accepts at its capacity throughout, and one classifier has to apply all of
+# that before the oracle can judge. (On uvloop the ingest took in whole bursts without refusing:
+# the clients waited in the kernel's accept queue, unseen — see `ADMISSION_LOOP`.)
 FULL = Size(overload_s=3.0, clients=1_000, rate_limit=None)
 
 
@@ -108,7 +106,8 @@ class Tally:
     accepted: list[tuple[int, int]] = field(default_factory=list)  # (request, item)
     slowest_s: float = 0.0
     sent: int = 0  # requests offered
-    offered_s: float = 0.0  # over this long
+    offered_s: float = 0.0  # over this long: until the last one reached the ingest
+    reached: float = 0.0  # when the latest request was connected and written (monotonic)
     queued_s: float = 0.0  # the longest a request waited for one of the generator's connections
 
     def answer(self, r: int, status: int, retry_after: str | None, content: bytes) -> float | None:
@@ -165,6 +164,7 @@ async def post_alone(w: World, r: int, body: bytes, tally: Tally) -> None:
             request = h11.Request(method="POST", target="/v1/events:batch", headers=headers)
             writer.write(conn.send(request) + conn.send(h11.Data(data=body)))
             writer.write(conn.send(h11.EndOfMessage()))
+            tally.reached = max(tally.reached, time.monotonic())
             status, retry_after, content = 0, None, bytearray()
             while True:
                 event = conn.next_event()
@@ -242,7 +242,11 @@ async def test_ingest_at_ten_times_its_capacity(
     # The default batch size: this scenario is about the ingest, and the classifier has to
     # drain all it accepted (with the harness's batches of 50 that took longer than the run).
     env = {"CONSUMER_MAX_BATCH": "1000"}
-    async with world(servers, log_dir, classifiers=1, env=env) as w:
+    # The classifier starts after the burst: on two cores, one consuming throughout took the
+    # generator's core, whose requests then left late and met an ingest that kept up (a clean
+    # clone's run took in a whole 3 s burst without refusing one). The events wait, durable,
+    # in the topic: a consumer lagging behind a burst is what overload looks like downstream.
+    async with world(servers, log_dir, classifiers=0, env=env) as w:
         assert w.ingest.proc is not None
         pid = w.ingest.proc.pid
         warm = [load.body(r) for r in range(240)]
@@ -263,6 +267,7 @@ async def test_ingest_at_ten_times_its_capacity(
             f"{len(w.acknowledged)} acknowledged"
         )
         print(note)
+        w.classifier().start(timeout=120)
         # The ingest accepts faster than one classifier applies new customers.
         recovery = await wait_drained(w, timeout=drain_bound(len(w.acknowledged)))
         name = f"overload-{'full' if size is FULL else 'short'}"
@@ -337,10 +342,12 @@ async def overload(w: World, load: Load, offer: Offer, clients: int) -> tuple[Ta
         r = offer.first + i
         tasks.append(asyncio.create_task(send(r, load.body(r), at)))
     tally.sent = len(tasks)
-    tally.offered_s = time.monotonic() - began
     pending = set(tasks)
     while pending:
         _, pending = await asyncio.wait(pending, timeout=0.05)
         samples.append(rss_mib(pid))
+    # Offered over the time the requests took to reach the ingest, not to be scheduled: a
+    # generator short of CPU sends late, and its late requests meet an ingest that has caught up.
+    tally.offered_s = max(tally.reached - began, offer.seconds)
     w.acknowledged += [load.event(r, j) for r, j in tally.accepted]
     return tally, max(samples)

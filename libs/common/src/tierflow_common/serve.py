@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Literal
 
 import structlog
 import uvicorn
@@ -14,6 +15,17 @@ from tierflow_common.kafka_security import check_broker_security
 from tierflow_common.settings import HttpSettings, KafkaSettings
 
 log = structlog.get_logger(__name__)
+
+EventLoop = Literal["uvloop", "asyncio"]
+# The loop of a service that must answer, promptly, more clients than it can serve (the ingest;
+# its trivial-endpoint baseline in the bench uses it too). uvloop (libuv) accepts one connection
+# per loop iteration: with each iteration a batch request's CPU work long, hundreds of clients
+# waited unseen in the kernel's accept queue — where no admission bound or shedding can answer
+# them — and got 200 after 20-27 s instead of a quick 503 (the overload scenario, 10x: 328
+# queued, none refused). asyncio's loop accepts every waiting connection at each wake-up (the
+# same run: 365 of 419 requests refused with Retry-After, slowest answer 1.7 s). It costs some
+# CPU per request on the single-event path (docs/benchmarks.md); consumers keep uvloop.
+ADMISSION_LOOP: EventLoop = "asyncio"
 
 
 def settle_garbage_collector() -> None:
@@ -37,14 +49,20 @@ def check_kafka_settings(kafka: KafkaSettings) -> None:
         raise SystemExit(2) from None
 
 
-def serve(app: FastAPI, http: HttpSettings, kafka: KafkaSettings | None = None) -> None:
+def serve(
+    app: FastAPI,
+    http: HttpSettings,
+    kafka: KafkaSettings | None = None,
+    *,
+    loop: EventLoop = "uvloop",
+) -> None:
     check_kafka_settings(kafka or KafkaSettings())
     settle_garbage_collector()
     uvicorn.run(
         app,
         host=http.host,
         port=http.port,
-        loop="uvloop",
+        loop=loop,
         http="httptools",
         log_config=None,
         access_log=False,

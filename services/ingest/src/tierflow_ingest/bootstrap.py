@@ -147,9 +147,9 @@ def _publish_event_components(app: FastAPI) -> None:
 
 
 def main() -> None:
-    from tierflow_common.serve import serve  # noqa: PLC0415
+    from tierflow_common.serve import ADMISSION_LOOP, serve  # noqa: PLC0415
     from tierflow_common.settings import IngestHttpSettings  # noqa: PLC0415
 
     configure_logging(LogSettings(), service="ingest")
     configure_tracing("ingest")  # off unless OTEL_* configures an exporter
-    serve(create_app(), IngestHttpSettings())
+    serve(create_app(), IngestHttpSettings(), loop=ADMISSION_LOOP)
