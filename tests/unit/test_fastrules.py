@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tierflow_classifier.adapters.rules_file import load_rules
-from tierflow_classifier.domain.fastrules import compile_fast
+from tierflow_classifier.domain.fastrules import compile_fast, compile_first_match
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = load_rules(ROOT / "config" / "classifier.yaml")
@@ -68,6 +68,43 @@ def test_fast_path_equals_cel_on_random_inputs(variables: dict[str, Any]) -> Non
         want, got = program.execute(context), fast(variables)
         assert type(got) is type(want) or {type(got), type(want)} <= {int, float}, source
         assert got == want or (math.isnan(got) and math.isnan(want)), source
+
+
+def test_every_dimension_of_the_default_rule_set_is_one_call() -> None:
+    assert all(d.first_match is not None for d in RULES.dimensions if d.label_from is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(variable_sets())
+def test_a_dimension_in_one_call_picks_the_rule_cel_picks(variables: dict[str, Any]) -> None:
+    context = cel.Context(variables=variables)
+    for dim in RULES.dimensions:
+        if dim.label_from is not None:
+            continue
+        assert dim.first_match is not None
+        want = next((i for i, r in enumerate(dim.rules) if r.program.execute(context)), -1)
+        assert dim.first_match(variables) == want, dim.name
+
+
+def test_a_chain_with_one_rule_outside_the_subset_is_not_compiled() -> None:
+    types = {"x": "double", "s": "string"}
+    assert compile_first_match(["x > 1.0", "size(s) > 0"], types) is None
+    chain = compile_first_match(["x > 2.0", "x > 1.0 && s == 'a'"], types)
+    assert chain is not None
+    assert [chain({"x": x, "s": s}) for x, s in ((3.0, ""), (1.5, "a"), (1.5, "b"))] == [0, 1, -1]
+    assert compile_first_match([], types) is not None
+
+
+def test_the_translation_holds_no_character_of_the_rule() -> None:
+    # A string literal that is Python code stays a value: compared, never run.
+    source = 's == \'__import__("os").system("false")\''
+    fast = compile_fast(source, {"s": "string"}, "bool")
+    assert fast is not None
+    assert fast({"s": "x"}) is False
+    assert fast({"s": '__import__("os").system("false")'}) is True
+    # The compiled code names only the constants held apart; the literal is not in it.
+    assert all(name.startswith("_k") for name in fast.__code__.co_names)
+    assert "__import__" not in repr(fast.__code__.co_consts)
 
 
 def test_outside_the_subset_there_is_no_fast_path() -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tierflow_classifier.domain.apply import VALUE_TIER
 from tierflow_classifier.domain.churn_features import UNSCORED
 from tierflow_classifier.domain.classify import variables_at
-from tierflow_classifier.domain.fastrules import cel_type, compile_fast
+from tierflow_classifier.domain.fastrules import cel_type, compile_fast, compile_first_match
 from tierflow_classifier.domain.features import compute_features
 from tierflow_classifier.domain.model import CustomerState
 from tierflow_classifier.domain.rule_versions import Candidate, content_id
@@ -250,9 +250,9 @@ def normalised_text(text: str, origin: str = "rules") -> dict[str, Any]:
 
 
 def with_fast_paths(rules: RuleSet, sample: CustomerState, at: datetime) -> RuleSet:
-    """Attach a Python closure to every rule and timer in the simple subset (fastrules.py),
+    """Attach a Python function to every rule and timer in the simple subset (fastrules.py),
     typed by the variables the classifier passes, and kept only if it agrees with CEL on the
-    sample customer."""
+    sample customer; and to a dimension whose rules all have one, their chain in one call."""
     variables, _, context = variables_at(sample, rules, at)
     types = {k: t for k, v in variables.items() if (t := cel_type(v)) is not None}
     types.update({t.name: "bool" for t in rules.timers})
@@ -275,7 +275,12 @@ def with_fast_paths(rules: RuleSet, sample: CustomerState, at: datetime) -> Rule
             fast = compile_fast(rule.when, types, "bool")
             ok = fast is not None and agrees(fast, rule.program)
             compiled.append(replace(rule, fast=fast if ok else None))
-        dimensions.append(replace(dim, rules=tuple(compiled)))
+        first = (
+            compile_first_match([r.when for r in compiled], types)
+            if all(r.fast is not None for r in compiled)
+            else None
+        )
+        dimensions.append(replace(dim, rules=tuple(compiled), first_match=first))
     return replace(rules, timers=tuple(timers), dimensions=tuple(dimensions))
 
 

@@ -1,25 +1,30 @@
-"""A fast path for the simple CEL expressions rule sets are made of, as Python closures.
+"""A fast path for the simple CEL expressions rule sets are made of, as Python functions.
 
 Building a CEL activation (converting ~40 variables into CEL values) and calling into it is
 the classifier's largest per-event cost. Most rules are comparisons of named features and
 params joined by `&&` / `||` / `!`, with a little double arithmetic; for exactly that subset
 this module parses the expression itself (a small recursive-descent parser over a whitelist of
-tokens — nothing is ever passed to `eval`) and builds a closure over the variables mapping.
+tokens) and translates it into one Python function over the variables mapping.
+
+What is compiled is never the rule's text: the translation is made only of fixed operator
+spellings, `v[...]` lookups and references to constants held apart (`_k0`, `_k1`, ...: every
+literal and variable name, as a value), so no character of the rule reaches the compiler, and
+the function runs with no builtins. One function instead of a tree of closures: a rule costs
+one call, not one per operand and operator (about 4x faster on the classifier's rules).
 
 The subset is typed like CEL: arithmetic only on two doubles, comparisons between numbers
 (int and double mix, as in CEL), strings or booleans, logic only on booleans. Anything else —
 function calls, member access, `in`, ternaries, int arithmetic, escapes in strings — is not
 compiled (`compile_fast` returns None) and the rule keeps its CEL program. rules_file.py also
-checks each closure against CEL on a sample customer, and a property test compares both on
+checks each function against CEL on a sample customer, and a property test compares both on
 random inputs.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Fast = Callable[[Mapping[str, Any]], Any]
@@ -51,14 +56,8 @@ def _tokens(source: str) -> list[tuple[str, str]]:
     return out
 
 
-_CMP: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
+# The comparison operators, spelled alike in CEL and Python.
+_CMP = frozenset({"==", "!=", "<", "<=", ">", ">="})
 
 
 def _divide(a: float, b: float) -> float:
@@ -70,14 +69,13 @@ def _divide(a: float, b: float) -> float:
     return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
-_ARITH: dict[str, Callable[[float, float], float]] = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-    "/": _divide,
-}
+# The Python spelling of the other operators ("/" goes through _divide).
+_ARITH_PY = {"+": "+", "-": "-", "*": "*"}
+_LOGIC = {"&&": "and", "||": "or"}
 
-_Node = tuple[Fast, str]  # closure and its CEL type: int, double, string, bool
+# A translated expression: Python source over `v` (the variables) and the constants `_k<i>`,
+# and its CEL type (int, double, string, bool).
+_Node = tuple[str, str]
 
 
 class _Parser:
@@ -85,6 +83,12 @@ class _Parser:
         self.tokens = _tokens(source)
         self.i = 0
         self.types = types
+        self.constants: list[Any] = []
+
+    def constant(self, value: Any) -> str:
+        """The name the translation refers to `value` by (the value itself stays out of it)."""
+        self.constants.append(value)
+        return f"_k{len(self.constants) - 1}"
 
     def peek(self) -> str | None:
         return self.tokens[self.i][1] if self.i < len(self.tokens) else None
@@ -146,16 +150,16 @@ class _Parser:
     def unary(self) -> _Node:
         if self.peek() == "!":
             self.take()
-            f, t = self.unary()
+            code, t = self.unary()
             if t != "bool":
                 raise Unsupported("! on a non-bool")
-            return (lambda v: not f(v)), "bool"
+            return f"(not {code})", "bool"
         if self.peek() == "-":
             self.take()
-            f, t = self.unary()
+            code, t = self.unary()
             if t != "double":
                 raise Unsupported("negation of a non-double")
-            return (lambda v: -f(v)), "double"
+            return f"(-{code})", "double"
         return self.primary()
 
     def primary(self) -> _Node:
@@ -167,52 +171,45 @@ class _Parser:
             return node
         if kind == "num":
             if re.fullmatch(r"\d+", text):
-                value_i = int(text)
-                return (lambda v: value_i), "int"
-            value_f = float(text)
-            return (lambda v: value_f), "double"
+                return self.constant(int(text)), "int"
+            return self.constant(float(text)), "double"
         if kind == "str":
-            value_s = text[1:-1]
-            return (lambda v: value_s), "string"
+            return self.constant(text[1:-1]), "string"
         if kind == "name":
             if text in ("true", "false"):
-                value_b = text == "true"
-                return (lambda v: value_b), "bool"
+                return self.constant(text == "true"), "bool"
             if text in _RESERVED or text not in self.types:
                 raise Unsupported(text)
             if self.peek() in ("(", "."):
                 raise Unsupported("call or member access")
-            name = text
-            return (lambda v: v[name]), self.types[name]
+            return f"v[{self.constant(text)}]", self.types[text]
         raise Unsupported(text)
 
 
 def _logic(left: _Node, right: _Node, op: str) -> _Node:
-    (lf, lt), (rf, rt) = left, right
+    (lc, lt), (rc, rt) = left, right
     if lt != "bool" or rt != "bool":
         raise Unsupported(f"{op} on non-bools")
-    if op == "&&":
-        return (lambda v: lf(v) and rf(v)), "bool"
-    return (lambda v: lf(v) or rf(v)), "bool"
+    return f"({lc} {_LOGIC[op]} {rc})", "bool"
 
 
 def _compare(left: _Node, right: _Node, op: str) -> _Node:
-    (lf, lt), (rf, rt) = left, right
+    (lc, lt), (rc, rt) = left, right
     numeric = {"int", "double"}
     if not (lt == rt or (lt in numeric and rt in numeric)):
         raise Unsupported(f"{lt} {op} {rt}")
     if lt == "bool" and op not in ("==", "!="):
         raise Unsupported("ordering of bools")
-    cmp = _CMP[op]
-    return (lambda v: cmp(lf(v), rf(v))), "bool"
+    return f"({lc} {op} {rc})", "bool"
 
 
 def _arith(left: _Node, right: _Node, op: str) -> _Node:
-    (lf, lt), (rf, rt) = left, right
+    (lc, lt), (rc, rt) = left, right
     if lt != "double" or rt != "double":
         raise Unsupported(f"{lt} {op} {rt}")  # CEL: no int/double mixing; int maths differs
-    fn = _ARITH[op]
-    return (lambda v: fn(lf(v), rf(v))), "double"
+    if op == "/":
+        return f"_divide({lc}, {rc})", "double"
+    return f"({lc} {_ARITH_PY[op]} {rc})", "double"
 
 
 def cel_type(value: Any) -> str | None:
@@ -227,16 +224,52 @@ def cel_type(value: Any) -> str | None:
     return None
 
 
+def compile_first_match(sources: Sequence[str], types: Mapping[str, str]) -> Fast | None:
+    """One function giving the index of the first of `sources` (bool expressions) that holds,
+    or -1 when none does: a dimension's rules in one call. None unless every one is in the
+    subset."""
+    parser: _Parser | None = None
+    tests: list[str] = []
+    try:
+        for source in sources:
+            step = _Parser(source, types)
+            if parser is not None:
+                step.constants = parser.constants  # one numbering for the whole chain
+            code, t = step.parse()
+            if t != "bool":
+                return None
+            tests.append(code)
+            parser = step
+    except Unsupported:
+        return None
+    chain = "".join(f"{i} if {code} else " for i, code in enumerate(tests))
+    return _compiled(f"{chain}-1", parser.constants if parser is not None else [])
+
+
+def _compiled(code: str, constants: Sequence[Any]) -> Fast | None:
+    """`lambda v: <code>` with the constants `_k<i>` and nothing else in scope (no builtins)."""
+    scope: dict[str, Any] = {"__builtins__": {}, "_divide": _divide}
+    scope.update((f"_k{i}", value) for i, value in enumerate(constants))
+    try:
+        fn: Fast = eval(compile(f"lambda v: {code}", "<rule>", "eval"), scope)  # noqa: S307
+    except (RecursionError, MemoryError, SyntaxError):  # nesting deeper than Python compiles
+        return None
+    return fn
+
+
 def compile_fast(source: str, types: Mapping[str, str], result: str) -> Fast | None:
-    """A closure computing `source` over a variables mapping, or None outside the subset.
+    """A function computing `source` over a variables mapping, or None outside the subset.
 
     `types`: the CEL type of each variable (as the classifier passes them); `result`: the
     type the expression must have (bool for rules, double for timers)."""
     try:
-        fn, t = _Parser(source, types).parse()
+        parser = _Parser(source, types)
+        code, t = parser.parse()
     except Unsupported:
         return None
-    return fn if t == result else None
+    if t != result:
+        return None
+    return _compiled(code, parser.constants)
 
 
 def compared_with(source: str, name: str) -> list[str] | None:

@@ -28,7 +28,7 @@ class Rule:
     when: str
     program: Program
     inputs: tuple[str, ...]
-    # The same expression as a Python closure over the variables (domain/fastrules.py), when
+    # The same expression as a Python function over the variables (domain/fastrules.py), when
     # it is in the simple subset; None: evaluate the CEL program.
     fast: Fast | None = None
 
@@ -49,6 +49,9 @@ class Dimension:
     default: str
     label_from: str | None = None  # label = this feature's value (industry, company size)
     hysteresis: Hysteresis | None = None
+    # Every rule's fast path in one function: the index of the first rule that holds, or
+    # DEFAULT (domain/fastrules.compile_first_match); None: rule by rule.
+    first_match: Fast | None = None
 
     def rank(self, label: str) -> int:
         for i, rule in enumerate(self.rules):
@@ -167,6 +170,10 @@ def choose(dimension: Dimension, variables: Mapping[str, Any], context: Any) -> 
     if dimension.label_from is not None:
         value = str(variables.get(dimension.label_from) or "")
         return value or dimension.default, LABEL_FROM
+    first = dimension.first_match
+    if first is not None:
+        i = first(variables)
+        return (dimension.rules[i].label, i) if i >= 0 else (dimension.default, DEFAULT)
     for i, rule in enumerate(dimension.rules):
         if _true(rule, variables, context):
             return rule.label, i
