@@ -135,10 +135,14 @@ async def read_to_end(
 
 
 class ServiceProcess:
-    """One tierflow service as a real OS process, as `make run` starts it."""
+    """One tierflow service as a real OS process, as `make run` starts it (`module`: another
+    server that listens on `<NAME>_PORT` and answers `/readyz`, as tests/busy_server.py)."""
 
-    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, env: Mapping[str, str], log_dir: Path, *, module: str | None = None
+    ) -> None:
         self.name = name
+        self.module = module or f"tierflow_{name}"
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -155,7 +159,7 @@ class ServiceProcess:
 
     def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> None:
         self.proc = spawn(
-            [sys.executable, "-m", f"tierflow_{self.name}"],
+            [sys.executable, "-m", self.module],
             log_file=self.log_file,
             env=self.env,
             cwd=ROOT,

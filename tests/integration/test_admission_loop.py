@@ -7,19 +7,14 @@ them admitted late rather than refused (tests/busy_server.py is shaped like the 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import ROOT
-from tierflow_common.embedded import free_port
-from tierflow_common.embedded.process import spawn, stop_process, tail
+from tests.support import ServiceProcess
 from tierflow_common.serve import ADMISSION_LOOP
 
 CLIENTS = 200
@@ -28,28 +23,13 @@ ARRIVAL_S = 0.01  # one new client every 10 ms: 100 a second, far past what the 
 
 @pytest.fixture
 def busy_server(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    log = tmp_path / "busy-server.log"
-    proc = spawn(
-        [sys.executable, "-m", "tests.busy_server"],
-        log_file=log,
-        env={**os.environ, "BUSY_SERVER_PORT": str(port), "BUSY_SERVER_LOOP": ADMISSION_LOOP},
-        cwd=ROOT,
-    )
+    env = {"BUSY_SERVER_LOOP": ADMISSION_LOOP}
+    server = ServiceProcess("busy_server", env, tmp_path, module="tests.busy_server")
+    server.start(timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, tail(log)
-            assert time.monotonic() < deadline, tail(log)
-            time.sleep(0.1)
-        yield port
+        yield server.port
     finally:
-        stop_process(proc, 15, 10)
+        server.stop()
 
 
 async def client(port: int, start_in: float) -> tuple[int, float]:

@@ -23,7 +23,7 @@ EventLoop = Literal["uvloop", "asyncio"]
 # waited unseen in the kernel's accept queue — where no admission bound or shedding can answer
 # them — and got 200 after 20-27 s instead of a quick 503 (the overload scenario, 10x: 328
 # queued, none refused). asyncio's loop accepts every waiting connection at each wake-up (the
-# same run: 365 of 419 requests refused with Retry-After, slowest answer 1.7 s). It costs some
+# same scenario: 391 of 442 requests refused with Retry-After, slowest answer 1.7 s). It costs some
 # CPU per request on the single-event path (docs/benchmarks.md); consumers keep uvloop.
 ADMISSION_LOOP: EventLoop = "asyncio"
 

@@ -80,11 +80,15 @@ _Node = tuple[str, str]
 
 
 class _Parser:
-    def __init__(self, source: str, types: Mapping[str, str]) -> None:
+    def __init__(
+        self, source: str, types: Mapping[str, str], constants: list[Any] | None = None
+    ) -> None:
+        """`constants`: a list shared with the parsers of other expressions compiled into the
+        same function (one numbering for all of them)."""
         self.tokens = _tokens(source)
         self.i = 0
         self.types = types
-        self.constants: list[Any] = []
+        self.constants: list[Any] = [] if constants is None else constants
 
     def constant(self, value: Any) -> str:
         """The name the translation refers to `value` by (the value itself stays out of it)."""
@@ -229,22 +233,18 @@ def compile_first_match(sources: Sequence[str], types: Mapping[str, str]) -> Fas
     """One function giving the index of the first of `sources` (bool expressions) that holds,
     or -1 when none does: a dimension's rules in one call. None unless every one is in the
     subset."""
-    parser: _Parser | None = None
+    constants: list[Any] = []
     tests: list[str] = []
     try:
         for source in sources:
-            step = _Parser(source, types)
-            if parser is not None:
-                step.constants = parser.constants  # one numbering for the whole chain
-            code, t = step.parse()
+            code, t = _Parser(source, types, constants).parse()
             if t != "bool":
                 return None
             tests.append(code)
-            parser = step
     except Unsupported:
         return None
     chain = "".join(f"{i} if {code} else " for i, code in enumerate(tests))
-    return _compiled(f"{chain}-1", parser.constants if parser is not None else [])
+    return _compiled(f"{chain}-1", constants)
 
 
 def _compiled(code: str, constants: Sequence[Any]) -> Fast | None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from tierflow_classifier.domain.model import CustomerState
+from tierflow_classifier.domain.model import CustomerState, utc
 from tierflow_classifier.domain.population import (
     PopulationStats,
     abc_class,
@@ -24,13 +24,8 @@ DAY_S = 86_400.0
 NEVER = 1e9  # "days since" for something that never happened: beyond every threshold
 
 
-def _utc(t: datetime) -> datetime:
-    # Most instants are on UTC already (the contract's decoder gives them so): no conversion.
-    return t if t.tzinfo is UTC else t.astimezone(UTC)
-
-
 def month_key(t: datetime) -> str:
-    u = _utc(t)
+    u = utc(t)
     return f"{u.year:04d}-{u.month:02d}"
 
 
@@ -50,7 +45,7 @@ def window_sums(
 
     The window holds the current calendar month and the `window_months - 1` before it.
     """
-    u = _utc(at)
+    u = utc(at)
     current = u.year * 12 + u.month - 1  # month_index(month_key(at)), without the string
     first = current - window_months + 1
     spend, orders, oldest = Decimal(0), 0, None

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def utc(t: datetime) -> datetime:
+    """The same instant on the standard library's UTC: every instant the classifier compares
+    or adds to is then of one kind (one parsed with another tzinfo, as pydantic's, makes each
+    comparison with a stored instant several times slower). One already on it is returned as
+    is (the common case: the contract's decoder gives them so)."""
+    if t.tzinfo is UTC:
+        return t
+    return t.replace(tzinfo=UTC) if t.utcoffset() == _ZERO else t.astimezone(UTC)
+
+
+_ZERO = timedelta(0)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from opentelemetry.trace import Span, SpanKind
 from pydantic import ValidationError
@@ -33,6 +33,7 @@ from tierflow_classifier.domain.model import (
     ProfilePatch,
     Purchase,
     Refund,
+    utc,
 )
 from tierflow_classifier.domain.reclassification import Arrival, EventsArrived
 from tierflow_classifier.service_layer.erasure import erase_customer
@@ -55,18 +56,6 @@ from tierflow_common.exceptions import PoisonRecord
 from tierflow_common.outbox import with_traces
 from tierflow_common.settings import TopicSettings
 from tierflow_common.trace_context import TraceContext, from_kafka_headers
-
-
-def utc(t: datetime) -> datetime:
-    """The same instant on the standard library's UTC: every instant the classifier compares
-    or adds to is then of one kind (one parsed with another tzinfo, as pydantic's, makes each
-    comparison with a stored instant several times slower)."""
-    if t.tzinfo is UTC:
-        return t
-    return t.replace(tzinfo=UTC) if t.utcoffset() == _ZERO else t.astimezone(UTC)
-
-
-_ZERO = timedelta(0)
 
 
 def to_domain(record: Record) -> CustomerEvent | EraseRequest:
