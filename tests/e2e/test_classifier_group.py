@@ -1,6 +1,7 @@
-"""The same stream through one classifier process and through two in one consumer group — the
-second joining mid-stream, then the first (the elected one) stopped mid-stream — ends with
-the same features and labels for every customer, and no change is published twice.
+"""The same stream through one classifier process (one transaction at a time) and through two
+in one consumer group (each applying its batches in two lanes) — the second joining
+mid-stream, then the first (the elected one) stopped mid-stream — ends with the same features
+and labels for every customer, and no change is published twice.
 
 Determinism: labels must not depend on when population statistics or churn models are built
 (wall clock), so both databases start with the same published population (version 1) and
@@ -156,7 +157,7 @@ async def seed_versions(engine: AsyncEngine, now: datetime) -> tuple[int, str]:
     return stats.version, model.version
 
 
-async def make_world(servers: Servers, now: datetime) -> World:
+async def make_world(servers: Servers, now: datetime, *, lanes: int, batch: int) -> World:
     database = DatabaseSettings(database_url=servers.create_database(unique("group")))
     await upgrade_head_async(database)
     kafka = KafkaSettings(bootstrap_servers=servers.bootstrap_servers)
@@ -174,8 +175,10 @@ async def make_world(servers: Servers, now: datetime) -> World:
         # Nothing is rebuilt or refitted during the test (see the module docstring).
         "CLASSIFIER_POPULATION_REFRESH_S": "86400",
         "CLASSIFIER_CHURN_FIT_INTERVAL_S": "86400",
-        # Small batches: many transactions, so the rebalances fall between some of them.
-        "CONSUMER_MAX_BATCH": "100",
+        # Small batches: many transactions, so the rebalances fall between some of them. With
+        # two lanes a full batch is two transactions at once (parts of at least 100 records).
+        "CONSUMER_MAX_BATCH": str(batch),
+        "CLASSIFIER_BATCH_LANES": str(lanes),
         **topics.as_env(),
     }
     return World(database, topics, engine, env, group)
@@ -252,8 +255,9 @@ async def test_two_processes_with_rebalances_end_as_one_does(
     now = datetime.now(UTC)
     kafka = KafkaSettings(bootstrap_servers=servers.bootstrap_servers)
     # One after the other: alembic's migration context is process-global.
-    one = await make_world(servers, now)
-    two = await make_world(servers, now)
+    # One process applying one transaction at a time; two processes applying two each.
+    one = await make_world(servers, now, lanes=1, batch=100)
+    two = await make_world(servers, now, lanes=2, batch=200)
     stream = make_stream(seed=11, now=now)
     sixth = len(stream) // 6
     single = ServiceProcess("classifier", one.env, log_dir)

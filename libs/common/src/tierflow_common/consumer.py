@@ -13,6 +13,7 @@ its partition.
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,7 @@ from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord
 from tierflow_common.db.offsets import claim_partitions, store_offsets
 from tierflow_common.fencing import OffsetsFenced
 from tierflow_common.kafka import make_consumer
+from tierflow_common.lanes import split_lanes
 from tierflow_common.logging import error_fields
 from tierflow_common.metrics import (
     ASSIGNED_PARTITIONS,
@@ -65,6 +67,12 @@ class BatchOutcome:
 
 
 Handler = Callable[[AsyncConnection, Sequence[Record]], Awaitable[BatchOutcome]]
+
+
+class _Verdict(enum.Enum):
+    DONE = "done"  # applied and committed (or dead-lettered)
+    AGAIN = "again"  # partly fenced: the partitions still held go again at once
+    LATER = "later"  # a transient error: again after a backoff
 
 
 class PartitionWatcher(Protocol):
@@ -143,8 +151,12 @@ class StatefulConsumer:
         handler: Handler,
         on_committed: Callable[[], None] | None = None,
         watcher: PartitionWatcher | None = None,
+        lanes: int = 1,
     ) -> None:
+        """`lanes`: transactions applied at once, over disjoint partitions of a batch (more
+        than one only for a handler that keeps no state of its own between calls)."""
         self._engine = engine
+        self._lanes = lanes
         self._watcher = watcher
         self._kafka = kafka
         self._settings = settings
@@ -170,6 +182,10 @@ class StatefulConsumer:
         # and the name the claims leave on the rows (for whoever looks at who held what).
         self._epochs: dict[TopicPartition, int] = {}
         self._owner = f"{socket.gethostname()}/{os.getpid()}"
+        # Offsets committed to PostgreSQL and not yet to Kafka, and the task sending them: the
+        # next batch does not wait on the broker's round trip (at most one commit in flight).
+        self._kafka_pending: dict[TopicPartition, int] = {}
+        self._kafka_commits: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -192,9 +208,7 @@ class StatefulConsumer:
         await self._start(consumer)
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(
-                    timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch
-                )
+                batch = await self._poll(consumer)
                 polled_at_seek = self._seeks
                 if batch:
                     batch = await self._linger(consumer, batch, polled_at_seek)
@@ -207,9 +221,40 @@ class StatefulConsumer:
                 if self._watcher is not None:
                     await self._report_caught_up(consumer, set(batch))
         finally:
+            if self._kafka_commits is not None:
+                await asyncio.gather(self._kafka_commits, return_exceptions=True)
             self._consumer = None
             self.assigned = frozenset()
             await consumer.stop()
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Record]]:
+        """A batch; with lanes, each lane's share from a poll of the partitions not in the
+        batch yet. aiokafka fills a poll from one partition's buffer as far as it goes, so a
+        backlog would otherwise come one partition per batch, which lanes cannot split. The
+        top-ups are skipped after a seek, as the linger's is (see _linger)."""
+        size = self._settings.max_batch
+        share = max(1, size // self._lanes)
+        batch: dict[TopicPartition, list[Record]] = await consumer.getmany(
+            timeout_ms=self._settings.poll_timeout_ms, max_records=share
+        )
+        if not batch or self._lanes == 1:
+            return batch
+        seeks = self._seeks
+        async with self.batch_lock:
+            for lane in range(1, self._lanes):
+                room = size - sum(len(r) for r in batch.values())
+                others = [tp for tp in consumer.assignment() if tp not in batch]
+                if self._seeks != seeks or room <= 0 or not others:
+                    break
+                last = lane == self._lanes - 1
+                more = await consumer.getmany(
+                    *others, timeout_ms=0, max_records=room if last else min(room, share)
+                )
+                if not more:
+                    break
+                for tp, records in more.items():
+                    batch.setdefault(tp, []).extend(records)
+        return batch
 
     async def _linger(
         self,
@@ -358,57 +403,76 @@ class StatefulConsumer:
     async def _process_until_done(
         self, batch: dict[TopicPartition, list[Record]], polled_at_seek: int
     ) -> None:
+        """Apply `batch` in lanes (parts over disjoint partitions, each in its own
+        transaction, at once); a part that failed transiently is retried after a backoff, the
+        rest of a fenced part at once. The Kafka commit follows for whatever was applied."""
         backoff = Backoff()
-        while True:
-            committed: dict[TopicPartition, int] | None = None
-            async with self.batch_lock:
-                consumer = self._consumer_or_raise()
-                if self._seeks != polled_at_seek:
-                    log.info("stale_batch_dropped", group=self.group_id, seeks=self._seeks)
+        pending = batch
+        applied: dict[TopicPartition, int] = {}
+        try:
+            while True:
+                async with self.batch_lock:
+                    consumer = self._consumer_or_raise()
+                    if self._seeks != polled_at_seek:
+                        log.info("stale_batch_dropped", group=self.group_id, seeks=self._seeks)
+                        return
+                    owned = self._fresh(
+                        {
+                            tp: recs
+                            for tp, recs in pending.items()
+                            if tp in consumer.assignment() and tp in self._epochs
+                        }
+                    )
+                    if not owned:
+                        return
+                    parts = split_lanes(owned, self._lanes)
+                    results = await asyncio.gather(*(self._apply_part(part) for part in parts))
+                pending, later = {}, False
+                for part, (verdict, offsets) in zip(parts, results, strict=True):
+                    applied.update(offsets)
+                    if verdict is not _Verdict.DONE:
+                        pending.update(part)
+                        later = later or verdict is _Verdict.LATER
+                if not pending:
                     return
-                owned = self._fresh(
-                    {
-                        tp: recs
-                        for tp, recs in batch.items()
-                        if tp in consumer.assignment() and tp in self._epochs
-                    }
-                )
-                if not owned:
+                if self._stopping.is_set():
+                    # Abandon without committing: the stored offsets make the next owner redo it.
                     return
-                try:
-                    committed = await self._commit_batch(owned)
-                except OffsetsFenced as exc:
-                    # Claimed by another member since our assignment (we were paused past the
-                    # session timeout): the batch rolled back; the rest is retried at once.
-                    self._fenced(exc, owned)
-                    continue
-                except Exception as exc:
-                    if not is_transient(exc):
-                        log.error(
-                            "batch_failed_isolating_records",
-                            group=self.group_id,
-                            **error_fields(exc),
-                        )
-                        try:
-                            committed = await self._commit_one_by_one(owned)
-                        except OffsetsFenced as fenced:
-                            self._fenced(fenced, owned)
-                            continue
-                    else:
-                        log.warning(
-                            "batch_retry",
-                            group=self.group_id,
-                            error=str(exc),
-                            retry_in=backoff.delay,
-                        )
-            if committed is not None:
-                # Outside the lock: a Kafka commit may wait on a rebalance that waits on the lock.
-                await self._commit_to_kafka(committed)
-                return
-            if self._stopping.is_set():
-                # Abandon without committing: the stored offsets make the next owner redo it.
-                return
-            await backoff.wait()
+                if later:
+                    log.warning("batch_retry", group=self.group_id, retry_in=backoff.delay)
+                    await backoff.wait()
+        finally:
+            if applied:
+                # Outside the lock: a Kafka commit may wait on a rebalance that waits on it.
+                self._commit_to_kafka_soon(applied)
+
+    async def _apply_part(
+        self, part: dict[TopicPartition, list[Record]]
+    ) -> tuple[_Verdict, dict[TopicPartition, int]]:
+        """One lane's transaction: its offsets when applied; AGAIN when some of its
+        partitions were fenced (the rest goes again at once), LATER on a transient error."""
+        try:
+            return _Verdict.DONE, await self._commit_batch(part)
+        except OffsetsFenced as exc:
+            # Claimed by another member since our assignment (we were paused past the
+            # session timeout): the batch rolled back; the rest is retried at once.
+            self._fenced(exc, part)
+            return _Verdict.AGAIN, {}
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("batch_failed_transiently", group=self.group_id, error=str(exc))
+                return _Verdict.LATER, {}
+            log.error("batch_failed_isolating_records", group=self.group_id, **error_fields(exc))
+        try:
+            return _Verdict.DONE, await self._commit_one_by_one(part)
+        except OffsetsFenced as fenced:
+            self._fenced(fenced, part)
+            return _Verdict.AGAIN, {}
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("batch_failed_transiently", group=self.group_id, error=str(exc))
+            return _Verdict.LATER, {}
 
     def _fenced(self, exc: OffsetsFenced, batch: dict[TopicPartition, list[Record]]) -> None:
         fenced = {tp for tp in batch if tp in exc.partitions}
@@ -493,8 +557,20 @@ class StatefulConsumer:
             self._on_committed()
         return next_offsets
 
+    def _commit_to_kafka_soon(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit to Kafka in the background: only so lag shows in standard Kafka tooling
+        (PostgreSQL holds the offsets of record), so no batch waits on it. Offsets that arrive
+        while a commit is in flight go out together in the next one."""
+        self._kafka_pending.update(offsets)
+        if self._kafka_commits is None or self._kafka_commits.done():
+            self._kafka_commits = asyncio.create_task(self._send_kafka_commits())
+
+    async def _send_kafka_commits(self) -> None:
+        while self._kafka_pending:
+            offsets, self._kafka_pending = self._kafka_pending, {}
+            await self._commit_to_kafka(offsets)
+
     async def _commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:
-        # Only so lag shows in standard Kafka tooling; PostgreSQL holds the offsets of record.
         consumer = self._consumer
         if consumer is None:
             return

@@ -190,6 +190,7 @@ def create_app(
         handler=wiring.handler,
         on_committed=relay.wake,
         watcher=clock.partition_watcher(engine),
+        lanes=settings.batch_lanes,
     )
     scheduler, refresher = wiring.scheduler, wiring.refresher
     churn = wiring.classifier.churn

@@ -22,6 +22,9 @@ class ClassifierSettings(BaseSettings):
     # Processes a what-if simulation is split over (they run niced, below the consumer).
     simulation_workers: int = Field(default=2, ge=1, le=64)
     group_id: str = "tierflow-classifier"
+    # Transactions applied at once, each over its own partitions of a polled batch: while one
+    # waits on PostgreSQL another classifies (the consumer's lanes, tierflow_common/lanes.py).
+    batch_lanes: int = Field(default=2, ge=1, le=8)
     # wall: production. event_time: replay/backtest, "now" is the latest event time applied.
     clock: Literal["wall", "event_time"] = "wall"
     # Small rounds keep the event loop (consumer fetches, heartbeats, relay) responsive.
