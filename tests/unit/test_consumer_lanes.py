@@ -105,7 +105,9 @@ async def test_a_part_that_fails_transiently_is_retried_alone() -> None:
     overlapped = False
     failed_once = False
 
-    async def commit_batch(part: dict[TopicPartition, list[Record]]) -> dict[TopicPartition, int]:
+    async def commit_batch(
+        part: dict[TopicPartition, list[Record]], forced_dead: object = None
+    ) -> dict[TopicPartition, int]:
         nonlocal running, overlapped, failed_once
         running += 1
         overlapped = overlapped or running > 1
@@ -117,7 +119,7 @@ async def test_a_part_that_fails_transiently_is_retried_alone() -> None:
         applied.append(sorted(t.partition for t in part))
         return {t: recs[-1].offset + 1 for t, recs in part.items()}
 
-    c._commit_batch = commit_batch  # type: ignore[method-assign]
+    c._commit_batch = commit_batch  # type: ignore[method-assign,assignment]
     await c._process_until_done(batch, c._seeks)
     assert overlapped, "the two parts ran in transactions at once"
     assert sorted(applied) == [[0], [1]], "each part applied once, the failed one on retry"
