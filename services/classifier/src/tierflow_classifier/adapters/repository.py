@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_classifier.domain.model import Assignment, Change, CustomerState
@@ -62,10 +61,11 @@ _new = object.__new__
 _instant = datetime.fromisoformat
 
 
-_CLAIM = text(
+# Sent through asyncpg itself: through SQLAlchemy's text() the four arrays of a batch cost
+# about 1% of the classifier's CPU in parameter processing alone.
+_CLAIM = (
     "INSERT INTO processed_events (source, event_id, customer_id, event_time) "
-    "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]), "
-    "CAST(:customers AS text[]), CAST(:times AS timestamptz[])) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) "
     "ON CONFLICT DO NOTHING RETURNING source, event_id"
 )
 
@@ -112,22 +112,21 @@ async def claim_events(
         keys = [k for k in keys if k[3] >= horizon]
         if not keys:
             return beyond
+    raw = await raw_connection(conn)
     try:
-        rows = await conn.execute(
+        rows = await raw.fetch(
             _CLAIM,
-            {
-                "sources": [k[0] for k in keys],
-                "ids": [k[1] for k in keys],
-                "customers": [k[2] for k in keys],
-                "times": [k[3] for k in keys],
-            },
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [k[3] for k in keys],
         )
-    except DBAPIError as exc:
+    except Exception as exc:  # asyncpg's own: the statement bypasses SQLAlchemy
         if not is_missing_partition(exc):
             raise
         ledger.forget()  # dropped behind this process's back: look again on the retry
-        raise LedgerPartitionMissing(str(exc.orig)) from exc
-    return {(r.source, r.event_id) for r in rows} | beyond
+        raise LedgerPartitionMissing(str(exc)) from exc
+    return {(r[0], r[1]) for r in rows} | beyond
 
 
 async def release_events(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> None:
