@@ -156,3 +156,12 @@ def evolve(obj: T, **changes: Any) -> T:
     new = object.__new__(type(obj))
     new.__dict__.update(obj.__dict__, **changes)
     return new
+
+
+def assemble(cls: type[T], **values: Any) -> T:
+    """`cls(**values)` without running the frozen __init__, every field given (as evolve(),
+    for the same reason: loading a state builds one per dimension)."""
+    assert values.keys() == _FIELDS[cls], set(values) ^ _FIELDS[cls]
+    new = object.__new__(cls)
+    new.__dict__.update(values)
+    return new
