@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -200,7 +200,9 @@ def _row_to_state(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerStat
 
 
 # One statement per batch with one array per column (recent_purchases, at most two instants,
-# as two columns), so the text and plan are the same for every batch.
+# as two columns), so the text and plan are the same for every batch. `dimensions` is merged
+# into the stored object (jsonb ||): a customer loaded in the same transaction sends only the
+# assignments that changed (save_states), a new one all of them.
 _SAVE = (
     "INSERT INTO customers (customer_id, purchases_lifetime, net_spend_lifetime, "
     "refunds_lifetime, refunded_lifetime, features, profile, first_seen_at, recent_purchases, "
@@ -224,18 +226,21 @@ _SAVE = (
     "rule_set_version = excluded.rule_set_version, "
     "first_purchase_at = excluded.first_purchase_at, "
     "last_purchase_at = excluded.last_purchase_at, value_tier = excluded.value_tier, "
-    "dimensions = excluded.dimensions, churn_probability = excluded.churn_probability, "
-    "updated_at = now()"
+    "dimensions = customers.dimensions || excluded.dimensions, "
+    "churn_probability = excluded.churn_probability, updated_at = now()"
 )
 
 
-def _dimensions_json(s: CustomerState) -> str:
+def _dimensions_json(s: CustomerState, stored: Mapping[str, Assignment] | None = None) -> str:
     """orjson writes an Assignment dataclass as the object _assignment_to_json builds. A
     default label's explanation (the list of the dimension's rules, none of which matched) is
     implied by its rule set and left out: it is most of a customer's row otherwise; the API
-    shows it again (entrypoints/api.py)."""
+    shows it again (entrypoints/api.py). `stored`: the assignments the row holds (as loaded);
+    those still in the state, unchanged (the same objects), are left out too."""
     dims: dict[str, Any] = {}
     for name, a in s.dimensions.items():
+        if stored is not None and stored.get(name) is a:
+            continue
         why = a.explanation
         if (not why or (len(why) == 1 and "evaluated" in why)) and a.rule.endswith(".default"):
             dims[name] = {
@@ -293,10 +298,30 @@ def state_record(s: CustomerState) -> tuple[Any, ...]:
     )
 
 
-async def save_states(conn: AsyncConnection, states: Sequence[CustomerState]) -> None:
+async def save_states(
+    conn: AsyncConnection,
+    states: Sequence[CustomerState],
+    stored: Mapping[str, CustomerState] | None = None,
+) -> None:
+    """Upsert `states`. `stored`: the rows as loaded in this transaction (under the
+    customers' locks): a customer found there sends only its changed assignments (the rest
+    of its row is written whole). Assignments are never removed from a state, so the merge
+    leaves the row equal to the state; a state that dropped one is refused."""
     if not states:
         return
     records = [state_record(s) for s in states]
+    if stored:
+        for i, s in enumerate(states):
+            before = stored.get(s.customer_id)
+            if before is None:
+                continue
+            if not before.dimensions.keys() <= s.dimensions.keys():
+                raise ValueError(f"a saved state dropped assignments: {s.customer_id}")
+            records[i] = (
+                *records[i][:13],
+                _dimensions_json(s, before.dimensions),
+                *records[i][14:],
+            )
     columns = list(zip(*records, strict=True))
     recent: list[list[datetime]] = [r[8] for r in records]
     raw = await raw_connection(conn)

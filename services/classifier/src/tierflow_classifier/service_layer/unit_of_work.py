@@ -150,6 +150,8 @@ class UnitOfWork(Protocol):
 class SqlCustomers:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        # The states loaded in this transaction: a save sends only what changed of them.
+        self._loaded: dict[str, CustomerState] = {}
 
     async def lock(self, ids: Sequence[str]) -> None:
         await repo.lock_customers(self._conn, ids)
@@ -158,10 +160,15 @@ class SqlCustomers:
         return await pop_store.try_lock_customers(self._conn, ids)
 
     async def load(self, ids: Sequence[str]) -> dict[str, CustomerState]:
-        return await repo.load_states(self._conn, ids)
+        states = await repo.load_states(self._conn, ids)
+        for cid in ids:  # one without a row (new, or erased earlier in this transaction)
+            self._loaded.pop(cid, None)
+        self._loaded.update(states)
+        return states
 
     async def save(self, states: Sequence[CustomerState]) -> None:
-        await repo.save_states(self._conn, states)
+        await repo.save_states(self._conn, states, self._loaded)
+        self._loaded.update((s.customer_id, s) for s in states)
 
     async def due(self, now: datetime, limit: int) -> list[str]:
         return await repo.due_customers(self._conn, now, limit)
