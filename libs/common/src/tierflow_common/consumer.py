@@ -1,13 +1,14 @@
 """A Kafka consumer whose offsets of record live in PostgreSQL beside the state they produced.
 
 Each polled batch is applied by a handler inside one database transaction that also stores the
-next offsets and enqueues every outgoing record (outbox). A crash at any point therefore either
-keeps the whole batch (state + offsets + outputs) or none of it; on partition assignment the
-consumer claims the partitions and seeks to the stored offsets. The offsets are fenced by that
-claim (tierflow_common/fencing.py): a member whose partitions moved while it was paused gets
-its write refused, and the batch rolls back with it. Records the handler cannot apply go to the
-dead-letter topic with the reason, through the same outbox, so a poison record never blocks
-its partition.
+next offsets and enqueues every outgoing record (outbox); with lanes, a batch is split into parts
+over disjoint partitions, each such a transaction, applied at once (tierflow_common/lanes.py).
+A crash at any point therefore either keeps a part whole (state + offsets + outputs of its
+partitions) or none of it; on partition assignment the consumer claims the partitions and
+seeks to the stored offsets. The offsets are fenced by that claim (tierflow_common/fencing.py):
+a member whose partitions moved while it was paused gets its write refused, and the batch rolls
+back with it. Records the handler cannot apply go to the dead-letter topic with the reason,
+through the same outbox, so a poison record never blocks its partition.
 """
 
 from __future__ import annotations

@@ -150,7 +150,9 @@ class UnitOfWork(Protocol):
 class SqlCustomers:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        # The states loaded in this transaction: a save sends only what changed of them.
+        # The states of the latest load (and what was saved of them since): a save sends only
+        # what changed of them. Only the latest: a long transaction that loads page after page
+        # (a simulation, a sweep) must not hold every customer it read.
         self._loaded: dict[str, CustomerState] = {}
 
     async def lock(self, ids: Sequence[str]) -> None:
@@ -161,9 +163,7 @@ class SqlCustomers:
 
     async def load(self, ids: Sequence[str]) -> dict[str, CustomerState]:
         states = await repo.load_states(self._conn, ids)
-        for cid in ids:  # one without a row (new, or erased earlier in this transaction)
-            self._loaded.pop(cid, None)
-        self._loaded.update(states)
+        self._loaded = dict(states)
         return states
 
     async def save(self, states: Sequence[CustomerState]) -> None:
