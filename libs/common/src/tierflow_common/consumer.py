@@ -450,24 +450,25 @@ class StatefulConsumer:
     async def _apply_part(
         self, part: dict[TopicPartition, list[Record]]
     ) -> tuple[_Verdict, dict[TopicPartition, int]]:
-        """One lane's transaction: its offsets when applied; AGAIN when some of its
-        partitions were fenced (the rest goes again at once), LATER on a transient error."""
+        """One lane's transaction: its offsets when applied (a handler error other than a
+        transient one isolates the records it chokes on); AGAIN when some of its partitions
+        were fenced (the rest goes again at once), LATER on a transient error."""
         try:
-            return _Verdict.DONE, await self._commit_batch(part)
+            try:
+                return _Verdict.DONE, await self._commit_batch(part)
+            except OffsetsFenced:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error(
+                    "batch_failed_isolating_records", group=self.group_id, **error_fields(exc)
+                )
+            return _Verdict.DONE, await self._commit_one_by_one(part)
         except OffsetsFenced as exc:
             # Claimed by another member since our assignment (we were paused past the
-            # session timeout): the batch rolled back; the rest is retried at once.
+            # session timeout): the part rolled back; the rest is retried at once.
             self._fenced(exc, part)
-            return _Verdict.AGAIN, {}
-        except Exception as exc:
-            if is_transient(exc):
-                log.warning("batch_failed_transiently", group=self.group_id, error=str(exc))
-                return _Verdict.LATER, {}
-            log.error("batch_failed_isolating_records", group=self.group_id, **error_fields(exc))
-        try:
-            return _Verdict.DONE, await self._commit_one_by_one(part)
-        except OffsetsFenced as fenced:
-            self._fenced(fenced, part)
             return _Verdict.AGAIN, {}
         except Exception as exc:
             if not is_transient(exc):
