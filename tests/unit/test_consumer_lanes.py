@@ -73,6 +73,12 @@ async def test_with_two_lanes_a_backlog_is_polled_from_two_partitions_half_each(
     assert {p: len(r) for p, r in batch.items()} == {tp(0): 500, tp(1): 500}
 
 
+async def test_a_backlog_in_one_partition_still_fills_the_batch_without_lingering() -> None:
+    kafka = FakeKafka({0: 5_000})
+    batch = await consumer(kafka, lanes=2)._poll(cast(Any, kafka))
+    assert [r.offset for r in batch[tp(0)]] == list(range(1_000))
+
+
 async def test_with_one_lane_the_poll_is_what_aiokafka_gives() -> None:
     kafka = FakeKafka({0: 5_000, 1: 5_000})
     batch = await consumer(kafka, lanes=1)._poll(cast(Any, kafka))

@@ -122,6 +122,14 @@ def drop_redelivered(
     return fresh, skipped
 
 
+def _extend(
+    batch: dict[TopicPartition, list[Record]], more: dict[TopicPartition, list[Record]]
+) -> None:
+    """Append a later poll's records (each partition's continue where the batch's end)."""
+    for tp, records in more.items():
+        batch.setdefault(tp, []).extend(records)
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: StatefulConsumer) -> None:
         self._owner = owner
@@ -230,9 +238,10 @@ class StatefulConsumer:
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Record]]:
         """A batch; with lanes, each lane's share from a poll of the partitions not in the
-        batch yet. aiokafka fills a poll from one partition's buffer as far as it goes, so a
-        backlog would otherwise come one partition per batch, which lanes cannot split. The
-        top-ups are skipped after a seek, as the linger's is (see _linger)."""
+        batch yet, then whatever else is buffered. aiokafka fills a poll from one partition's
+        buffer as far as it goes, so a backlog would otherwise come one partition per batch,
+        which lanes cannot split. The top-ups are skipped after a seek, as the linger's is
+        (see _linger)."""
         size = self._settings.max_batch
         share = max(1, size // self._lanes)
         batch: dict[TopicPartition, list[Record]] = await consumer.getmany(
@@ -242,19 +251,15 @@ class StatefulConsumer:
             return batch
         seeks = self._seeks
         async with self.batch_lock:
-            for lane in range(1, self._lanes):
-                room = size - sum(len(r) for r in batch.values())
+            for _ in range(1, self._lanes):
                 others = [tp for tp in consumer.assignment() if tp not in batch]
-                if self._seeks != seeks or room <= 0 or not others:
+                if self._seeks != seeks or not others:
                     break
-                last = lane == self._lanes - 1
-                more = await consumer.getmany(
-                    *others, timeout_ms=0, max_records=room if last else min(room, share)
-                )
-                if not more:
-                    break
-                for tp, records in more.items():
-                    batch.setdefault(tp, []).extend(records)
+                _extend(batch, await consumer.getmany(*others, timeout_ms=0, max_records=share))
+            # The rest of the batch from any partition (one partition alone fills it so).
+            room = size - sum(len(r) for r in batch.values())
+            if self._seeks == seeks and room > 0:
+                _extend(batch, await consumer.getmany(timeout_ms=0, max_records=room))
         return batch
 
     async def _linger(
@@ -277,8 +282,7 @@ class StatefulConsumer:
             if self._seeks != polled_at_seek:
                 return batch
             more = await consumer.getmany(timeout_ms=0, max_records=room)
-        for tp, records in more.items():
-            batch.setdefault(tp, []).extend(records)
+        _extend(batch, more)
         return batch
 
     async def _start(self, consumer: AIOKafkaConsumer) -> None:
