@@ -125,7 +125,7 @@ def drop_redelivered(
 def _extend(
     batch: dict[TopicPartition, list[Record]], more: dict[TopicPartition, list[Record]]
 ) -> None:
-    """Append a later poll's records (each partition's continue where the batch's end)."""
+    """Append a later poll's records; a partition's new records follow those already in it."""
     for tp, records in more.items():
         batch.setdefault(tp, []).extend(records)
 

@@ -276,8 +276,11 @@ STATE_COLUMNS = (
 )
 
 
-def state_record(s: CustomerState) -> tuple[Any, ...]:
-    """A customer's row as stored, JSONB columns as JSON text (STATE_COLUMNS order)."""
+def state_record(
+    s: CustomerState, stored: Mapping[str, Assignment] | None = None
+) -> tuple[Any, ...]:
+    """A customer's row as stored, JSONB columns as JSON text (STATE_COLUMNS order);
+    `stored`: the assignments the row holds, left out of `dimensions` where unchanged."""
     return (
         s.customer_id,
         s.purchases_lifetime,
@@ -292,10 +295,22 @@ def state_record(s: CustomerState) -> tuple[Any, ...]:
         s.rule_set_version,
         s.first_purchase_at,
         s.last_purchase_at,
-        _dimensions_json(s),
+        _dimensions_json(s, stored),
         s.dimensions[VALUE_TIER].label if VALUE_TIER in s.dimensions else "",
         s.churn_probability,
     )
+
+
+def _stored_assignments(
+    s: CustomerState, stored: Mapping[str, CustomerState] | None
+) -> Mapping[str, Assignment] | None:
+    """What the row of `s` holds as loaded (None: not loaded, write it whole)."""
+    before = stored.get(s.customer_id) if stored else None
+    if before is None:
+        return None
+    if not before.dimensions.keys() <= s.dimensions.keys():
+        raise ValueError(f"a saved state dropped assignments: {s.customer_id}")
+    return before.dimensions
 
 
 async def save_states(
@@ -309,19 +324,7 @@ async def save_states(
     leaves the row equal to the state; a state that dropped one is refused."""
     if not states:
         return
-    records = [state_record(s) for s in states]
-    if stored:
-        for i, s in enumerate(states):
-            before = stored.get(s.customer_id)
-            if before is None:
-                continue
-            if not before.dimensions.keys() <= s.dimensions.keys():
-                raise ValueError(f"a saved state dropped assignments: {s.customer_id}")
-            records[i] = (
-                *records[i][:13],
-                _dimensions_json(s, before.dimensions),
-                *records[i][14:],
-            )
+    records = [state_record(s, _stored_assignments(s, stored)) for s in states]
     columns = list(zip(*records, strict=True))
     recent: list[list[datetime]] = [r[8] for r in records]
     raw = await raw_connection(conn)
