@@ -1,18 +1,29 @@
 """`evolve` is `dataclasses.replace` for the classifier's states, without the frozen __init__:
-the same value for any fields changed, the original untouched, and a misspelt field refused."""
+the same value for any fields changed, the original untouched, and a misspelt field refused;
+the other fast constructors (new assignments and changes, stored assignments read back) build
+what the dataclasses build."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierflow_classifier.domain.model import CustomerState, evolve
+from tierflow_classifier.adapters.repository import _assignments_from_json, _dimensions_json
+from tierflow_classifier.domain.model import (
+    Assignment,
+    Change,
+    CustomerState,
+    evolve,
+    new_assignment,
+    new_change,
+)
 
 changes = st.fixed_dictionaries(
     {},
@@ -42,3 +53,46 @@ def test_evolve_equals_replace_and_leaves_the_original_alone(fields: dict[str, A
 def test_a_misspelt_field_is_refused() -> None:
     with pytest.raises(AssertionError):
         evolve(CustomerState("c1"), purchase_lifetime=3)
+
+
+texts = st.text(max_size=12)
+instants = st.datetimes(timezones=st.just(UTC))
+explanations = st.dictionaries(
+    texts,
+    st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | texts,
+)
+
+
+@given(texts, instants, texts, texts, explanations, texts)
+def test_the_fast_constructors_build_what_the_dataclasses_build(
+    label: str, since: datetime, rule: str, reason: str, why: dict[str, Any], version: str
+) -> None:
+    built = new_assignment(label, since, rule, reason, why, version)
+    assert built == Assignment(label, since, rule, reason, why, version)
+    assert type(built) is Assignment
+    change = new_change("c1", "value_tier", None, built, "event:s/e", since)
+    assert change == Change("c1", "value_tier", None, built, "event:s/e", since)
+    with pytest.raises(FrozenInstanceError):
+        built.label = "other"  # type: ignore[misc]
+
+
+@given(st.dictionaries(texts, st.tuples(texts, instants, texts, texts, explanations, texts)))
+def test_stored_assignments_load_as_they_were_saved(
+    values: dict[str, tuple[str, datetime, str, str, dict[str, Any], str]],
+) -> None:
+    """What the repository writes for a state's assignments reads back equal (a default
+    label's explanation is left out of the row; it reads back empty)."""
+    state = CustomerState("c1", dimensions={k: Assignment(*v) for k, v in values.items()})
+    stored = orjson.loads(_dimensions_json(state))
+    loaded = _assignments_from_json(stored)
+    for name, a in state.dimensions.items():
+        default = a.rule.endswith(".default") and (
+            not a.explanation or set(a.explanation) == {"evaluated"}
+        )
+        assert loaded[name] == (replace(a, explanation={}) if default else a)
+
+
+def test_a_stored_assignment_with_unknown_fields_is_refused() -> None:
+    row = {"label": "VIP", "since": "2026-01-01T00:00:00+00:00", "rule": "r", "reason": "x"}
+    with pytest.raises(ValueError, match="fields"):
+        _assignments_from_json({"value_tier": {**row, "rule_set_version": "v", "extra": 1}})

@@ -165,3 +165,54 @@ def assemble(cls: type[T], **values: Any) -> T:
     new = object.__new__(cls)
     new.__dict__.update(values)
     return new
+
+
+def new_assignment(
+    label: str,
+    since: datetime,
+    rule: str,
+    reason: str,
+    explanation: Mapping[str, Any],
+    rule_set_version: str,
+) -> Assignment:
+    """`Assignment(...)` without the frozen __init__ (half the cost): classify() builds one per
+    dimension of every new customer."""
+    new = object.__new__(Assignment)
+    object.__setattr__(
+        new,
+        "__dict__",
+        {
+            "label": label,
+            "since": since,
+            "rule": rule,
+            "reason": reason,
+            "explanation": explanation,
+            "rule_set_version": rule_set_version,
+        },
+    )
+    return new
+
+
+def new_change(
+    customer_id: str,
+    dimension: str,
+    from_label: str | None,
+    to: Assignment,
+    cause: str,
+    effective_at: datetime,
+) -> Change:
+    """`Change(...)` without the frozen __init__, as new_assignment()."""
+    new = object.__new__(Change)
+    object.__setattr__(
+        new,
+        "__dict__",
+        {
+            "customer_id": customer_id,
+            "dimension": dimension,
+            "from_label": from_label,
+            "to": to,
+            "cause": cause,
+            "effective_at": effective_at,
+        },
+    )
+    return new
