@@ -5,6 +5,7 @@ the table is unavailable is written once it is back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from alembic import command
@@ -66,7 +67,11 @@ async def test_the_cache_serves_roles_and_follows_revocations(database: Database
             await eventually(dashboard, lambda p: p is None, timeout=5, what="revoked")
             assert cache.lookup(dev) is not None
         finally:
+            # Wait for the refresh loop to end before the engine goes: cancelled mid-refresh, it
+            # would hand its connection back to the disposed pool, never to be closed.
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     finally:
         await engine.dispose()
 
