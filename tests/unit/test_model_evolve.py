@@ -16,14 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierflow_classifier.adapters.repository import _assignments_from_json, _dimensions_json
-from tierflow_classifier.domain.model import (
-    Assignment,
-    Change,
-    CustomerState,
-    evolve,
-    new_assignment,
-    new_change,
-)
+from tierflow_classifier.domain import model
+from tierflow_classifier.domain.model import Assignment, Change, CustomerState, evolve
 
 changes = st.fixed_dictionaries(
     {},
@@ -67,10 +61,10 @@ explanations = st.dictionaries(
 def test_the_fast_constructors_build_what_the_dataclasses_build(
     label: str, since: datetime, rule: str, reason: str, why: dict[str, Any], version: str
 ) -> None:
-    built = new_assignment(label, since, rule, reason, why, version)
+    built = model.new_assignment(label, since, rule, reason, why, version)
     assert built == Assignment(label, since, rule, reason, why, version)
     assert type(built) is Assignment
-    change = new_change("c1", "value_tier", None, built, "event:s/e", since)
+    change = model.new_change("c1", "value_tier", None, built, "event:s/e", since)
     assert change == Change("c1", "value_tier", None, built, "event:s/e", since)
     with pytest.raises(FrozenInstanceError):
         built.label = "other"  # type: ignore[misc]
