@@ -1,7 +1,6 @@
 """`evolve` is `dataclasses.replace` for the classifier's states, without the frozen __init__:
 the same value for any fields changed, the original untouched, and a misspelt field refused;
-the other fast constructors (new assignments and changes, stored assignments read back) build
-what the dataclasses build."""
+`assemble` and the stored assignments read back build what the dataclasses build."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierflow_classifier.adapters.repository import _assignments_from_json, _dimensions_json
-from tierflow_classifier.domain import model
-from tierflow_classifier.domain.model import Assignment, Change, CustomerState, evolve
+from tierflow_classifier.domain.model import Assignment, Change, CustomerState, assemble, evolve
 
 changes = st.fixed_dictionaries(
     {},
@@ -58,13 +56,29 @@ explanations = st.dictionaries(
 
 
 @given(texts, instants, texts, texts, explanations, texts)
-def test_the_fast_constructors_build_what_the_dataclasses_build(
+def test_assemble_builds_what_the_dataclasses_build(
     label: str, since: datetime, rule: str, reason: str, why: dict[str, Any], version: str
 ) -> None:
-    built = model.new_assignment(label, since, rule, reason, why, version)
+    built = assemble(
+        Assignment,
+        label=label,
+        since=since,
+        rule=rule,
+        reason=reason,
+        explanation=why,
+        rule_set_version=version,
+    )
     assert built == Assignment(label, since, rule, reason, why, version)
     assert type(built) is Assignment
-    change = model.new_change("c1", "value_tier", None, built, "event:s/e", since)
+    change = assemble(
+        Change,
+        customer_id="c1",
+        dimension="value_tier",
+        from_label=None,
+        to=built,
+        cause="event:s/e",
+        effective_at=since,
+    )
     assert change == Change("c1", "value_tier", None, built, "event:s/e", since)
     with pytest.raises(FrozenInstanceError):
         built.label = "other"  # type: ignore[misc]

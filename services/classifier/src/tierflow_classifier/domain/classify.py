@@ -27,9 +27,8 @@ from tierflow_classifier.domain.model import (
     Assignment,
     Change,
     CustomerState,
+    assemble,
     evolve,
-    new_assignment,
-    new_change,
 )
 from tierflow_classifier.domain.overrides import hold_of
 from tierflow_classifier.domain.population import PopulationStats
@@ -280,8 +279,14 @@ def classify(
         ):
             continue
         decision = explain(dim, index, variables)
-        assignment = new_assignment(
-            decision.label, at, decision.rule, decision.reason, decision.explanation, labelled
+        assignment = assemble(
+            Assignment,
+            label=decision.label,
+            since=at,
+            rule=decision.rule,
+            reason=decision.reason,
+            explanation=decision.explanation,
+            rule_set_version=labelled,
         )
         dimensions[dim.name] = assignment
         if current is None and silent_first(dim, decision.label):
@@ -289,13 +294,14 @@ def classify(
         if hold is not None and current is not None and current.label == decision.label:
             continue  # the override ended where the rules stand: same label, no change
         changes.append(
-            new_change(
-                state.customer_id,
-                dim.name,
-                current.label if current else None,
-                assignment,
-                hold.released_cause if hold is not None else cause,
-                at,
+            assemble(
+                Change,
+                customer_id=state.customer_id,
+                dimension=dim.name,
+                from_label=current.label if current else None,
+                to=assignment,
+                cause=hold.released_cause if hold is not None else cause,
+                effective_at=at,
             )
         )
     return (

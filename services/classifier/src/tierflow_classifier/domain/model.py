@@ -146,7 +146,7 @@ class Change:
 # __post_init__, slots or a field computed at init; the field-name check is an assert (off
 # under -O), so a misspelt name cannot slip into a state unnoticed in tests.
 _FIELDS: dict[type, frozenset[str]] = {
-    cls: frozenset(f.name for f in fields(cls)) for cls in (CustomerState, Assignment)
+    cls: frozenset(f.name for f in fields(cls)) for cls in (CustomerState, Assignment, Change)
 }
 
 
@@ -160,59 +160,9 @@ def evolve(obj: T, **changes: Any) -> T:
 
 def assemble(cls: type[T], **values: Any) -> T:
     """`cls(**values)` without running the frozen __init__, every field given (as evolve(),
-    for the same reason: loading a state builds one per dimension)."""
+    for the same reason: classify() builds an assignment per dimension of every new customer,
+    and its changes; 1.8 → 1.1 µs each)."""
     assert values.keys() == _FIELDS[cls], set(values) ^ _FIELDS[cls]
     new = object.__new__(cls)
     new.__dict__.update(values)
-    return new
-
-
-def new_assignment(
-    label: str,
-    since: datetime,
-    rule: str,
-    reason: str,
-    explanation: Mapping[str, Any],
-    rule_set_version: str,
-) -> Assignment:
-    """`Assignment(...)` without the frozen __init__ (half the cost): classify() builds one per
-    dimension of every new customer."""
-    new = object.__new__(Assignment)
-    object.__setattr__(
-        new,
-        "__dict__",
-        {
-            "label": label,
-            "since": since,
-            "rule": rule,
-            "reason": reason,
-            "explanation": explanation,
-            "rule_set_version": rule_set_version,
-        },
-    )
-    return new
-
-
-def new_change(
-    customer_id: str,
-    dimension: str,
-    from_label: str | None,
-    to: Assignment,
-    cause: str,
-    effective_at: datetime,
-) -> Change:
-    """`Change(...)` without the frozen __init__, as new_assignment()."""
-    new = object.__new__(Change)
-    object.__setattr__(
-        new,
-        "__dict__",
-        {
-            "customer_id": customer_id,
-            "dimension": dimension,
-            "from_label": from_label,
-            "to": to,
-            "cause": cause,
-            "effective_at": effective_at,
-        },
-    )
     return new
