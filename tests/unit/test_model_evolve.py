@@ -104,3 +104,11 @@ def test_a_stored_assignment_with_unknown_fields_is_refused() -> None:
     row = {"label": "VIP", "since": "2026-01-01T00:00:00+00:00", "rule": "r", "reason": "x"}
     with pytest.raises(ValueError, match="fields"):
         _assignments_from_json({"value_tier": {**row, "rule_set_version": "v", "extra": 1}})
+
+
+def test_a_stored_assignment_with_one_field_renamed_is_refused() -> None:
+    """As many fields as an assignment has, one of them not its own: refused at load, not
+    when some later code reads the missing one."""
+    row = {"label": "VIP", "since": "2026-01-01T00:00:00+00:00", "rule": "r", "reason": "x"}
+    with pytest.raises(ValueError, match="fields"):
+        _assignments_from_json({"value_tier": {**row, "rule_set_versio": "v"}})

@@ -42,7 +42,7 @@ def _assignment_to_json(a: Assignment) -> dict[str, Any]:
     }
 
 
-_ASSIGNMENT_FIELDS = len(fields(Assignment))
+_ASSIGNMENT_FIELDS = frozenset(f.name for f in fields(Assignment))
 
 
 def _assignments_from_json(stored: Mapping[str, dict[str, Any]]) -> dict[str, Assignment]:
@@ -61,7 +61,7 @@ def _assignments_from_json(stored: Mapping[str, dict[str, Any]]) -> dict[str, As
         d["since"] = since
         if "explanation" not in d or d["explanation"] is None:
             d["explanation"] = {}  # a default label's, implied by its rule set
-        if len(d) != _ASSIGNMENT_FIELDS:
+        if d.keys() != _ASSIGNMENT_FIELDS:  # a set comparison: names, not only their count
             raise ValueError(f"stored assignment {name!r} has fields {sorted(d)}")
         a = object.__new__(Assignment)
         object.__setattr__(a, "__dict__", d)
