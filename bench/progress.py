@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,14 @@ class Drain:
 
 
 async def _watch(
-    dsn: str, group: str, producer: str, table: str, *, total: int, max_seconds: float
+    dsn: str,
+    group: str,
+    producer: str,
+    table: str,
+    *,
+    total: int,
+    max_seconds: float,
+    on_first_progress: Callable[[], None] | None = None,
 ) -> Drain:
     drain = Drain(total)
     conn = await asyncpg.connect(dsn)
@@ -83,6 +91,9 @@ async def _watch(
             )
             now = time.monotonic() - t0
             drain.samples.append(Sample(now, int(consumed), int(outbox)))
+            if on_first_progress is not None and consumed > 0:
+                on_first_progress()
+                on_first_progress = None
             if consumed >= total and outbox == 0:
                 break
             # The time box runs from the first committed batch (start-up and the consumer
@@ -101,10 +112,28 @@ async def _watch(
 
 
 def watch_drain(
-    dsn: str, *, group: str, producer: str, table: str, total: int, max_seconds: float
+    dsn: str,
+    *,
+    group: str,
+    producer: str,
+    table: str,
+    total: int,
+    max_seconds: float,
+    on_first_progress: Callable[[], None] | None = None,
 ) -> Drain:
-    """Poll consumer_offsets / outbox / `table` until drained or `max_seconds` passed."""
-    return asyncio.run(_watch(dsn, group, producer, table, total=total, max_seconds=max_seconds))
+    """Poll consumer_offsets / outbox until drained or `max_seconds` passed, then count `table`;
+    `on_first_progress` is called once, at the first sample with a committed batch."""
+    return asyncio.run(
+        _watch(
+            dsn,
+            group,
+            producer,
+            table,
+            total=total,
+            max_seconds=max_seconds,
+            on_first_progress=on_first_progress,
+        )
+    )
 
 
 async def _idle(dsn: str, timeout: float) -> bool:
