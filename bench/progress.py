@@ -67,50 +67,6 @@ class Drain:
         }
 
 
-async def _watch(
-    dsn: str,
-    group: str,
-    producer: str,
-    table: str,
-    *,
-    total: int,
-    max_seconds: float,
-    on_first_progress: Callable[[], None] | None = None,
-) -> Drain:
-    drain = Drain(total)
-    conn = await asyncpg.connect(dsn)
-    try:
-        t0 = time.monotonic()
-        while True:
-            consumed = await conn.fetchval(
-                "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1",
-                group,
-            )
-            outbox = await conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE producer = $1", producer
-            )
-            now = time.monotonic() - t0
-            drain.samples.append(Sample(now, int(consumed), int(outbox)))
-            if on_first_progress is not None and consumed > 0:
-                on_first_progress()
-                on_first_progress = None
-            if consumed >= total and outbox == 0:
-                break
-            # The time box runs from the first committed batch (start-up and the consumer
-            # group's first rebalance excluded), with at most 20 s more for that start-up.
-            first = drain.first_progress()
-            if now > max_seconds + 20 or (first is not None and now - first.t > max_seconds):
-                break
-            await asyncio.sleep(0.25)
-        # Once, at the end: counted on every tick, a table of a million customers cost the
-        # server being measured a scan four times a second.
-        # The table name is ours (customers or care_actions), never input.
-        drain.rows = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
-        return drain
-    finally:
-        await conn.close()
-
-
 def watch_drain(
     dsn: str,
     *,
@@ -123,17 +79,44 @@ def watch_drain(
 ) -> Drain:
     """Poll consumer_offsets / outbox until drained or `max_seconds` passed, then count `table`;
     `on_first_progress` is called once, at the first sample with a committed batch."""
-    return asyncio.run(
-        _watch(
-            dsn,
-            group,
-            producer,
-            table,
-            total=total,
-            max_seconds=max_seconds,
-            on_first_progress=on_first_progress,
-        )
-    )
+
+    async def watch() -> Drain:
+        drain = Drain(total)
+        notify = on_first_progress
+        conn = await asyncpg.connect(dsn)
+        try:
+            t0 = time.monotonic()
+            while True:
+                consumed = await conn.fetchval(
+                    "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets"
+                    " WHERE group_id = $1",
+                    group,
+                )
+                outbox = await conn.fetchval(
+                    "SELECT count(*) FROM outbox WHERE producer = $1", producer
+                )
+                now = time.monotonic() - t0
+                drain.samples.append(Sample(now, int(consumed), int(outbox)))
+                if notify is not None and consumed > 0:
+                    notify()
+                    notify = None
+                if consumed >= total and outbox == 0:
+                    break
+                # The time box runs from the first committed batch (start-up and the consumer
+                # group's first rebalance excluded), with at most 20 s more for that start-up.
+                first = drain.first_progress()
+                if now > max_seconds + 20 or (first is not None and now - first.t > max_seconds):
+                    break
+                await asyncio.sleep(0.25)
+            # Once, at the end: counted on every tick, a table of a million customers cost the
+            # server being measured a scan four times a second.
+            # The table name is ours (customers or care_actions), never input.
+            drain.rows = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+            return drain
+        finally:
+            await conn.close()
+
+    return asyncio.run(watch())
 
 
 async def _idle(dsn: str, timeout: float) -> bool:
