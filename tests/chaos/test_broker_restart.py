@@ -14,6 +14,7 @@ for an event resent, or one missing, would show)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,23 @@ async def test_a_broker_that_lost_its_log_is_detected_and_nothing_counts_twice(
             published = {topic: await raw_records(w.kafka, topic) for topic in changes}
             assert any(published.values())
 
-            await asyncio.to_thread(tansu.stop)
-            await asyncio.to_thread(tansu.start)
-            restarted_at = time.monotonic()
-            await ensure_topics(w.kafka, w.topics)
+            # The services wait, paused, while the empty broker comes back and the topics are
+            # made again: Tansu creates a topic a client's metadata request names (with its own
+            # default partition count), so a classifier reconnecting first made the input
+            # topic before ensure_topics could, and the test read partitions that never came
+            # (CI, 2026-12-02). With Apache Kafka's auto.create.topics.enable=false this
+            # cannot happen; with Tansu, recreate the topics before the services reconnect.
+            clients = [svc.proc for svc in [w.ingest, *w.processes] if svc.proc is not None]
+            for proc in clients:
+                proc.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.to_thread(tansu.stop)
+                await asyncio.to_thread(tansu.start)
+                restarted_at = time.monotonic()
+                await ensure_topics(w.kafka, w.topics)
+            finally:
+                for proc in clients:
+                    proc.send_signal(signal.SIGCONT)
             # The fresh broker really has an empty log.
             assert set((await input_ends(w)).values()) == {0}
             assert not any([await raw_records(w.kafka, topic) for topic in changes])
