@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,7 +13,13 @@ from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tierflow_classifier.domain.model import Assignment, Change, CustomerState, assemble
+from tierflow_classifier.domain.model import (
+    Assignment,
+    Change,
+    CustomerState,
+    assemble,
+    field_names,
+)
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.db.ledger_partitions import (
     LedgerPartitionMissing,
@@ -42,7 +47,7 @@ def _assignment_to_json(a: Assignment) -> dict[str, Any]:
     }
 
 
-_ASSIGNMENT_FIELDS = frozenset(f.name for f in fields(Assignment))
+_ASSIGNMENT_FIELDS = field_names(Assignment)
 
 
 def _assignments_from_json(stored: Mapping[str, dict[str, Any]]) -> dict[str, Assignment]:

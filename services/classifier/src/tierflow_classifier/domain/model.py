@@ -150,6 +150,12 @@ _FIELDS: dict[type, frozenset[str]] = {
 }
 
 
+def field_names(cls: type) -> frozenset[str]:
+    """The field names of CustomerState, Assignment or Change: what assemble() requires, and
+    what a stored assignment must have to be read back on its own dict (the repository)."""
+    return _FIELDS[cls]
+
+
 def evolve(obj: T, **changes: Any) -> T:
     """`dataclasses.replace(obj, **changes)` without running the frozen __init__."""
     assert changes.keys() <= _FIELDS[type(obj)], set(changes) - _FIELDS[type(obj)]
