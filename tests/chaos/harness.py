@@ -12,10 +12,11 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -128,6 +129,20 @@ class World:
         return f"{socket.gethostname()}/{svc.proc.pid}"
 
 
+@contextmanager
+def paused(*services: ServiceProcess) -> Iterator[None]:
+    """The services' processes stopped (SIGSTOP) for the block, then woken (SIGCONT) whatever
+    the block did: they keep their sockets and state, and answer nothing meanwhile."""
+    procs = [svc.proc for svc in services if svc.proc is not None]
+    for proc in procs:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+
+
 @asynccontextmanager
 async def world(
     servers: Servers,
@@ -215,7 +230,7 @@ async def world(
         finally:
             for svc in [w.ingest, *w.processes]:
                 if svc.proc is not None:
-                    svc.proc.send_signal(18)  # SIGCONT: a paused process cannot stop
+                    svc.proc.send_signal(signal.SIGCONT)  # a paused process cannot stop
                 svc.stop()
             await engine.dispose()
 

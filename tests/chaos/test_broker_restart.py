@@ -14,7 +14,6 @@ for an event resent, or one missing, would show)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.chaos.harness import (
     PARTITIONS,
     World,
     judge,
+    paused,
     purchases,
     send,
     wait_drained,
@@ -110,17 +110,11 @@ async def test_a_broker_that_lost_its_log_is_detected_and_nothing_counts_twice(
             # topic before ensure_topics could, and the test read partitions that never came
             # (CI, 2026-12-02). With Apache Kafka's auto.create.topics.enable=false this
             # cannot happen; with Tansu, recreate the topics before the services reconnect.
-            clients = [svc.proc for svc in [w.ingest, *w.processes] if svc.proc is not None]
-            for proc in clients:
-                proc.send_signal(signal.SIGSTOP)
-            try:
+            with paused(w.ingest, *w.processes):
                 await asyncio.to_thread(tansu.stop)
                 await asyncio.to_thread(tansu.start)
                 restarted_at = time.monotonic()
                 await ensure_topics(w.kafka, w.topics)
-            finally:
-                for proc in clients:
-                    proc.send_signal(signal.SIGCONT)
             # The fresh broker really has an empty log.
             assert set((await input_ends(w)).values()) == {0}
             assert not any([await raw_records(w.kafka, topic) for topic in changes])

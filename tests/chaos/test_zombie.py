@@ -10,14 +10,21 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import PARTITIONS, judge, purchases, send, wait_drained, world
+from tests.chaos.harness import (
+    PARTITIONS,
+    judge,
+    paused,
+    purchases,
+    send,
+    wait_drained,
+    world,
+)
 from tests.support import Servers, ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -85,17 +92,14 @@ async def test_a_paused_classifier_is_fenced_out_when_it_wakes(
         flowing = asyncio.create_task(send(w, events[third : 2 * third], chunk=25))
         await asyncio.sleep(0.5)
         assert zombie.proc is not None
-        zombie.proc.send_signal(signal.SIGSTOP)
-        paused_at = time.monotonic()
-        try:
+        with paused(zombie):
+            paused_at = time.monotonic()
             await flowing
 
             async def survivor_owns_all() -> bool:
                 return held(survivor) == PARTITIONS
 
             await until(survivor_owns_all, "the group moving the zombie's partitions", 90)
-        finally:
-            zombie.proc.send_signal(signal.SIGCONT)
         paused_s = time.monotonic() - paused_at
         await send(w, events[2 * third :])
         recovery = await wait_drained(w, timeout=180)
