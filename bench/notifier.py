@@ -49,40 +49,32 @@ class NotifierPlan:
     profile_seconds: int = 15
 
 
-async def _progress(dsn: str, group: str) -> dict[str, int]:
-    """What the watch loop needs four times a second: records consumed and the care-actions
-    outbox backlog. Both read a handful of rows; counting the action and delivery tables
-    (60,000 rows each by the end) on every tick cost PostgreSQL ~17 ms a time, 1.7 s of CPU
-    per run on the machine being measured."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            """
-            SELECT
-              (SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1)
-                AS consumed,
-              (SELECT count(*) FROM outbox WHERE producer = 'notifier') AS outbox
-            """,
-            group,
-        )
-        return {k: int(v) for k, v in dict(row).items()}
-    finally:
-        await conn.close()
+_PROGRESS = """
+    SELECT
+      (SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1)
+        AS consumed,
+      (SELECT count(*) FROM outbox WHERE producer = 'notifier') AS outbox
+"""
+# Counted once, when the phase is over: on every tick, counting the action and delivery tables
+# (60,000 rows each by the end) cost PostgreSQL ~17 ms a time, 1.7 s of CPU per run on the
+# machine being measured.
+_TOTALS = """
+    SELECT
+      (SELECT count(*) FROM care_actions) AS actions,
+      (SELECT count(*) FROM care_deliveries WHERE state = 'delivered') AS delivered,
+      (SELECT count(*) FROM care_deliveries WHERE state = 'dead') AS dead
+"""
 
 
-async def _counts(dsn: str, group: str) -> dict[str, int]:
-    """The progress and what the phase created and delivered, once it is over."""
+async def _counts(dsn: str, group: str, *, totals: bool = False) -> dict[str, int]:
+    """Records consumed and the care-actions outbox backlog (both read a handful of rows: the
+    watch loop asks four times a second); with `totals`, what the phase created and delivered."""
     conn = await asyncpg.connect(dsn)
     try:
-        row = await conn.fetchrow(
-            """
-            SELECT
-              (SELECT count(*) FROM care_actions) AS actions,
-              (SELECT count(*) FROM care_deliveries WHERE state = 'delivered') AS delivered,
-              (SELECT count(*) FROM care_deliveries WHERE state = 'dead') AS dead
-            """
-        )
-        return {**await _progress(dsn, group), **{k: int(v) for k, v in dict(row).items()}}
+        out = {k: int(v) for k, v in dict(await conn.fetchrow(_PROGRESS, group)).items()}
+        if totals:
+            out.update({k: int(v) for k, v in dict(await conn.fetchrow(_TOTALS)).items()})
+        return out
     finally:
         await conn.close()
 
@@ -138,7 +130,7 @@ def run_notifier(stack: Stack, plan: NotifierPlan) -> dict[str, Any]:
         counts: dict[str, int] = {}
         stats: dict[str, Any] = {}
         while True:
-            counts = asyncio.run(_progress(scenario.dsn, group))
+            counts = asyncio.run(_counts(scenario.dsn, group))
             stats = receiver.stats()
             now = time.monotonic() - t0
             if first_commit is None and counts["consumed"] > 0:
@@ -157,7 +149,7 @@ def run_notifier(stack: Stack, plan: NotifierPlan) -> dict[str, Any]:
                 break
             time.sleep(0.25)
         cpu_at_end = svc.usage()["cpu_s"]
-        counts = asyncio.run(_counts(scenario.dsn, group))
+        counts = asyncio.run(_counts(scenario.dsn, group, totals=True))
         created0 = asyncio.run(_first_created(scenario.dsn))
         last = stats.get("last_at")
         delivered_s = last - created0 if last is not None and created0 is not None else None
