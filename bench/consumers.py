@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baselines import raw_consume
+from bench.io_count import applied_records, per_event, table_writes, topic_records
 from bench.kafka_io import preload
 from bench.progress import Profile, service_costs, watch_drain
 from bench.stack import Stack
@@ -54,9 +55,16 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
         "preload_records_per_s": round(plan.events / preload_s, 1),
     }
     if plan.consume_baseline:
-        result["raw_consume"] = raw_consume(
-            stack.kafka.bootstrap_servers, topic, limit=plan.events, max_seconds=20
+        tansu0 = stack.infra_cpu()["tansu"]
+        raw = raw_consume(stack.kafka.bootstrap_servers, topic, limit=plan.events, max_seconds=20)
+        raw["server_cpu_s_per_1k"] = round(
+            (stack.infra_cpu()["tansu"] - tansu0) / max(raw["records"], 1) * 1000, 4
         )
+        result["raw_consume"] = raw
+    outputs = [t for t in scenario.topics.all_topics() if t != topic]
+    group = scenario.env["CLASSIFIER_GROUP_ID" if classifier else "NOTIFIER_GROUP_ID"]
+    writes0 = table_writes(scenario.dsn)
+    records0 = topic_records(stack.kafka, outputs)
     infra0 = stack.infra_cpu()
     wall0 = time.monotonic()
     svc = stack.start_service(plan.name, scenario)
@@ -73,7 +81,7 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
 
         drain = watch_drain(
             scenario.dsn,
-            group=scenario.env["CLASSIFIER_GROUP_ID" if classifier else "NOTIFIER_GROUP_ID"],
+            group=group,
             producer=plan.name,
             table="customers" if classifier else "care_actions",
             total=plan.events,
@@ -92,4 +100,16 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
     consumed = int(result["consumed"])
     result["completed"] = result["drained_after_s"] is not None
     result.update(service_costs(plan.name, used, (infra0, stack.infra_cpu()), consumed, wall))
+    applied = applied_records(scenario.dsn, group)
+    if applied:
+        # The service's connections have closed, so PostgreSQL's counters are complete (and
+        # the stored offsets final). A time-boxed drain may stop with records still in the
+        # outbox: they count as rows inserted, not as records produced.
+        records = topic_records(stack.kafka, outputs)
+        result["io"] = per_event(
+            writes0,
+            table_writes(scenario.dsn),
+            {t: n - records0.get(t, 0) for t, n in records.items()},
+            applied,
+        )
     return result

@@ -21,11 +21,16 @@ import numpy as np
 import orjson
 from aiokafka import TopicPartition
 
+from bench.io_count import per_event, table_writes, topic_records
 from bench.loadgen import PCTS, LoadSpec, run_load
 from bench.progress import Profile, wait_outbox_empty
 from bench.stack import ServiceProc, Stack
 from tierflow_common.kafka import make_consumer
 from tierflow_common.settings import KafkaSettings
+
+# PostgreSQL 15 flushes a backend's table counters at most once a second while it works and
+# after PGSTAT_IDLE_INTERVAL (10 s) once it idles.
+STATS_SETTLE_S = 11.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,10 @@ def run_e2e(stack: Stack, plan: E2EPlan) -> dict[str, Any]:
     try:
         for svc in services.values():
             svc.wait_ready()
+        topics = scenario.topics.all_topics()
+        writes0 = table_writes(scenario.dsn)
+        records0 = topic_records(stack.kafka, topics)
+        io: dict[str, Any] = {}
         reader.start()
         for rate in plan.rates:
             cpu0 = {n: s.usage()["cpu_s"] for n, s in services.items()}
@@ -190,7 +199,26 @@ def run_e2e(stack: Stack, plan: E2EPlan) -> dict[str, Any]:
             if profs:
                 run["profile"] = {n: p.top() for n, p in profs.items()}
             runs[str(rate)] = run
+            if not io:
+                # Rows and records per event over the first rate, whose changes all arrive
+                # (the later ones leave some behind); every event is alike (a new customer's
+                # first purchase). A backend reports its row counts at most once a second, an
+                # idle one within PostgreSQL's 10 s idle interval: wait that out first.
+                time.sleep(STATS_SETTLE_S)
+                records = topic_records(stack.kafka, topics)
+                io = per_event(
+                    writes0,
+                    table_writes(scenario.dsn),
+                    {t: n - records0.get(t, 0) for t, n in records.items()},
+                    max(run["accepted_events"], 1),
+                )
+                io["rate"] = rate
+                io["missing_after_drain"] = run["missing_after_drain"]
     finally:
         reader.stop()
         used = {n: stack.stop_service(s) for n, s in services.items()}
-    return {"runs": runs, "peak_rss_mib": {n: u["peak_rss_mib"] for n, u in used.items()}}
+    return {
+        "runs": runs,
+        "io": io,
+        "peak_rss_mib": {n: u["peak_rss_mib"] for n, u in used.items()},
+    }
