@@ -19,13 +19,11 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy import Row, Text, bindparam, cast, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_common.backoff import Backoff
 from tierflow_common.contract.kafka_binding import EmittedEvent, KafkaRecord, encode_event
 from tierflow_common.db.raw import raw_connection
-from tierflow_common.db.tables import outbox
 from tierflow_common.kafka import make_producer, partition_for
 from tierflow_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from tierflow_common.settings import KafkaSettings
@@ -40,6 +38,16 @@ _ENQUEUE = (
     "FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[]) "
     "WITH ORDINALITY AS u(topic, key, value, headers, trace, n) ORDER BY u.n"
 )
+
+
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+# JSONB columns as text, decoded by orjson in _send_batches (the driver's json.loads is slower).
+_SELECT = (
+    "SELECT id, topic, key, value, headers::text AS headers, "
+    "trace_context::text AS trace_context FROM outbox WHERE producer = $1 ORDER BY id LIMIT $2"
+)
+_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+_COUNT = "SELECT count(*) FROM outbox WHERE producer = $1"
 
 
 def with_traces(
@@ -197,10 +205,11 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wakeup.wait(), self._poll)
 
     async def _send_batches(
-        self, kafka: AIOKafkaProducer, rows: Sequence[Row[Any]]
+        self, kafka: AIOKafkaProducer, rows: Sequence[Any]
     ) -> list[asyncio.Future[Any]]:
-        """Send `rows` as one record batch per partition (or more where one fills up), each
-        partition's records in row order; the futures resolve on the broker's acks.
+        """Send `rows` (as _SELECT reads them) as one record batch per partition (or more where
+        one fills up), each partition's records in row order; the futures resolve on the
+        broker's acks.
 
         Building the batches here costs a fraction of a send() per record (which schedules
         and tracks each one), and they are partitioned as send() would: by the default
@@ -215,24 +224,25 @@ class OutboxRelay:
             futures.append(await kafka.send_batch(batch, topic, partition=partition))
 
         for row in rows:
-            topic = row.topic
+            topic = row["topic"]
             if topic not in partitions:
                 partitions[topic] = sorted(await kafka.partitions_for(topic))
             every = partitions[topic]
             # As send() would: by key; a record without one on any partition.
-            partition = random.choice(every) if row.key is None else partition_for(row.key, every)
-            headers = [(k, v.encode()) for k, v in orjson.loads(row.headers)]
-            if row.trace_context is not None:
-                headers = with_trace_headers(headers, row.trace_context)
+            key, value, trace = row["key"], row["value"], row["trace_context"]
+            partition = random.choice(every) if key is None else partition_for(key, every)
+            headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
+            if trace is not None:
+                headers = with_trace_headers(headers, trace)
             batch = open_batches.get((topic, partition))
             if batch is not None:
-                added = batch.append(key=row.key, value=row.value, timestamp=None, headers=headers)
+                added = batch.append(key=key, value=value, timestamp=None, headers=headers)
                 if added is not None:
                     continue
                 await submit(topic, partition)  # full: send it, start the next
             batch = open_batches[(topic, partition)] = kafka.create_batch()
-            if batch.append(key=row.key, value=row.value, timestamp=None, headers=headers) is None:
-                raise ValueError(f"outbox row {row.id} does not fit in a record batch")
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"outbox row {row['id']} does not fit in a record batch")
         for topic, partition in list(open_batches):
             await submit(topic, partition)
         return futures
@@ -243,41 +253,24 @@ class OutboxRelay:
         if kafka is None:
             return 0
         async with self._engine.begin() as conn:
-            got = await conn.scalar(
-                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self._lock_key}
-            )
-            if not got:
+            # Straight through asyncpg (db/raw.py): one prepared statement each, whatever the
+            # round's size (an IN list of the round's ids was a new statement to parse and
+            # plan at almost every round), and records instead of SQLAlchemy rows.
+            raw = await raw_connection(conn)
+            if not await raw.fetchval(_TRY_LOCK, self._lock_key):
                 self._backlog.set(0)  # another process relays this producer and reports it
                 return 0
-            rows = (
-                await conn.execute(
-                    select(
-                        outbox.c.id,
-                        outbox.c.topic,
-                        outbox.c.key,
-                        outbox.c.value,
-                        # As text, decoded by orjson below (the driver's json.loads is slower).
-                        cast(outbox.c.headers, Text).label("headers"),
-                        cast(outbox.c.trace_context, Text).label("trace_context"),
-                    )
-                    .where(outbox.c.producer == self._producer)
-                    .order_by(outbox.c.id)
-                    .limit(self._batch)
-                )
-            ).all()
-            await self._measure_backlog(conn, len(rows))
+            rows = await raw.fetch(_SELECT, self._producer, self._batch)
+            await self._measure_backlog(raw, len(rows))
             if not rows:
                 return 0
             await asyncio.gather(*await self._send_batches(kafka, rows))
-            await conn.execute(
-                delete(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))),
-                {"ids": [row.id for row in rows]},
-            )
+            await raw.execute(_DELETE, [row["id"] for row in rows])
         OUTBOX_PUBLISHED.labels(producer=self._producer).inc(len(rows))
         self._backlog.dec(len(rows))
         return len(rows)
 
-    async def _measure_backlog(self, conn: AsyncConnection, selected: int) -> None:
+    async def _measure_backlog(self, raw: Any, selected: int) -> None:
         """Set the backlog gauge before publishing (so a broker that refuses the batch leaves
         it showing). A round that selected less than a batch saw the whole backlog; behind
         that, the rows are counted, at most once a second (a count walks the index)."""
@@ -288,7 +281,5 @@ class OutboxRelay:
         if now - self._counted_at < 1.0:
             return
         self._counted_at = now
-        total = await conn.scalar(
-            select(func.count()).select_from(outbox).where(outbox.c.producer == self._producer)
-        )
+        total = await raw.fetchval(_COUNT, self._producer)
         self._backlog.set(int(total or 0))
