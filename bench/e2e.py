@@ -202,8 +202,7 @@ def run_e2e(stack: Stack, plan: E2EPlan) -> dict[str, Any]:
             if not io:
                 # Rows and records per event over the first rate, whose changes all arrive
                 # (the later ones leave some behind); every event is alike (a new customer's
-                # first purchase). A backend reports its row counts at most once a second, an
-                # idle one within PostgreSQL's 10 s idle interval: wait that out first.
+                # first purchase). The counters settle first (STATS_SETTLE_S).
                 time.sleep(STATS_SETTLE_S)
                 records = topic_records(stack.kafka, topics)
                 io = per_event(
