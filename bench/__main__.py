@@ -231,12 +231,14 @@ def run(quick: bool, profile: bool, only: frozenset[str] = frozenset(PHASES)) ->
         b["produce"] = baselines.raw_produce(
             stack.kafka.bootstrap_servers, base.topics.customer_events, sizes.produce
         )
-        b["produce"]["server_cpu_s_per_1k"] = _server_cpu(stack, infra0, "tansu", sizes.produce)
+        b["produce"]["server_cpu_s_per_1k"] = stack.server_cpu_s_per_1k(
+            infra0, "tansu", sizes.produce
+        )
         say("baseline: raw PostgreSQL upsert")
         infra0 = stack.infra_cpu()
         b["pg_upsert"] = baselines.raw_pg_upsert(base.dsn, sizes.upsert_rows, 100_000)
-        b["pg_upsert"]["server_cpu_s_per_1k"] = _server_cpu(
-            stack, infra0, "postgres", sizes.upsert_rows
+        b["pg_upsert"]["server_cpu_s_per_1k"] = stack.server_cpu_s_per_1k(
+            infra0, "postgres", sizes.upsert_rows
         )
         if "ingest" in only:
             say("baseline: trivial FastAPI endpoint (and the load generator's ceiling)")
@@ -295,11 +297,6 @@ def run(quick: bool, profile: bool, only: frozenset[str] = frozenset(PHASES)) ->
     paths = report.write(r, lat, RESULTS)
     say(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in paths.values())}")
     return r
-
-
-def _server_cpu(stack: Stack, before: dict[str, float], server: str, items: int) -> float:
-    """A server's CPU seconds per 1,000 items since `before` (a baseline's share of the floor)."""
-    return round((stack.infra_cpu()[server] - before[server]) / items * 1000, 4)
 
 
 def main(argv: list[str] | None = None) -> int:

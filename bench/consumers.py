@@ -55,11 +55,9 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
         "preload_records_per_s": round(plan.events / preload_s, 1),
     }
     if plan.consume_baseline:
-        tansu0 = stack.infra_cpu()["tansu"]
+        before = stack.infra_cpu()
         raw = raw_consume(stack.kafka.bootstrap_servers, topic, limit=plan.events, max_seconds=20)
-        raw["server_cpu_s_per_1k"] = round(
-            (stack.infra_cpu()["tansu"] - tansu0) / max(raw["records"], 1) * 1000, 4
-        )
+        raw["server_cpu_s_per_1k"] = stack.server_cpu_s_per_1k(before, "tansu", raw["records"])
         result["raw_consume"] = raw
     outputs = [t for t in scenario.topics.all_topics() if t != topic]
     group = scenario.env["CLASSIFIER_GROUP_ID" if classifier else "NOTIFIER_GROUP_ID"]

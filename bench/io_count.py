@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from aiokafka import TopicPartition
 
+from bench.progress import APPLIED
 from tierflow_common.kafka import make_consumer
 from tierflow_common.settings import KafkaSettings
 
@@ -48,18 +49,13 @@ def table_writes(dsn: str) -> Writes:
 async def _applied(dsn: str, group: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(
-            await conn.fetchval(
-                "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1",
-                group,
-            )
-        )
+        return int(await conn.fetchval(APPLIED, group))
     finally:
         await conn.close()
 
 
 def applied_records(dsn: str, group: str) -> int:
-    """Records a consumer group has applied (its stored offsets; the topic starts at 0)."""
+    """Records a consumer group has applied (progress.APPLIED)."""
     return asyncio.run(_applied(dsn, group))
 
 

@@ -67,6 +67,10 @@ class Drain:
         }
 
 
+# Records a consumer group has applied: its stored next offsets (the bench's topics start at 0).
+APPLIED = "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1"
+
+
 def watch_drain(
     dsn: str,
     *,
@@ -87,11 +91,7 @@ def watch_drain(
         try:
             t0 = time.monotonic()
             while True:
-                consumed = await conn.fetchval(
-                    "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets"
-                    " WHERE group_id = $1",
-                    group,
-                )
+                consumed = await conn.fetchval(APPLIED, group)
                 outbox = await conn.fetchval(
                     "SELECT count(*) FROM outbox WHERE producer = $1", producer
                 )

@@ -31,39 +31,51 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 12  # the TOPIC_PARTITIONS default: what a fresh `make run` creates
 
 
-def tree_cpu_seconds(pid: int | None) -> float:
-    """CPU seconds of a process, its live children and the children it already reaped."""
-    if pid is None:
-        return 0.0
+def _cpu_of(procs: list[psutil.Process]) -> float:
+    """CPU seconds of `procs` (a process first, then its children), with the children the first
+    already reaped; 0 once the first is gone."""
+    total = 0.0
+    for i, proc in enumerate(procs):
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            if i == 0:
+                return 0.0
+            continue
+        total += t.user + t.system
+        if i == 0:
+            total += t.children_user + t.children_system
+    return total
+
+
+def _rss_of(procs: list[psutil.Process]) -> int:
+    """RSS of `procs` (as _cpu_of: 0 once the first is gone)."""
+    total = 0
+    for i, proc in enumerate(procs):
+        try:
+            total += int(proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            if i == 0:
+                return 0
+            continue
+    return total
+
+
+def _tree_of(pid: int) -> list[psutil.Process]:
     try:
         proc = psutil.Process(pid)
-        t = proc.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in proc.children(recursive=True):
-            try:
-                c = child.cpu_times()
-                total += c.user + c.system
-            except psutil.NoSuchProcess:
-                continue
-        return float(total)
+        return [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return []
+
+
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds of a process, its live children and the children it already reaped."""
+    return 0.0 if pid is None else _cpu_of(_tree_of(pid))
 
 
 def tree_rss(pid: int | None) -> int:
-    if pid is None:
-        return 0
-    try:
-        proc = psutil.Process(pid)
-        total = int(proc.memory_info().rss)
-        for child in proc.children(recursive=True):
-            try:
-                total += int(child.memory_info().rss)
-            except psutil.NoSuchProcess:
-                continue
-        return total
-    except psutil.NoSuchProcess:
-        return 0
+    return 0 if pid is None else _rss_of(_tree_of(pid))
 
 
 class Sampled:
@@ -97,28 +109,10 @@ class Sampled:
         return [self._proc, *self._children]
 
     def _tree_cpu(self) -> float:
-        """As tree_cpu_seconds, over the children last looked up (0 once the process is gone)."""
-        total = 0.0
-        for i, proc in enumerate(self._tree()):
-            try:
-                t = proc.cpu_times()
-            except psutil.NoSuchProcess:
-                if i == 0:
-                    return 0.0
-                continue
-            total += t.user + t.system
-            if i == 0:
-                total += t.children_user + t.children_system
-        return total
+        return _cpu_of(self._tree())
 
     def _tree_rss(self) -> int:
-        total = 0
-        for proc in self._tree():
-            try:
-                total += int(proc.memory_info().rss)
-            except psutil.NoSuchProcess:
-                continue
-        return total
+        return _rss_of(self._tree())
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -281,6 +275,10 @@ class Stack:
         if svc in self.services:
             self.services.remove(svc)
         return used
+
+    def server_cpu_s_per_1k(self, before: dict[str, float], server: str, items: int) -> float:
+        """A server's CPU seconds per 1,000 items since `before` (an `infra_cpu()`)."""
+        return round((self.infra_cpu()[server] - before[server]) / max(items, 1) * 1000, 4)
 
     def infra_cpu(self) -> dict[str, float]:
         return {
