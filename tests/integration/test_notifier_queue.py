@@ -21,11 +21,12 @@ from tests.integration.helpers import eventually
 from tests.notifier_support import Harness, WebhookReceiver, start_harness, write_playbook
 from tests.support import unique
 from tests.unit.test_churn_model import model_for
+from tierflow_classifier.domain.change_ids import change_id
 from tierflow_classifier.domain.change_scores import Scored, change_scores
 from tierflow_classifier.domain.churn.bgnbd import BgNbdParams
 from tierflow_classifier.domain.churn_features import churn_config
 from tierflow_classifier.domain.model import Assignment, Change, CustomerState
-from tierflow_classifier.service_layer.reclassify import change_id, change_records
+from tierflow_classifier.service_layer.reclassify import change_records
 from tierflow_common.auth import Role
 from tierflow_common.contract import EmittedEvent
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings

@@ -5,6 +5,7 @@ and nothing that is still pending: open tasks, actions with a delivery pending o
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -48,17 +49,32 @@ async def ids(engine: AsyncEngine, table: str, column: str) -> set[str]:
         return set((await conn.execute(text(f"SELECT {column} FROM {table}"))).scalars())
 
 
-async def add_changes(engine: AsyncEngine, recorded: dict[str, datetime]) -> None:
+async def add_changes(
+    engine: AsyncEngine, recorded: dict[str, datetime], dimensions: tuple[str, ...] = ("tier",)
+) -> None:
+    """One history row (a record) per id, holding a change of each of `dimensions`; the
+    change ids are the record id, suffixed past the first."""
     async with engine.begin() as conn:
-        for change_id, at in recorded.items():
+        for record, at in recorded.items():
+            changes: list[dict[str, object]] = [
+                {
+                    "change_id": record if n == 0 else f"{record}-{n}",
+                    "dimension": dimension,
+                    "from": None,
+                    "to": "regular",
+                    "reason": "r",
+                    "explanation": {},
+                    "rule_set_version": "v1",
+                }
+                for n, dimension in enumerate(dimensions)
+            ]
             await conn.execute(
                 text(
-                    "INSERT INTO classification_changes (change_id, customer_id, dimension, "
-                    "from_label, to_label, reason, explanation, cause, effective_at, "
-                    "rule_set_version, recorded_at) VALUES (:id, 'c-1', 'value_tier', NULL, "
-                    "'regular', 'r', '{}', 'event:shop/1', :at, 'v1', :at)"
+                    "INSERT INTO classification_records (record_id, customer_id, cause, "
+                    "effective_at, changes, recorded_at) VALUES (:id, 'c-1', 'event:shop/1', "
+                    ":at, CAST(:changes AS jsonb), :at)"
                 ),
-                {"id": change_id, "at": at},
+                {"id": record, "at": at, "changes": json.dumps(changes)},
             )
 
 
@@ -77,6 +93,16 @@ async def test_change_history_past_its_retention_is_pruned_in_batches(
     assert await pruner.prune() == {}
 
 
+async def test_pruning_counts_every_change_of_a_history_row(engine: AsyncEngine) -> None:
+    """A first purchase's four changes are one row: pruning it counts the four changes."""
+    await add_changes(engine, {"first": OLD}, ("tier", "rfm", "lifecycle", "churn"))
+    before = pruned("classification_changes")
+    pruner = Pruner(engine, classifier_rules(ClassifierSettings()), batch=10)
+    assert await pruner.prune() == {"classification_changes": 4}
+    assert pruned("classification_changes") - before == 4
+    assert await ids(engine, "classification_changes", "change_id") == set()
+
+
 async def test_pruning_skips_a_row_another_transaction_holds_instead_of_waiting(
     engine: AsyncEngine,
 ) -> None:
@@ -84,7 +110,7 @@ async def test_pruning_skips_a_row_another_transaction_holds_instead_of_waiting(
     pruner = Pruner(engine, classifier_rules(ClassifierSettings()), batch=10)
     async with engine.begin() as holder:
         await holder.execute(
-            text("SELECT 1 FROM classification_changes WHERE change_id = 'held' FOR UPDATE")
+            text("SELECT 1 FROM classification_records WHERE record_id = 'held' FOR UPDATE")
         )
         started = time.monotonic()
         assert await asyncio.wait_for(pruner.prune(), timeout=10) == {"classification_changes": 1}

@@ -10,14 +10,10 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tierflow_classifier.domain.change_ids import CHANGE_NAMESPACE, change_id
 from tierflow_classifier.domain.change_scores import Scored
 from tierflow_classifier.domain.model import Assignment, Change
-from tierflow_classifier.service_layer.reclassify import (
-    CHANGE_NAMESPACE,
-    change_id,
-    change_payload,
-    change_records,
-)
+from tierflow_classifier.service_layer.reclassify import change_payload, change_records
 from tierflow_common.contract import (
     ClassificationChangedData,
     ClassificationsChangedData,

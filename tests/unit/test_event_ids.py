@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.test_change_payload import changes
+from tierflow_classifier.domain.change_ids import change_id
 from tierflow_classifier.domain.model import Assignment, Change
-from tierflow_classifier.service_layer.reclassify import change_id, change_records
+from tierflow_classifier.service_layer.reclassify import change_records
 from tierflow_common.contract import EmittedEvent
 from tierflow_common.erasure import erased_event
 from tierflow_common.settings import TopicSettings

@@ -211,6 +211,24 @@ classifier_clock = Table(
     Column("watermark", DateTime(timezone=True), nullable=True),
 )
 
+# Change history, one row per record: a cause's changes to one customer at one instant, in
+# the shape of a `customer-classification-changed` record's `changes` (migration 0020).
+classification_records = Table(
+    "classification_records",
+    metadata,
+    Column("record_id", Text, primary_key=True),
+    Column("customer_id", Text, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("effective_at", DateTime(timezone=True), nullable=False),
+    Column("changes", JSONB, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_change_records_customer_cause", "customer_id", "cause"),
+    # Retention prunes by age; rows arrive in recorded_at order, so a BRIN index is enough.
+    Index("ix_change_records_recorded_at_brin", "recorded_at", postgresql_using="brin"),
+)
+
+# A view (migration 0020): classification_records expanded to one row per dimension change,
+# what the history and as-of queries read. Written through classification_records only.
 classification_changes = Table(
     "classification_changes",
     metadata,
@@ -224,10 +242,7 @@ classification_changes = Table(
     Column("cause", Text, nullable=False),
     Column("effective_at", DateTime(timezone=True), nullable=False),
     Column("rule_set_version", Text, nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Index("ix_changes_customer_dimension_time", "customer_id", "dimension", "effective_at"),
-    # Retention prunes by age; rows arrive in recorded_at order, so a BRIN index is enough.
-    Index("ix_changes_recorded_at_brin", "recorded_at", postgresql_using="brin"),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
 )
 
 # RFM / ABC population statistics: derived cut points and the KLL sketches they came from.

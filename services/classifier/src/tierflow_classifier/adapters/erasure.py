@@ -19,7 +19,8 @@ from tierflow_common.db.raw import raw_connection
 
 @dataclass(frozen=True)
 class ErasedRows:
-    """Rows deleted per table, and the latest event time the ledger held for the customer."""
+    """Rows deleted per table (`changes`: the changes of the history's rows, one row per
+    record), and the latest event time the ledger held for the customer."""
 
     customers: int = 0
     labels: int = 0
@@ -43,12 +44,13 @@ WITH ledger AS (
 ), labels AS (
   DELETE FROM customer_labels WHERE customer_id = $1 RETURNING 1
 ), changes AS (
-  DELETE FROM classification_changes WHERE customer_id = $1 RETURNING 1
+  DELETE FROM classification_records WHERE customer_id = $1
+  RETURNING jsonb_array_length(changes) AS n
 ), customer AS (
   DELETE FROM customers WHERE customer_id = $1 RETURNING 1
 )
 SELECT (SELECT count(*) FROM customer), (SELECT count(*) FROM labels),
-       (SELECT count(*) FROM changes), (SELECT count(*) FROM ledger),
+       (SELECT coalesce(sum(n), 0) FROM changes), (SELECT count(*) FROM ledger),
        (SELECT count(*) FROM receipts),
        (SELECT max(event_time) FROM ledger WHERE event_time > '-infinity')
 """

@@ -13,11 +13,13 @@ from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tierflow_classifier.domain.change_ids import RecordKey, by_record, record_id
 from tierflow_classifier.domain.model import (
     Assignment,
     Change,
     CustomerState,
     assemble,
+    dimension_change,
     field_names,
 )
 from tierflow_classifier.settings import ClassifierSettings
@@ -361,19 +363,27 @@ _LABELS = (
     "ON CONFLICT (customer_id, dimension) DO UPDATE "
     "SET label = excluded.label, since = excluded.since"
 )
+# The change ids already recorded for the (customer, cause) pairs of a batch: a change id is
+# recorded once, ever, and one cause may move a customer again (another dimension, the same
+# instant) in a later transaction. Under the customers' locks, so nothing slips in between.
+_RECORDED = (
+    "SELECT e->>'change_id' FROM classification_records AS r "
+    "JOIN unnest($1::text[], $2::text[]) AS k(customer_id, cause) "
+    "ON r.customer_id = k.customer_id AND r.cause = k.cause "
+    "CROSS JOIN LATERAL jsonb_array_elements(r.changes) AS e"
+)
 _HISTORY = (
-    "INSERT INTO classification_changes (change_id, customer_id, dimension, from_label, "
-    "to_label, reason, explanation, cause, effective_at, rule_set_version) "
-    "SELECT u.id, u.customer, u.dim, u.from_label, u.to_label, u.reason, u.explanation::jsonb, "
-    "u.cause, u.at, u.version FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-    "$5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[]) "
-    "AS u(id, customer, dim, from_label, to_label, reason, explanation, cause, at, version) "
-    "ON CONFLICT (change_id) DO NOTHING RETURNING change_id"
+    "INSERT INTO classification_records (record_id, customer_id, cause, effective_at, changes) "
+    "SELECT u.id, u.customer_id, u.cause, u.at, u.changes::jsonb FROM unnest($1::text[], "
+    "$2::text[], $3::text[], $4::timestamptz[], $5::text[]) "
+    "AS u(id, customer_id, cause, at, changes) "
+    "ON CONFLICT (record_id) DO NOTHING RETURNING record_id"
 )
 
 
 async def record_changes(conn: AsyncConnection, changes: Sequence[tuple[str, Change]]) -> set[str]:
-    """Store (change_id, change) pairs in the history, and the latest label per dimension.
+    """Store (change_id, change) pairs in the history, one row per record (a cause's changes
+    to one customer at one instant), and the latest label per dimension.
 
     Returns the ids actually recorded: a change id already in the history (the same cause,
     customer and dimension computed again) is a duplicate, kept out of the history and off
@@ -393,21 +403,28 @@ async def record_changes(conn: AsyncConnection, changes: Sequence[tuple[str, Cha
         [c.to.label for c in last],
         [c.effective_at for c in last],
     )
-    unique = list({change_id: c for change_id, c in changes}.items())
+    asked = list({(c.customer_id, c.cause) for _, c in changes})
+    known = {r[0] for r in await raw.fetch(_RECORDED, [a[0] for a in asked], [a[1] for a in asked])}
+    fresh: dict[str, Change] = {}
+    for change_id, c in changes:
+        if change_id not in known and change_id not in fresh:
+            fresh[change_id] = c
+    records: dict[str, tuple[RecordKey, list[tuple[str, Change]]]] = {
+        record_id(i for i, _ in items): (key, items)
+        for key, items in by_record(list(fresh.items())).items()
+    }
     rows = await raw.fetch(
         _HISTORY,
-        [i for i, _ in unique],
-        [c.customer_id for _, c in unique],
-        [c.dimension for _, c in unique],
-        [c.from_label for _, c in unique],
-        [c.to.label for _, c in unique],
-        [c.to.reason for _, c in unique],
-        [orjson.dumps(dict(c.to.explanation)).decode() for _, c in unique],
-        [c.cause for _, c in unique],
-        [c.effective_at for _, c in unique],
-        [c.to.rule_set_version for _, c in unique],
+        list(records),
+        [key[0] for key, _ in records.values()],
+        [key[1] for key, _ in records.values()],
+        [key[2] for key, _ in records.values()],
+        [
+            orjson.dumps([dimension_change(i, c) for i, c in items], default=dict).decode()
+            for _, items in records.values()
+        ],
     )
-    return {row["change_id"] for row in rows}
+    return {i for row in rows for i, _ in records[row["record_id"]][1]}
 
 
 async def get_state(conn: AsyncConnection, customer_id: str) -> CustomerState | None:

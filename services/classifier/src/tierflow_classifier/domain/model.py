@@ -140,6 +140,21 @@ class Change:
     effective_at: datetime
 
 
+def dimension_change(change_id: str, change: Change) -> dict[str, Any]:
+    """A change as a `customer-classification-changed` record (version 2) carries it in
+    `changes` (DimensionChange), and as the history stores it (classification_records)."""
+    to = change.to
+    return {
+        "change_id": change_id,
+        "dimension": change.dimension,
+        "from": change.from_label,
+        "to": to.label,
+        "reason": to.reason,
+        "explanation": to.explanation,
+        "rule_set_version": to.rule_set_version,
+    }
+
+
 # The hot path replaces a customer's state several times per event. `dataclasses.replace`
 # walks the fields in Python and runs the frozen __init__ (one object.__setattr__ per field):
 # about 4x a copy of the instance's __dict__. Valid for these classes because none has a

@@ -10,8 +10,7 @@ changed) and the population sweep (the population moved) all come through here.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,9 +20,10 @@ import structlog
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.domain.apply import VALUE_TIER
+from tierflow_classifier.domain.change_ids import by_record, change_id, record_id
 from tierflow_classifier.domain.change_scores import Scored, scores_by_customer
 from tierflow_classifier.domain.classify import Outside
-from tierflow_classifier.domain.model import Change, CustomerState
+from tierflow_classifier.domain.model import Change, CustomerState, dimension_change
 from tierflow_classifier.domain.population import PopulationStats
 from tierflow_classifier.domain.reclassification import Basis, Canary, Judging, Rejected, Step
 from tierflow_classifier.domain.rules import RuleSet
@@ -33,12 +33,11 @@ from tierflow_common.contract import (
     TIER_CHANGED_TYPE,
     EmittedEvent,
 )
-from tierflow_common.contract.ids import rfc3339, uuid5
+from tierflow_common.contract.ids import rfc3339
 from tierflow_common.settings import TopicSettings
 
 log = structlog.get_logger(__name__)
 
-CHANGE_NAMESPACE = uuid.UUID("6f1c7a53-3c1e-4f0c-9a8e-2b7d4c1e9a10")
 SOURCE = "tierflow/classifier"
 
 
@@ -140,12 +139,6 @@ async def reclassify(
     return result
 
 
-def change_id(change: Change) -> str:
-    """Stable per (cause, customer, dimension): a redelivered cause yields the same id
-    (a UUID version 5 in CHANGE_NAMESPACE)."""
-    return uuid5(CHANGE_NAMESPACE, f"{change.cause}|{change.customer_id}|{change.dimension}")
-
-
 async def publish(
     uow: UnitOfWork,
     changes: Sequence[Change],
@@ -173,19 +166,6 @@ async def publish(
     return list(fresh.values())
 
 
-# The CloudEvents ids of version-2 records: their own namespace, so one can never equal a
-# change id.
-RECORD_NAMESPACE = uuid.uuid5(CHANGE_NAMESPACE, "customer-classification-changed/v2")
-
-
-def record_id(change_ids: Iterable[str]) -> str:
-    """A version-2 record's id: from the ids of the changes it carries (sorted). `publish`
-    keeps each change id once, ever (the history), so two different records never share an
-    id even when one cause moves a customer twice at one instant; the same changes give the
-    same id (docs/cloudevents.md, "Event ids")."""
-    return uuid5(RECORD_NAMESPACE, "|".join(sorted(change_ids)))
-
-
 def change_records(
     changes: Sequence[tuple[str, Change]],
     topics: TopicSettings,
@@ -195,12 +175,8 @@ def change_records(
     record per customer, cause and instant holding all of its changes (contract version 2)
     and the customer's `scores` where known; on `customer-tier-changed` one record per
     value-tier change, its id the change id."""
-    groups: dict[tuple[str, str, datetime], list[tuple[str, Change]]] = {}
-    for cid, change in changes:
-        key = (change.customer_id, change.cause, change.effective_at)
-        groups.setdefault(key, []).append((cid, change))
     out: list[OutboxItem] = []
-    for (customer, cause, at), items in groups.items():
+    for (customer, cause, at), items in by_record(changes).items():
         instant = rfc3339(at)
         out.append(
             (
@@ -232,20 +208,6 @@ def change_records(
 def _scores_data(scores: Mapping[str, Scored] | None, customer: str) -> dict[str, float] | None:
     scored = scores.get(customer) if scores else None
     return None if scored is None else scored.as_data()
-
-
-def dimension_change(cid: str, change: Change) -> dict[str, Any]:
-    """A change inside a version-2 record, as DimensionChange serialises it."""
-    to = change.to
-    return {
-        "change_id": cid,
-        "dimension": change.dimension,
-        "from": change.from_label,
-        "to": to.label,
-        "reason": to.reason,
-        "explanation": to.explanation,
-        "rule_set_version": to.rule_set_version,
-    }
 
 
 def tier_event(cid: str, change: Change) -> EmittedEvent:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from tierflow_classifier.domain.change_ids import change_id
 from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_classifier.domain.reclassification import Judging, TimePassed
-from tierflow_classifier.service_layer.reclassify import change_id, reclassify
+from tierflow_classifier.service_layer.reclassify import reclassify
 from tierflow_classifier.service_layer.unit_of_work import UnitOfWork
 from tierflow_common.settings import TopicSettings
 
