@@ -171,7 +171,6 @@ customers = Table(
     Column("rule_set_version", Text, nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Index("ix_customers_value_tier", "value_tier"),
     # P(churn) as of the last classification, NULL where not scored (migration 0012).
     Column("churn_probability", Float, nullable=True),
     # The console's customer search by range (migration 0012).
