@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 import httpx
 
 from tests.access import app_client
-from tests.support import ROOT, plain_producer, unique
+from tests.support import ROOT, Servers, plain_producer, unique
 from tierflow_classifier.bootstrap import create_app as create_classifier
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.contract import EmittedEvent, encode_event
+from tierflow_common.db.migrate import alembic_config
 from tierflow_common.settings import (
     ConsumerSettings,
     DatabaseSettings,
@@ -24,6 +25,16 @@ from tierflow_common.settings import (
 )
 
 T = TypeVar("T")
+
+
+async def database_at(servers: Servers, revision: str) -> DatabaseSettings:
+    """A fresh database migrated up to `revision` only: where a migration's test puts the rows
+    the migration has to carry over."""
+    from alembic import command  # noqa: PLC0415 - only the migration tests need it
+
+    database = DatabaseSettings(database_url=servers.create_database(unique("migrate")))
+    await asyncio.to_thread(command.upgrade, alembic_config(database), revision)
+    return database
 
 
 @asynccontextmanager

@@ -8,25 +8,22 @@ import asyncio
 import contextlib
 
 import pytest
-from alembic import command
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from tests.integration.helpers import eventually
+from tests.integration.helpers import database_at, eventually
 from tests.support import Servers, unique
 from tierflow_common.audit import AuditCall, AuditLog, read_audit
 from tierflow_common.auth import ALL_ROLES, Principal, Role
 from tierflow_common.db.engine import create_engine
-from tierflow_common.db.migrate import alembic_config, upgrade_head_async
+from tierflow_common.db.migrate import upgrade_head_async
 from tierflow_common.db.tables import api_keys, audit_log
 from tierflow_common.keys import KeyCache, create_key, find_key, hash_key, revoke_key
 from tierflow_common.settings import DatabaseSettings
 
 
 async def test_keys_made_before_roles_existed_become_ingest_keys(servers: Servers) -> None:
-    database = DatabaseSettings(database_url=servers.create_database(unique("roles")))
-    config = alembic_config(database)
-    await asyncio.to_thread(command.upgrade, config, "0008_ledger_partitions")
+    database = await database_at(servers, "0008_ledger_partitions")
     engine = create_engine(database)
     try:
         async with engine.begin() as conn:

@@ -13,7 +13,8 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.support import Servers, unique
+from tests.integration.helpers import database_at
+from tests.support import Servers
 from tierflow_classifier.adapters import queries
 from tierflow_classifier.adapters import repository as repo
 from tierflow_classifier.domain.change_ids import change_id
@@ -50,9 +51,7 @@ async def history_rows(engine: AsyncEngine) -> list[tuple[Any, ...]]:
 
 
 async def test_history_rows_become_records_and_read_back_the_same(servers: Servers) -> None:
-    database = DatabaseSettings(database_url=servers.create_database(unique("records")))
-    config = alembic_config(database)
-    await asyncio.to_thread(command.upgrade, config, "0019_delivery_fillfactor")
+    database = await database_at(servers, "0019_delivery_fillfactor")
     engine = create_engine(database)
     try:
         async with engine.begin() as conn:
@@ -76,7 +75,9 @@ async def test_history_rows_become_records_and_read_back_the_same(servers: Serve
             )
             assert [(c["change_id"], c["to"]) for c in page] == [("a1", "regular"), ("b1", "VIP")]
             assert page[0]["explanation"] == {"m": 1}
-        await asyncio.to_thread(command.downgrade, config, "0019_delivery_fillfactor")
+        await asyncio.to_thread(
+            command.downgrade, alembic_config(database), "0019_delivery_fillfactor"
+        )
         assert await history_rows(engine) == before
     finally:
         await engine.dispose()

@@ -16,8 +16,14 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.helpers import classifier_client, eventually, produce, purchase_event
-from tests.support import Servers, unique
+from tests.integration.helpers import (
+    classifier_client,
+    database_at,
+    eventually,
+    produce,
+    purchase_event,
+)
+from tests.support import Servers
 from tests.unit.test_contract import purchase
 from tierflow_classifier.adapters.repository import claim_events, release_events
 from tierflow_common.db import ledger_partitions
@@ -167,9 +173,8 @@ async def test_a_week_dropped_behind_a_process_s_back_is_retried_not_dead_letter
 async def test_migration_0008_keeps_the_rows_of_a_ledger_and_their_dedup(
     servers: Servers,
 ) -> None:
-    db = DatabaseSettings(database_url=servers.create_database(unique("migrate")))
+    db = await database_at(servers, "0007_unread_partitions")
     cfg = alembic_config(db)
-    await asyncio.to_thread(command.upgrade, cfg, "0007_unread_partitions")
     e = create_engine(db)
     try:
         async with e.begin() as conn:
