@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
+from alembic import command
 
 from tests.access import app_client
 from tests.support import ROOT, Servers, plain_producer, unique
@@ -30,8 +31,6 @@ T = TypeVar("T")
 async def database_at(servers: Servers, revision: str) -> DatabaseSettings:
     """A fresh database migrated up to `revision` only: where a migration's test puts the rows
     the migration has to carry over."""
-    from alembic import command  # noqa: PLC0415 - only the migration tests need it
-
     database = DatabaseSettings(database_url=servers.create_database(unique("migrate")))
     await asyncio.to_thread(command.upgrade, alembic_config(database), revision)
     return database

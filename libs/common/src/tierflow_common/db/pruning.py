@@ -43,12 +43,16 @@ class PruneRule:
     params: Sequence[Any] = ()
 
 
-def ctid_batch(table: str, age_column: str) -> str:
-    """The statement of a rule that deletes a table's rows older than the cutoff."""
+def ctid_batch(
+    table: str, age_column: str, *, each: str = "1", counted_as: str | None = None
+) -> str:
+    """The statement of a rule that deletes a table's rows older than the cutoff. It counts
+    `each` per row deleted (an expression over the row: a row that holds several entries
+    counts them), as `counted_as` (default: the table)."""
     return (
         f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("  # noqa: S608 - our own names
         f"SELECT ctid FROM {table} WHERE {age_column} < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) "
-        f"RETURNING 1) SELECT count(*) AS {table} FROM gone"
+        f"RETURNING {each} AS n) SELECT coalesce(sum(n), 0) AS {counted_as or table} FROM gone"
     )
 
 

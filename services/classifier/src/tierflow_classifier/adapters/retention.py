@@ -7,16 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tierflow_classifier.settings import ClassifierSettings
-from tierflow_common.db.pruning import PruneRule
-
-# A history row holds a record's changes (one or more): the count is of changes, what the
-# history shows, so it is at least the rows taken, and a full batch of rows goes on.
-_PRUNE_HISTORY = (
-    "WITH gone AS (DELETE FROM classification_records WHERE ctid = ANY(ARRAY("
-    "SELECT ctid FROM classification_records WHERE recorded_at < $1 LIMIT $2 "
-    "FOR UPDATE SKIP LOCKED)) RETURNING jsonb_array_length(changes) AS n) "
-    "SELECT coalesce(sum(n), 0) AS classification_changes FROM gone"
-)
+from tierflow_common.db.pruning import PruneRule, ctid_batch
 
 
 def retention_rules(settings: ClassifierSettings) -> list[PruneRule]:
@@ -24,7 +15,14 @@ def retention_rules(settings: ClassifierSettings) -> list[PruneRule]:
         PruneRule(
             "change history",
             timedelta(days=settings.change_retention_days),
-            _PRUNE_HISTORY,
+            # A history row holds a record's changes (one or more): they are counted, what the
+            # history shows, so the count is at least the rows taken and a full batch goes on.
+            ctid_batch(
+                "classification_records",
+                "recorded_at",
+                each="jsonb_array_length(changes)",
+                counted_as="classification_changes",
+            ),
             drives="classification_changes",
         )
     ]

@@ -75,9 +75,11 @@ def downgrade() -> None:
     op.execute("DROP VIEW classification_changes_view")
     op.execute("DROP TABLE classification_records")
     op.execute("ALTER TABLE classification_changes ADD PRIMARY KEY (change_id)")
-    for column in ("customer_id", "dimension", "to_label", "reason", "explanation", "cause"):
-        op.execute(f"ALTER TABLE classification_changes ALTER COLUMN {column} SET NOT NULL")
-    for column in ("effective_at", "rule_set_version", "recorded_at"):
+    required = (
+        "customer_id", "dimension", "to_label", "reason", "explanation", "cause",
+        "effective_at", "rule_set_version", "recorded_at",
+    )  # fmt: skip
+    for column in required:
         op.execute(f"ALTER TABLE classification_changes ALTER COLUMN {column} SET NOT NULL")
     op.execute("ALTER TABLE classification_changes ALTER COLUMN recorded_at SET DEFAULT now()")
     op.execute(
