@@ -32,6 +32,7 @@ from bench.ingest import IngestPlan, run_ingest
 from bench.notifier import NotifierPlan, run_notifier
 from bench.simulate import SimulatePlan, run_simulate
 from bench.stack import PARTITIONS, ROOT, Stack
+from bench.statements import PROFILE_SETTINGS
 from bench.timelag import LagPlan, run_lag
 
 RESULTS = ROOT / "bench" / "results"
@@ -220,7 +221,7 @@ def run(quick: bool, profile: bool, only: frozenset[str] = frozenset(PHASES)) ->
         "baselines": {},
     }
     lat: dict[str, np.ndarray] = {}
-    stack = Stack()
+    stack = Stack(PROFILE_SETTINGS if profile else None)
     try:
         say(f"starting PostgreSQL and Tansu under {stack.dir}")
         stack.start()

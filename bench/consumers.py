@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
+from bench import statements
 from bench.baselines import raw_consume
 from bench.io_count import applied_records, per_event, table_writes, topic_records
 from bench.kafka_io import preload
@@ -68,13 +71,16 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
     svc = stack.start_service(plan.name, scenario)
     try:
         prof: Profile | None = None
+        applied_at_start = 0
 
-        def start_profile() -> None:
+        async def start_profile(conn: asyncpg.Connection, applied: int) -> None:
             # From the first commit: the steady state, not the imports at start-up (which were
             # 40% of a profile that started with the process).
-            nonlocal prof
+            nonlocal prof, applied_at_start
             if plan.profile_dir is not None and svc.pid is not None:
                 out = plan.profile_dir / f"{plan.name}-{plan.customers}.txt"
+                await statements.reset(conn)
+                applied_at_start = applied
                 prof = Profile(svc.pid, plan.profile_seconds, out)
 
         drain = watch_drain(
@@ -92,6 +98,12 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
             result["log_tail"] = tail(svc.log_file, 15)[-1500:]
         if prof is not None:
             result["profile"] = prof.top()
+            # From the profile's start to the drain's end, per event applied in that window.
+            result["postgres_statements"] = statements.report(
+                scenario.dsn,
+                prof.out.with_name(prof.out.stem + "-postgres.txt"),
+                applied_records(scenario.dsn, group) - applied_at_start,
+            )
     finally:
         wall = time.monotonic() - wall0
         used = stack.stop_service(svc)

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,10 +79,11 @@ def watch_drain(
     table: str,
     total: int,
     max_seconds: float,
-    on_first_progress: Callable[[], None] | None = None,
+    on_first_progress: Callable[[asyncpg.Connection, int], Awaitable[None]] | None = None,
 ) -> Drain:
     """Poll consumer_offsets / outbox until drained or `max_seconds` passed, then count `table`;
-    `on_first_progress` is called once, at the first sample with a committed batch."""
+    `on_first_progress` is awaited once, at the first sample with a committed batch, with the
+    watcher's connection and the records applied so far."""
 
     async def watch() -> Drain:
         drain = Drain(total)
@@ -98,7 +99,7 @@ def watch_drain(
                 now = time.monotonic() - t0
                 drain.samples.append(Sample(now, int(consumed), int(outbox)))
                 if notify is not None and consumed > 0:
-                    notify()
+                    await notify(conn, int(consumed))
                     notify = None
                 if consumed >= total and outbox == 0:
                     break

@@ -220,13 +220,16 @@ def _api_key(database: DatabaseSettings) -> str:
 class Stack:
     """Embedded PostgreSQL + Tansu on free ports under a temp dir; removed by `close()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, postgres_settings: Mapping[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-"))
         self.dir.chmod(0o755)  # PostgreSQL runs as an unprivileged user when we are root
         self.log_dir = self.dir / "log"
         self.log_dir.mkdir()
         self.postgres = EmbeddedPostgres(
-            self.dir / "pgdata", port=free_port(), log_file=self.log_dir / "postgres.log"
+            self.dir / "pgdata",
+            port=free_port(),
+            log_file=self.log_dir / "postgres.log",
+            settings=postgres_settings,
         )
         self.tansu = EmbeddedTansu(port=free_port(), log_file=self.log_dir / "tansu.log")
         self.kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1")

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +139,10 @@ class EmbeddedPostgres:
         host: str = "127.0.0.1",
         database: str = "tierflow",
         install_dir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
-        """`install_dir` holds the server's bin/, lib/ and share/; the wheel's by default."""
+        """`install_dir` holds the server's bin/, lib/ and share/; the wheel's by default.
+        `settings`: server parameters on top of the defaults (`-c name=value` each)."""
         self.data_dir = data_dir.resolve()
         self.install_dir = (install_dir or WHEEL_INSTALL_DIR).resolve()
         self._bin = self.install_dir / "bin"
@@ -149,6 +152,7 @@ class EmbeddedPostgres:
         self.log_file = log_file.resolve()
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_dir: Path | None = None
+        self._settings = dict(settings or {})
 
     @property
     def url(self) -> str:
@@ -202,6 +206,7 @@ class EmbeddedPostgres:
                     "shared_buffers=256MB",
                     "-c",
                     "listen_addresses=" + self.host,
+                    *(a for k, v in self._settings.items() for a in ("-c", f"{k}={v}")),
                 ]
             ),
             log_file=self.log_file,
