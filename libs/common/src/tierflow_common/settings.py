@@ -76,7 +76,7 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     database_url: SecretStr = Field(default=SecretStr(EMBEDDED_DATABASE_URL))
-    db_pool_size: int = Field(default=5, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
     db_echo: bool = False
 
