@@ -99,6 +99,45 @@ async def test_a_loaded_customer_saved_again_holds_what_a_full_write_would(
         await engine.dispose()
 
 
+async def test_a_customer_judged_under_a_new_version_keeps_each_assignments_own(
+    database: DatabaseSettings,
+) -> None:
+    """The row leaves out an assignment's version where it is the row's (or the row's plus
+    a population suffix). When a save moves the row to another version, the assignments it
+    did not change still read back with the version they were judged by, not the new one."""
+    engine = create_engine(database)
+    try:
+        first = bought(None, "c4", 0, "120.00")
+        judged = {
+            n: evolve(a, rule_set_version=f"{first.rule_set_version}+pop3")
+            for n, a in first.dimensions.items()
+        }
+        first = evolve(first, dimensions=judged)
+        async with SqlUnitOfWork(engine) as uow:
+            await uow.customers.save([first])
+        async with SqlUnitOfWork(engine) as uow:
+            await uow.customers.lock(["c4"])
+            loaded = (await uow.customers.load(["c4"]))["c4"]
+            assert as_row(loaded) == as_row(first)
+            # Another rule set moves one dimension and leaves the others as they were.
+            moved = evolve(
+                loaded.dimensions["value_tier"], label="vip", rule_set_version="rs_next+pop3"
+            )
+            later = evolve(
+                loaded,
+                rule_set_version="rs_next",
+                dimensions={**loaded.dimensions, "value_tier": moved},
+            )
+            await uow.customers.save([later])
+        async with SqlUnitOfWork(engine) as uow:
+            again = (await uow.customers.load(["c4"]))["c4"]
+        assert again.dimensions["lifecycle"].rule_set_version == (f"{first.rule_set_version}+pop3")
+        assert again.dimensions["value_tier"].rule_set_version == "rs_next+pop3"
+        assert as_row(again) == as_row(later)
+    finally:
+        await engine.dispose()
+
+
 async def test_after_an_erasure_in_the_same_transaction_the_new_row_is_whole(
     database: DatabaseSettings,
 ) -> None:

@@ -84,15 +84,40 @@ def test_assemble_builds_what_the_dataclasses_build(
         built.label = "other"  # type: ignore[misc]
 
 
-@given(st.dictionaries(texts, st.tuples(texts, instants, texts, texts, explanations, texts)))
-def test_stored_assignments_load_as_they_were_saved(
-    values: dict[str, tuple[str, datetime, str, str, dict[str, Any], str]],
-) -> None:
+versions = st.text(max_size=8).map(lambda v: "rs_" + v)
+
+
+@st.composite
+def judged_states(draw: st.DrawFn) -> CustomerState:
+    """A state whose assignments take the shortcuts the row has for them as often as not: a
+    dimension's own default rule and reason, the row's version, the row's version plus a
+    population suffix, or anything else."""
+    row_version = draw(st.sampled_from(["", "rs_a", "rs_a+churn_3"]) | versions)
+    names = draw(st.lists(st.text(min_size=1, max_size=8), max_size=6, unique=True))
+    dims: dict[str, Assignment] = {}
+    for name in names:
+        default = draw(st.booleans())
+        dims[name] = Assignment(
+            draw(texts),
+            draw(instants),
+            f"{name}.default" if default and draw(st.booleans()) else draw(texts),
+            "no rule matched" if default and draw(st.booleans()) else draw(texts),
+            draw(st.just({}) | st.just({"evaluated": ["x > 1"]}) | explanations),
+            draw(
+                st.just(row_version)
+                | st.integers(0, 99).map(lambda n: f"{row_version}+pop{n}")
+                | versions
+            ),
+        )
+    return CustomerState("c1", rule_set_version=row_version, dimensions=dims)
+
+
+@given(judged_states())
+def test_stored_assignments_load_as_they_were_saved(state: CustomerState) -> None:
     """What the repository writes for a state's assignments reads back equal (a default
     label's explanation is left out of the row; it reads back empty)."""
-    state = CustomerState("c1", dimensions={k: Assignment(*v) for k, v in values.items()})
     stored = orjson.loads(_dimensions_json(state))
-    loaded = _assignments_from_json(stored)
+    loaded = _assignments_from_json(stored, state.rule_set_version)
     for name, a in state.dimensions.items():
         default = a.rule.endswith(".default") and (
             not a.explanation or set(a.explanation) == {"evaluated"}
@@ -100,10 +125,37 @@ def test_stored_assignments_load_as_they_were_saved(
         assert loaded[name] == (replace(a, explanation={}) if default else a)
 
 
+def test_a_default_label_is_stored_as_its_label_and_instant() -> None:
+    """Most of a new customer's dimensions hold their default label: the row keeps what the
+    rule set does not already say (and the version only where it is not the row's)."""
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    state = CustomerState(
+        "c1",
+        rule_set_version="rs_a",
+        dimensions={
+            "rfm": Assignment("unscored", since, "rfm.default", "no rule matched", {}, "rs_a"),
+            "abc": Assignment("C", since, "abc.rules[2]", "r", {"inputs": {}}, "rs_a+pop4"),
+        },
+    )
+    assert orjson.loads(_dimensions_json(state)) == {
+        "rfm": {"label": "unscored", "since": "2026-01-01T00:00:00Z"},
+        "abc": {
+            "label": "C",
+            "since": "2026-01-01T00:00:00Z",
+            "rule": "abc.rules[2]",
+            "reason": "r",
+            "explanation": {"inputs": {}},
+            "rule_set_version": "+pop4",
+        },
+    }
+
+
 def test_a_stored_assignment_with_unknown_fields_is_refused() -> None:
     row = {"label": "VIP", "since": "2026-01-01T00:00:00+00:00", "rule": "r", "reason": "x"}
     with pytest.raises(ValueError, match="fields"):
-        _assignments_from_json({"value_tier": {**row, "rule_set_version": "v", "extra": 1}})
+        _assignments_from_json(
+            {"value_tier": {**row, "rule_set_version": "v", "extra": 1}}, row_version="v"
+        )
 
 
 def test_a_stored_assignment_with_one_field_renamed_is_refused() -> None:
@@ -111,4 +163,4 @@ def test_a_stored_assignment_with_one_field_renamed_is_refused() -> None:
     when some later code reads the missing one."""
     row = {"label": "VIP", "since": "2026-01-01T00:00:00+00:00", "rule": "r", "reason": "x"}
     with pytest.raises(ValueError, match="fields"):
-        _assignments_from_json({"value_tier": {**row, "rule_set_versio": "v"}})
+        _assignments_from_json({"value_tier": {**row, "rule_set_versio": "v"}}, row_version="v")
