@@ -46,7 +46,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_classifier.adapters.population_store import load_with_progress
-from tierflow_classifier.adapters.repository import _row_to_state, read_watermark
+from tierflow_classifier.adapters.repository import read_watermark, state_from_row
 from tierflow_classifier.adapters.rules_file import load_rules
 from tierflow_classifier.domain.classify import Outside, compose_version, variables_at
 from tierflow_classifier.domain.population import PopulationStats, population_dimensions
@@ -876,7 +876,7 @@ async def population_report(engine: AsyncEngine) -> PopulationReport:
         watermark = await read_watermark(conn)
         result = await conn.stream(select(customers).execution_options(yield_per=2_000))
         async for row in result:
-            state = _row_to_state(row._mapping)
+            state = state_from_row(row._mapping)
             checked += 1
             want: dict[str, str] = {}
             if stats is not None and watermark is not None:

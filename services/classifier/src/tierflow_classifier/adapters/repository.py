@@ -197,15 +197,17 @@ async def load_states(
 
 def _raw_to_state(row: Any) -> CustomerState:
     """A row whose JSONB columns were read as text (decoded here, with orjson)."""
-    return _row_to_state(row, orjson.loads)
+    return state_from_row(row, orjson.loads)
 
 
 def _as_is(value: Any) -> Any:
     return value
 
 
-def _row_to_state(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerState:
-    """A row from either driver; `json` decodes its JSONB columns when they came as text."""
+def state_from_row(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerState:
+    """A customer's state from its `customers` row, as either driver returns it (a
+    SQLAlchemy row's `_mapping`, an asyncpg record); `json` decodes its JSONB columns when
+    they came as text."""
     return assemble(
         CustomerState,
         customer_id=row["customer_id"],
@@ -457,7 +459,7 @@ async def get_state(conn: AsyncConnection, customer_id: str) -> CustomerState | 
     row = (
         await conn.execute(select(customers).where(customers.c.customer_id == customer_id))
     ).first()
-    return _row_to_state(row._mapping) if row is not None else None
+    return state_from_row(row._mapping) if row is not None else None
 
 
 async def due_customers(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
