@@ -13,13 +13,12 @@ from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tierflow_classifier.domain.change_ids import RecordKey, by_record, record_id
+from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of
 from tierflow_classifier.domain.model import (
     Assignment,
     Change,
     CustomerState,
     assemble,
-    dimension_change,
     field_names,
 )
 from tierflow_classifier.settings import ClassifierSettings
@@ -409,16 +408,18 @@ _HISTORY = (
 )
 
 
-async def record_changes(conn: AsyncConnection, changes: Sequence[tuple[str, Change]]) -> set[str]:
+async def record_changes(
+    conn: AsyncConnection, changes: Sequence[tuple[str, Change]]
+) -> list[ChangeRecord]:
     """Store (change_id, change) pairs in the history, one row per record (a cause's changes
     to one customer at one instant), and the latest label per dimension.
 
-    Returns the ids actually recorded: a change id already in the history (the same cause,
+    Returns the records actually stored: a change id already in the history (the same cause,
     customer and dimension computed again) is a duplicate, kept out of the history and off
     the wire, so one logical change is published once.
     """
     if not changes:
-        return set()
+        return []
     latest: dict[tuple[str, str], Change] = {}
     for _, c in changes:
         latest[(c.customer_id, c.dimension)] = c
@@ -437,22 +438,17 @@ async def record_changes(conn: AsyncConnection, changes: Sequence[tuple[str, Cha
     for change_id, c in changes:
         if change_id not in known and change_id not in fresh:
             fresh[change_id] = c
-    records: dict[str, tuple[RecordKey, list[tuple[str, Change]]]] = {
-        record_id(i for i, _ in items): (key, items)
-        for key, items in by_record(list(fresh.items())).items()
-    }
+    records = change_records_of(list(fresh.items()))
     rows = await raw.fetch(
         _HISTORY,
-        list(records),
-        [key[0] for key, _ in records.values()],
-        [key[1] for key, _ in records.values()],
-        [key[2] for key, _ in records.values()],
-        [
-            orjson.dumps([dimension_change(i, c) for i, c in items], default=dict).decode()
-            for _, items in records.values()
-        ],
+        [r.record_id for r in records],
+        [r.customer_id for r in records],
+        [r.cause for r in records],
+        [r.effective_at for r in records],
+        [orjson.dumps(r.body, default=dict).decode() for r in records],
     )
-    return {i for row in rows for i, _ in records[row["record_id"]][1]}
+    stored = {row["record_id"] for row in rows}
+    return [r for r in records if r.record_id in stored]
 
 
 async def get_state(conn: AsyncConnection, customer_id: str) -> CustomerState | None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from tierflow_classifier.domain.model import Change
+from tierflow_classifier.domain.model import Change, dimension_change
 from tierflow_common.contract.ids import uuid5
 
 CHANGE_NAMESPACE = uuid.UUID("6f1c7a53-3c1e-4f0c-9a8e-2b7d4c1e9a10")
@@ -43,3 +45,32 @@ def by_record(
         key = (change.customer_id, change.cause, change.effective_at)
         groups.setdefault(key, []).append((cid, change))
     return groups
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """The changes one `customer-classification-changed` record carries, as the history
+    stores them (one row) and the record's `changes` holds them (`body`): built once for
+    both."""
+
+    record_id: str
+    customer_id: str
+    cause: str
+    effective_at: datetime
+    items: list[tuple[str, Change]]
+    body: list[dict[str, Any]]
+
+
+def change_records_of(changes: Sequence[tuple[str, Change]]) -> list[ChangeRecord]:
+    """(change id, change) pairs as the records that carry them, in first-seen order."""
+    return [
+        ChangeRecord(
+            record_id(cid for cid, _ in items),
+            customer,
+            cause,
+            at,
+            items,
+            [dimension_change(cid, c) for cid, c in items],
+        )
+        for (customer, cause, at), items in by_record(changes).items()
+    ]

@@ -20,10 +20,10 @@ import structlog
 from tierflow_classifier.adapters.churn_store import ChurnModelHolder
 from tierflow_classifier.adapters.population_store import PopulationHolder
 from tierflow_classifier.domain.apply import VALUE_TIER
-from tierflow_classifier.domain.change_ids import by_record, change_id, record_id
+from tierflow_classifier.domain.change_ids import ChangeRecord, change_id, change_records_of
 from tierflow_classifier.domain.change_scores import Scored, scores_by_customer
 from tierflow_classifier.domain.classify import Outside
-from tierflow_classifier.domain.model import Change, CustomerState, dimension_change
+from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_classifier.domain.population import PopulationStats
 from tierflow_classifier.domain.reclassification import Basis, Canary, Judging, Rejected, Step
 from tierflow_classifier.domain.rules import RuleSet
@@ -149,7 +149,8 @@ async def publish(
     if not changes:
         return []
     identified = [(change_id(c), c) for c in changes]
-    recorded = await uow.history.record(identified)
+    records = await uow.history.record(identified)
+    recorded = {cid for r in records for cid, _ in r.items}
     fresh: dict[str, Change] = {}
     for cid, change in identified:
         if cid in recorded and cid not in fresh:
@@ -162,7 +163,7 @@ async def publish(
                 dimension=change.dimension,
                 cause=change.cause,
             )
-    uow.outbox.add(change_records(list(fresh.items()), topics, scores))
+    uow.outbox.add(outbox_records(records, topics, scores))
     return list(fresh.values())
 
 
@@ -175,31 +176,39 @@ def change_records(
     record per customer, cause and instant holding all of its changes (contract version 2)
     and the customer's `scores` where known; on `customer-tier-changed` one record per
     value-tier change, its id the change id."""
+    return outbox_records(change_records_of(changes), topics, scores)
+
+
+def outbox_records(
+    records: Sequence[ChangeRecord],
+    topics: TopicSettings,
+    scores: Mapping[str, Scored] | None = None,
+) -> list[OutboxItem]:
+    """change_records() of changes already grouped (as the history stored them)."""
     out: list[OutboxItem] = []
-    for (customer, cause, at), items in by_record(changes).items():
-        instant = rfc3339(at)
+    for r in records:
         out.append(
             (
                 topics.classification_changed,
                 EmittedEvent(
-                    id=record_id(cid for cid, _ in items),
+                    id=r.record_id,
                     type=CLASSIFICATIONS_CHANGED_TYPE,
                     source=SOURCE,
-                    subject=customer,
-                    time=at,
+                    subject=r.customer_id,
+                    time=r.effective_at,
                     data={
-                        "customer_id": customer,
-                        "cause": cause,
-                        "effective_at": instant,
-                        "changes": [dimension_change(cid, c) for cid, c in items],
-                        "scores": _scores_data(scores, customer),
+                        "customer_id": r.customer_id,
+                        "cause": r.cause,
+                        "effective_at": rfc3339(r.effective_at),
+                        "changes": r.body,
+                        "scores": _scores_data(scores, r.customer_id),
                     },
                 ),
             )
         )
         out += [
             (topics.tier_changed, tier_event(cid, c))
-            for cid, c in items
+            for cid, c in r.items
             if c.dimension == VALUE_TIER
         ]
     return out

@@ -25,6 +25,7 @@ from tierflow_classifier.adapters.clock import Watermarks
 from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.adapters.rule_store import SqlRuleSets
+from tierflow_classifier.domain.change_ids import ChangeRecord
 from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_classifier.domain.rule_versions import Activation, StoredRuleSet
 from tierflow_common import erasure as tombstones
@@ -66,8 +67,9 @@ class Customers(Protocol):
 
 
 class ChangeHistory(Protocol):
-    async def record(self, changes: Sequence[tuple[str, Change]]) -> set[str]:
-        """Store (change id, change) pairs; the ids that were new (the others are repeats)."""
+    async def record(self, changes: Sequence[tuple[str, Change]]) -> list[ChangeRecord]:
+        """Store (change id, change) pairs; the records of those that were new (the others
+        are repeats), grouped as `customer-classification-changed` carries them."""
 
 
 class Ledger(Protocol):
@@ -193,7 +195,7 @@ class _SqlHistory:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def record(self, changes: Sequence[tuple[str, Change]]) -> set[str]:
+    async def record(self, changes: Sequence[tuple[str, Change]]) -> list[ChangeRecord]:
         return await repo.record_changes(self._conn, changes)
 
 
