@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import DateTime, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tierflow_classifier.domain.rules import NO_RULE_MATCHED
 from tierflow_common.db.tables import classification_changes as changes
 from tierflow_common.db.tables import customer_labels, customers
 
@@ -101,7 +102,7 @@ async def labels_as_of(
             "dimension": dimension,
             "from": None,
             "to": defaults[dimension],
-            "reason": "no rule matched",
+            "reason": NO_RULE_MATCHED,
             "explanation": {},
             "cause": first.cause,
             "effective_at": first.effective_at,

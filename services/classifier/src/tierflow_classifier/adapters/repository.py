@@ -21,6 +21,7 @@ from tierflow_classifier.domain.model import (
     assemble,
     field_names,
 )
+from tierflow_classifier.domain.rules import NO_RULE_MATCHED, default_rule
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.db.ledger_partitions import (
     LedgerPartitionMissing,
@@ -39,11 +40,10 @@ VALUE_TIER = "value_tier"
 
 _ASSIGNMENT_FIELDS = field_names(Assignment)
 
-# A dimension's "no rule matched" assignment is stored as its label and instant alone: its
-# rule is `<dimension>.default`, its reason this, its explanation implied by its rule set (most
-# of a new customer's dimensions hold one; whole, they were half the row and took it over
-# PostgreSQL's 2 kB TOAST threshold, so every write of it was compressed).
-_NO_RULE_MATCHED = "no rule matched"
+# A dimension's default decision ("no rule matched") is stored as its label and instant alone:
+# its rule and reason are the domain's (default_rule, NO_RULE_MATCHED), its explanation implied
+# by its rule set (most of a new customer's dimensions hold one; whole, they were half the row
+# and took it over PostgreSQL's 2 kB TOAST threshold, so every write of it was compressed).
 
 
 def _assignments_from_json(
@@ -65,8 +65,8 @@ def _assignments_from_json(
             since = instants[text] = _instant(text)
         d["since"] = since
         if "rule" not in d and "reason" not in d:
-            d["rule"] = f"{name}.default"
-            d["reason"] = _NO_RULE_MATCHED
+            d["rule"] = default_rule(name)
+            d["reason"] = NO_RULE_MATCHED
         if "explanation" not in d or d["explanation"] is None:
             d["explanation"] = {}  # a default label's, implied by its rule set
         version = d.get("rule_set_version")
@@ -276,7 +276,7 @@ def _dimensions_json(s: CustomerState, stored: Mapping[str, Assignment] | None =
             continue
         why = a.explanation
         if (not why or (len(why) == 1 and "evaluated" in why)) and a.rule.endswith(".default"):
-            if a.reason == _NO_RULE_MATCHED and a.rule == f"{name}.default":
+            if a.reason == NO_RULE_MATCHED and a.rule == default_rule(name):
                 d: dict[str, Any] = {"label": a.label, "since": a.since}
             else:
                 d = {"label": a.label, "since": a.since, "rule": a.rule, "reason": a.reason}

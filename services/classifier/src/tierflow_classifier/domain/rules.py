@@ -132,6 +132,14 @@ def _explain(rule: Rule, variables: Mapping[str, Any]) -> dict[str, Any]:
 LABEL_FROM = -2  # choose(): the label is a feature's value (label_from dimensions)
 DEFAULT = -1  # choose(): no rule matched
 
+# The reason of a dimension's default decision (its rule: default_rule()).
+NO_RULE_MATCHED = "no rule matched"
+
+
+def default_rule(dimension: str) -> str:
+    """The rule name of a dimension's default decision."""
+    return f"{dimension}.default"
+
 
 class LazyContext:
     """The cel.Context of a variables mapping, built on first use: when every rule has a fast
@@ -210,8 +218,8 @@ def _default_decision(dimension: Dimension) -> Decision:
     once (every new customer takes it on most dimensions)."""
     return Decision(
         dimension.default,
-        f"{dimension.name}.default",
-        "no rule matched",
+        default_rule(dimension.name),
+        NO_RULE_MATCHED,
         # Shared by every assignment that takes it; nothing mutates an explanation.
         {"evaluated": [r.when for r in dimension.rules]},
     )
