@@ -23,7 +23,7 @@ PROFILE_SETTINGS = {
 
 _TOP = """
 SELECT calls, rows, total_exec_time AS exec_ms, total_plan_time AS plan_ms,
-       shared_blks_hit + shared_blks_read AS blocks, wal_bytes::float8 AS wal_bytes, query
+       wal_bytes::float8 AS wal_bytes, query
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY total_exec_time + total_plan_time DESC
@@ -50,7 +50,7 @@ async def _top(dsn: str) -> list[dict[str, Any]]:
 def report(dsn: str, out: Path, events: int, n: int = 12) -> dict[str, Any]:
     """Write every statement of the window to `out` (one line each, costliest first); the
     top `n` with the server's milliseconds per 1,000 `events` applied meanwhile."""
-    rows = _statements(dsn)
+    rows = asyncio.run(_top(dsn))
     total = sum(r["exec_ms"] + r["plan_ms"] for r in rows)
     lines = [
         f"{r['exec_ms'] + r['plan_ms']:10.1f} ms {r['calls']:7d} calls {r['rows']:9d} rows "
@@ -73,7 +73,3 @@ def report(dsn: str, out: Path, events: int, n: int = 12) -> dict[str, Any]:
             for r in rows[:n]
         ],
     }
-
-
-def _statements(dsn: str) -> list[dict[str, Any]]:
-    return asyncio.run(_top(dsn))
