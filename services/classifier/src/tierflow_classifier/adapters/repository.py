@@ -270,6 +270,7 @@ def _dimensions_json(s: CustomerState, stored: Mapping[str, Assignment] | None =
     holds (as loaded, under the same row version); those still in the state, unchanged (the
     same objects), are left out too."""
     row_version = s.rule_set_version
+    row_prefix = row_version + "+"
     dims: dict[str, Any] = {}
     for name, a in s.dimensions.items():
         if stored is not None and stored.get(name) is a:
@@ -290,7 +291,7 @@ def _dimensions_json(s: CustomerState, stored: Mapping[str, Assignment] | None =
             }
         version = a.rule_set_version
         if version != row_version:
-            if version.startswith(row_version + "+"):
+            if version.startswith(row_prefix):
                 version = version[len(row_version) :]  # the population it was judged by
             elif version[:1] == "+":
                 raise ValueError(f"a rule-set version cannot begin with '+': {version!r}")
