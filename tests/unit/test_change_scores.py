@@ -15,6 +15,7 @@ from tierflow_classifier.domain.change_scores import change_scores
 from tierflow_classifier.domain.churn import FittedModel
 from tierflow_classifier.domain.churn.bgnbd import BgNbdParams
 from tierflow_classifier.domain.churn_features import churn_config, full_score
+from tierflow_classifier.domain.customer_features import Complaint, CustomerFeatures
 from tierflow_classifier.domain.model import CustomerState
 from tierflow_common.contract.events import ChangeScores
 
@@ -36,10 +37,13 @@ def customers(draw: st.DrawFn) -> CustomerState:
         net_spend_lifetime=Decimal(draw(st.integers(min_value=-50, max_value=20_000))),
         first_purchase_at=NOW - timedelta(days=first_days) if n else None,
         last_purchase_at=NOW - timedelta(days=last_days) if n else None,
-        features={
-            "open_complaints": draw(st.integers(min_value=0, max_value=3)),
-            "satisfaction_latest": draw(st.integers(min_value=0, max_value=5)),
-        },
+        features=CustomerFeatures(
+            complaints={
+                f"k{i}": Complaint(opened_at=NOW - timedelta(days=i))
+                for i in range(draw(st.integers(min_value=0, max_value=3)))
+            },
+            satisfaction_latest=draw(st.integers(min_value=1, max_value=5) | st.none()),
+        ),
     )
 
 

@@ -48,7 +48,7 @@ def test_orders_of_one_day_are_one_purchase_for_the_churn_model() -> None:
     ]
     state = state_of(events)
     assert state.purchases_lifetime == 4
-    assert days_of(state.features) == [
+    assert days_of(state.features.purchase_days) == [
         (day_number("2025-03-01"), 25.0),
         (day_number("2025-03-21"), 42.0),
     ]
@@ -60,7 +60,7 @@ def test_orders_of_one_day_are_one_purchase_for_the_churn_model() -> None:
     # Any delivery order gives the same history; a resent order is not counted twice.
     for order in itertools.permutations(events):
         again = state_of([*order, order[0]])
-        assert again.features["purchase_days"] == state.features["purchase_days"]
+        assert again.features.purchase_days == state.features.purchase_days
 
 
 def test_every_survey_answer_is_kept_with_its_time() -> None:
@@ -75,7 +75,7 @@ def test_every_survey_answer_is_kept_with_its_time() -> None:
         for n, score in ((1, 5), (9, 1))
     ]
     state = state_of([buy(0, T0), *answers])
-    entries = sorted(satisfaction_entries(state.features["satisfaction_log"]))
+    entries = sorted(satisfaction_entries(state.features.satisfaction_log))
     assert [value for _, value in entries] == [1.0, 0.0]
     assert entries[1][0] - entries[0][0] == pytest.approx(8.0)
 

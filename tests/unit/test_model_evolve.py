@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierflow_classifier.adapters.repository import _assignments_from_json, _dimensions_json
+from tierflow_classifier.domain.customer_features import CustomerFeatures
 from tierflow_classifier.domain.model import Assignment, Change, CustomerState, assemble, evolve
 
 changes = st.fixed_dictionaries(
@@ -23,7 +24,11 @@ changes = st.fixed_dictionaries(
         "purchases_lifetime": st.integers(0, 10**6),
         "net_spend_lifetime": st.decimals(allow_nan=False, allow_infinity=False, places=2),
         "first_seen_at": st.none() | st.datetimes(timezones=st.just(UTC)),
-        "features": st.dictionaries(st.text(max_size=5), st.integers()),
+        "features": st.builds(
+            CustomerFeatures,
+            referrals=st.integers(0, 100),
+            satisfaction_latest=st.none() | st.integers(1, 5),
+        ),
         "rule_set_version": st.text(max_size=8),
         "churn_probability": st.none() | st.floats(0, 1),
     },

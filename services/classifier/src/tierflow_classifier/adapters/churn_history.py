@@ -8,8 +8,9 @@ from __future__ import annotations
 from array import array
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select
@@ -17,14 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_classifier.domain.churn.fit import CustomerSummary
 from tierflow_classifier.domain.churn.history import WEEK_DAYS, ChurnHistory
+from tierflow_classifier.domain.customer_features import Complaint
 from tierflow_classifier.domain.purchase_days import (
-    PURCHASE_DAYS,
-    SATISFACTION_LOG,
     day_number,
     instant_day,
     satisfaction_entries,
 )
 from tierflow_common.db.tables import customers
+
+# The three members of a customer's features the fit reads (domain/customer_features.py),
+# each read as text.
+_days = msgspec.json.Decoder(dict[str, Decimal])
+_complaints = msgspec.json.Decoder(dict[str, Complaint])
+_answers = msgspec.json.Decoder(dict[str, int])
 
 
 class _Columns:
@@ -47,9 +53,9 @@ class _Columns:
 
     def dated(
         self,
-        days: Mapping[str, str],
-        complaints: Mapping[str, Mapping[str, str]] | None,
-        answers: Mapping[str, Any] | None,
+        days: Mapping[str, Decimal],
+        complaints: Mapping[str, Complaint],
+        answers: Mapping[str, int],
         at_day: float,
     ) -> None:
         k = self.n
@@ -58,16 +64,14 @@ class _Columns:
             self.buy_who.append(k)
             self.buy_day.append(day_number(key))
             self.buy_amount.append(float(spend))
-        for record in (complaints or {}).values():
-            if "opened_at" not in record:
+        for record in complaints.values():
+            if record.opened_at is None:
                 continue  # a resolution whose complaint is not known: nothing was open
             self.complaint_who.append(k)
-            self.opened.append(instant_day(datetime.fromisoformat(record["opened_at"])))
-            resolved = record.get("resolved_at")
-            self.resolved.append(
-                instant_day(datetime.fromisoformat(resolved)) if resolved else np.inf
-            )
-        for day, value in satisfaction_entries(answers or {}):
+            self.opened.append(instant_day(record.opened_at))
+            resolved = record.resolved_at
+            self.resolved.append(instant_day(resolved) if resolved else np.inf)
+        for day, value in satisfaction_entries(answers):
             if day <= at_day:
                 self.sat_who.append(k)
                 self.sat_day.append(day)
@@ -115,16 +119,21 @@ async def collect_history(engine: AsyncEngine, at: datetime) -> ChurnHistory:
         customers.c.first_purchase_at,
         customers.c.last_purchase_at,
         customers.c.net_spend_lifetime,
-        features[PURCHASE_DAYS],
-        features["complaints"],
-        features[SATISFACTION_LOG],
+        features["purchase_days"].astext,
+        features["complaints"].astext,
+        features["satisfaction_log"].astext,
     ).where(customers.c.purchases_lifetime > 0, customers.c.first_purchase_at <= at)
     columns = _Columns()
     async with engine.connect() as conn:
         result = await conn.stream(query.execution_options(yield_per=20_000))
         async for n, first, last, spend, days, complaints, answers in result:
             if days:
-                columns.dated(days, complaints, answers, at_day)
+                columns.dated(
+                    _days.decode(days),
+                    _complaints.decode(complaints) if complaints else {},
+                    _answers.decode(answers) if answers else {},
+                    at_day,
+                )
                 continue
             age = max((at - first).total_seconds() / 86_400.0, 0.0)
             recency = min(max((last - first).total_seconds() / 86_400.0, 0.0), age)

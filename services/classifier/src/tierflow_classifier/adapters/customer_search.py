@@ -191,8 +191,8 @@ def criteria(row: CustomerRow) -> dict[str, Any]:
         "purchases_lifetime": s.purchases_lifetime,
         "last_purchase_at": s.last_purchase_at,
         "first_purchase_at": s.first_purchase_at,
-        "open_complaints": int(f.get("open_complaints", 0)),
-        "satisfaction_latest": f.get("satisfaction_latest"),
+        "open_complaints": f.open_complaints,
+        "satisfaction_latest": f.satisfaction_latest,
         "churn_probability": s.churn_probability,
         "clv": row.clv,
     }

@@ -24,6 +24,7 @@ from sqlalchemy import bindparam, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
+from tierflow_classifier.domain.customer_features import CustomerFeatures, decode_months
 from tierflow_classifier.domain.features import DAY_S, window_sums
 from tierflow_classifier.domain.model import Assignment, CustomerState
 from tierflow_classifier.domain.population import PopulationStats, abc_thresholds
@@ -138,7 +139,7 @@ async def outlines(
             customers.c.last_purchase_at,
             customers.c.next_review_at,
             customers.c.rule_set_version,
-            customers.c.features["months"].label("months"),
+            customers.c.features["months"].astext.label("months"),
             _LATEST_SINCE.label("latest"),
             *labels,
         )
@@ -156,7 +157,7 @@ async def outlines(
                 last_purchase_at=r.last_purchase_at,
                 next_review_at=r.next_review_at,
                 rule_set_version=r.rule_set_version,
-                features={"months": r.months or {}},
+                features=CustomerFeatures(months=decode_months(r.months)),
                 dimensions={
                     d: Assignment(label, since, "", "", {}, "")
                     for i, d in enumerate(dimensions)
@@ -222,12 +223,14 @@ async def rebuild(
     async with engine.connect() as conn:
         # Only what the statistics read: the monthly buckets and the last purchase.
         result = await conn.stream(
-            select(customers.c.last_purchase_at, customers.c.features["months"].label("months"))
+            select(
+                customers.c.last_purchase_at, customers.c.features["months"].astext.label("months")
+            )
             .where(customers.c.purchases_lifetime > 0)
             .execution_options(yield_per=5_000)
         )
         async for last_purchase_at, months in result:
-            spend, orders, _ = window_sums(months or {}, at, window)
+            spend, orders, _ = window_sums(decode_months(months), at, window)
             # A partition ahead of the replay watermark may hold later purchases: recency 0.
             recency = (
                 max((at - last_purchase_at).total_seconds() / DAY_S, 0.0)

@@ -8,12 +8,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of
+from tierflow_classifier.domain.customer_features import (
+    CustomerFeatures,
+    decode_features,
+    encode_features,
+)
 from tierflow_classifier.domain.model import (
     Assignment,
     Change,
@@ -203,6 +209,14 @@ def _as_is(value: Any) -> Any:
     return value
 
 
+def _features(stored: Any) -> CustomerFeatures:
+    """The row's `features`, read as text (load_states) or decoded already (a SQLAlchemy row
+    of the whole table)."""
+    if isinstance(stored, str | bytes):
+        return decode_features(stored)
+    return msgspec.convert(stored, CustomerFeatures)
+
+
 def state_from_row(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerState:
     """A customer's state from its `customers` row, as either driver returns it (a
     SQLAlchemy row's `_mapping`, an asyncpg record); `json` decodes its JSONB columns when
@@ -214,7 +228,7 @@ def state_from_row(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerSta
         net_spend_lifetime=Decimal(row["net_spend_lifetime"]),
         refunds_lifetime=row["refunds_lifetime"],
         refunded_lifetime=Decimal(row["refunded_lifetime"]),
-        features=json(row["features"]),
+        features=_features(row["features"]),
         profile=json(row["profile"]),
         first_seen_at=row["first_seen_at"],
         recent_purchases=tuple(row["recent_purchases"] or ()),
@@ -334,7 +348,7 @@ def state_record(
         s.net_spend_lifetime,
         s.refunds_lifetime,
         s.refunded_lifetime,
-        orjson.dumps(dict(s.features)).decode(),
+        encode_features(s.features).decode(),
         orjson.dumps(dict(s.profile)).decode(),
         s.first_seen_at,
         list(s.recent_purchases),

@@ -11,6 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from msgspec.structs import replace
+
 from tierflow_classifier.domain import overrides
 from tierflow_classifier.domain.classify import (
     NOTHING,
@@ -19,6 +21,7 @@ from tierflow_classifier.domain.classify import (
     effective_version,
     labelled_version,
 )
+from tierflow_classifier.domain.customer_features import Complaint, MonthBucket
 from tierflow_classifier.domain.features import month_key
 from tierflow_classifier.domain.model import (
     Change,
@@ -49,26 +52,26 @@ def to_base_currency(amount: Decimal, currency: str, rules: RuleSet) -> Decimal:
     return amount * rate
 
 
-def _later(a: str | None, b: datetime) -> str:
-    iso = b.isoformat()
-    return iso if a is None or datetime.fromisoformat(a) < b else a
+def _later(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or a < b else a
 
 
-def _count(features: Mapping[str, Any], name: str, by: int = 1) -> dict[str, Any]:
-    return {**features, name: int(features.get(name, 0)) + by}
+def _earlier(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or a > b else a
 
 
-def _add_to_month(
-    features: dict[str, Any], t: datetime, spend: Decimal, orders: int
-) -> dict[str, Any]:
-    months = dict(features.get("months", {}))
+def _with_month(
+    months: Mapping[str, MonthBucket], t: datetime, spend: Decimal, orders: int
+) -> dict[str, MonthBucket]:
     key = month_key(t)
-    bucket = months.get(key, {"spend": "0", "orders": 0})
-    months[key] = {
-        "spend": format(Decimal(bucket["spend"]) + spend, "f"),
-        "orders": int(bucket["orders"]) + orders,
-    }
-    return {**features, "months": months}
+    bucket = months.get(key)
+    out = dict(months)
+    out[key] = (
+        MonthBucket(spend, orders)
+        if bucket is None
+        else MonthBucket(bucket.spend + spend, bucket.orders + orders)
+    )
+    return out
 
 
 def already_applied(state: CustomerState | None, event: CustomerEvent) -> bool:
@@ -80,27 +83,28 @@ def already_applied(state: CustomerState | None, event: CustomerEvent) -> bool:
         return False
     match event:
         case Purchase():
-            return event.order_id in state.features.get("orders", {})
+            return event.order_id in state.features.orders
         case Refund():
-            return event.meta.cause in state.features.get("refund_causes", {}).get(
-                event.order_id, ()
-            )
+            return event.meta.cause in state.features.refund_causes.get(event.order_id, ())
     return False
 
 
 def _apply_purchase(state: CustomerState, e: Purchase, rules: RuleSet) -> CustomerState:
     amount = to_base_currency(e.amount, e.currency, rules)
     t = e.meta.time
-    features: dict[str, Any] = _add_to_month(dict(state.features), t, amount, 1)
-    # The churn fit's history: same-day orders are one purchase (domain/purchase_days.py).
-    features = with_purchase(features, t, amount)
+    f = state.features
     # Order amounts, so a refund can be checked against what the order cost; also the natural
     # key: a purchase of an order already here is the same purchase again (already_applied).
-    orders = dict(features.get("orders", {}))
-    orders[e.order_id] = format(amount, "f")
-    features["orders"] = orders
-    if e.discounted:
-        features = _count(features, "discounted_purchases")
+    orders = dict(f.orders)
+    orders[e.order_id] = amount
+    features = replace(
+        f,
+        months=_with_month(f.months, t, amount, 1),
+        # The churn fit's history: same-day orders are one purchase (domain/purchase_days.py).
+        purchase_days=with_purchase(f.purchase_days, t, amount),
+        orders=orders,
+        discounted_purchases=f.discounted_purchases + 1 if e.discounted else f.discounted_purchases,
+    )
     recent = tuple(sorted({*state.recent_purchases, t}, reverse=True)[:2])
     return evolve(
         state,
@@ -115,31 +119,35 @@ def _apply_purchase(state: CustomerState, e: Purchase, rules: RuleSet) -> Custom
 
 def _apply_refund(state: CustomerState, e: Refund, rules: RuleSet) -> CustomerState:
     amount = to_base_currency(e.amount, e.currency, rules)
-    orders: Mapping[str, str] = state.features.get("orders", {})
-    refunded = dict(state.features.get("refunded_orders", {}))
-    already = Decimal(refunded.get(e.order_id, "0"))
+    f = state.features
+    already = f.refunded_orders.get(e.order_id, Decimal(0))
     policy = rules.refunds
-    if e.order_id not in orders:
+    cost = f.orders.get(e.order_id)
+    if cost is None:
         if policy.unknown_order == "dead_letter":
             raise UnprocessableEvent(
                 f"refund for unknown order {e.order_id!r} (policy refunds.unknown_order)",
                 field="data.order_id",
             )
-    elif policy.over_refund == "dead_letter" and already + amount > Decimal(orders[e.order_id]):
+    elif policy.over_refund == "dead_letter" and already + amount > cost:
         raise UnprocessableEvent(
             f"refunds of order {e.order_id!r} would total {already + amount:f} "
-            f"{rules.base_currency}, more than its {Decimal(orders[e.order_id]):f} "
+            f"{rules.base_currency}, more than its {cost:f} "
             "(policy refunds.over_refund)",
             field="data.amount",
         )
-    refunded[e.order_id] = format(already + amount, "f")
-    features = _add_to_month(dict(state.features), e.meta.time, -amount, 0)
-    features["refunded_orders"] = refunded
+    refunded = dict(f.refunded_orders)
+    refunded[e.order_id] = already + amount
     # An order may be refunded in parts: each refund event is known by its cause (a sorted set,
     # so the state does not depend on the order refunds arrive in).
-    causes = dict(features.get("refund_causes", {}))
-    causes[e.order_id] = sorted({*causes.get(e.order_id, ()), e.meta.cause})
-    features["refund_causes"] = causes
+    causes = dict(f.refund_causes)
+    causes[e.order_id] = tuple(sorted({*causes.get(e.order_id, ()), e.meta.cause}))
+    features = replace(
+        f,
+        months=_with_month(f.months, e.meta.time, -amount, 0),
+        refunded_orders=refunded,
+        refund_causes=causes,
+    )
     return evolve(
         state,
         features=features,
@@ -150,59 +158,52 @@ def _apply_refund(state: CustomerState, e: Refund, rules: RuleSet) -> CustomerSt
 
 
 def _apply_interaction(state: CustomerState, e: Interaction) -> CustomerState:
-    features: dict[str, Any] = dict(state.features)
-    kinds = dict(features.get("interactions", {}))
-    kinds[e.kind] = int(kinds.get(e.kind, 0)) + 1
-    features["interactions"] = kinds
-    features["last_interaction_at"] = _later(features.get("last_interaction_at"), e.meta.time)
+    f = state.features
+    t = e.meta.time
+    kinds = dict(f.interactions)
+    kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    changes: dict[str, Any] = {
+        "interactions": kinds,
+        "last_interaction_at": _later(f.last_interaction_at, t),
+    }
     if e.complaint_id is not None and e.kind in ("complaint", "complaint_resolved"):
-        complaints = dict(features.get("complaints", {}))
-        record = dict(complaints.get(e.complaint_id, {}))
-        field = "opened_at" if e.kind == "complaint" else "resolved_at"
-        record[field] = _earlier(record.get(field), e.meta.time)
+        complaints = dict(f.complaints)
+        record = complaints.get(e.complaint_id, Complaint())
+        if e.kind == "complaint":
+            record = replace(record, opened_at=_earlier(record.opened_at, t))
+        else:
+            record = replace(record, resolved_at=_earlier(record.resolved_at, t))
         complaints[e.complaint_id] = record
-        features["complaints"] = complaints
-        features["open_complaints"] = sum(
-            1 for r in complaints.values() if "opened_at" in r and "resolved_at" not in r
-        )
+        changes["complaints"] = complaints
     if e.kind == "referral":
-        features = _count(features, "referrals")
+        changes["referrals"] = f.referrals + 1
     if e.kind == "revisit_done":
         # A completed care revisit or follow-up (the notifier reports it): the last-contact fact
         # rules read (days_since_contact, the last_contact_at timer anchor).
-        features["last_contact_at"] = _later(features.get("last_contact_at"), e.meta.time)
-    return evolve(state, features=features)
-
-
-def _earlier(a: str | None, b: datetime) -> str:
-    iso = b.isoformat()
-    return iso if a is None or datetime.fromisoformat(a) > b else a
+        changes["last_contact_at"] = _later(f.last_contact_at, t)
+    return evolve(state, features=replace(f, **changes))
 
 
 def _apply_feedback(state: CustomerState, e: Feedback) -> CustomerState:
-    features: dict[str, Any] = dict(state.features)
+    f = state.features
+    changes: dict[str, Any] = {}
     if e.satisfaction is not None:
-        features = _count(features, "satisfaction_count")
-        features = _count(features, "satisfaction_sum", e.satisfaction)
-        features = with_satisfaction(features, e.meta.time, e.meta.cause, e.satisfaction)
+        changes["satisfaction_count"] = f.satisfaction_count + 1
+        changes["satisfaction_sum"] = f.satisfaction_sum + e.satisfaction
+        changes["satisfaction_log"] = with_satisfaction(
+            f.satisfaction_log, e.meta.time, e.meta.cause, e.satisfaction
+        )
         # Latest by event time; the event id breaks ties so delivery order never matters.
-        latest = features.get("satisfaction_latest_at")
+        latest = f.satisfaction_latest_at
         mine = (e.meta.time, e.meta.cause)
-        if (
-            latest is None
-            or (
-                datetime.fromisoformat(latest),
-                str(features.get("satisfaction_latest_cause", "")),
-            )
-            < mine
-        ):
-            features["satisfaction_latest"] = e.satisfaction
-            features["satisfaction_latest_at"] = e.meta.time.isoformat()
-            features["satisfaction_latest_cause"] = e.meta.cause
+        if latest is None or (latest, f.satisfaction_latest_cause) < mine:
+            changes["satisfaction_latest"] = e.satisfaction
+            changes["satisfaction_latest_at"] = e.meta.time
+            changes["satisfaction_latest_cause"] = e.meta.cause
     if e.nps is not None:
-        features = _count(features, "nps_count")
-        features = _count(features, "nps_sum", e.nps)
-    return evolve(state, features=features)
+        changes["nps_count"] = f.nps_count + 1
+        changes["nps_sum"] = f.nps_sum + e.nps
+    return evolve(state, features=replace(f, **changes))
 
 
 def _apply_profile(state: CustomerState, e: ProfilePatch) -> CustomerState:

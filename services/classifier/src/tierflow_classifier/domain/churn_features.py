@@ -56,10 +56,10 @@ def _inputs(state: CustomerState, at: datetime) -> tuple[CustomerStats, ServiceS
     recency = min(max((last - first).total_seconds() / DAY_S, 0.0), age) if n > 1 else 0.0
     spend = float(state.net_spend_lifetime)
     f = state.features
-    sat = int(f.get("satisfaction_latest", 0))
+    sat = f.satisfaction_latest or 0
     x, mean_spend = n - 1, spend / n if n > 1 and spend > 0 else None
     decline: float | None = None
-    days = days_of(f)
+    days = days_of(f.purchase_days)
     if days is not None:
         # The fit's preparation (domain/churn/history.py): same-day orders are one purchase,
         # the mean spend is over repeat purchase days, the decline over the last 13 weeks.
@@ -76,7 +76,7 @@ def _inputs(state: CustomerState, at: datetime) -> tuple[CustomerStats, ServiceS
         total_spend=spend,
     )
     signals = ServiceSignals(
-        open_complaints=int(f.get("open_complaints", 0)),
+        open_complaints=f.open_complaints,
         satisfaction=(sat - 1) / 4.0 if sat else None,  # CSAT 1-5 onto 0-1
         frequency_decline=decline,
     )

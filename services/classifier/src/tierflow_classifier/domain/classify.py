@@ -49,8 +49,7 @@ def _anchor(state: CustomerState, name: str) -> datetime | None:
     if name == "oldest_open_complaint_at":
         return oldest_open_complaint(state)
     if name == "last_contact_at":
-        contact = state.features.get("last_contact_at")
-        return datetime.fromisoformat(contact) if contact else None
+        return state.features.last_contact_at
     value: datetime | None = getattr(state, name)
     return value
 
@@ -152,7 +151,7 @@ def _variables(
     params = rules.params
     population = outside.population
     # Once: the features read the window's sums, the deadlines its oldest month.
-    window = window_sums(state.features.get("months", {}), at, rules.window_months)
+    window = window_sums(state.features.months, at, rules.window_months)
     features = compute_features(state, at, params, population, window=window)
     features.update(churn_features(state, at, outside.churn, rule_set_churn_config(rules)))
     # CEL never coerces int and double: every number a rule sees is a double.

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from tierflow_classifier.domain.customer_features import MonthBucket
 from tierflow_classifier.domain.model import CustomerState, utc
 from tierflow_classifier.domain.population import (
     PopulationStats,
@@ -39,7 +40,7 @@ def month_start(index: int) -> datetime:
 
 
 def window_sums(
-    months: Mapping[str, Any], at: datetime, window_months: int
+    months: Mapping[str, MonthBucket], at: datetime, window_months: int
 ) -> tuple[Decimal, int, int | None]:
     """(spend, orders, oldest contributing month index) over the window ending at `at`.
 
@@ -52,18 +53,17 @@ def window_sums(
     for key, bucket in months.items():
         i = month_index(key)
         if first <= i <= current:
-            spend += Decimal(bucket["spend"])
-            orders += int(bucket["orders"])
-            if int(bucket["orders"]) and (oldest is None or i < oldest):
+            spend += bucket.spend
+            orders += bucket.orders
+            if bucket.orders and (oldest is None or i < oldest):
                 oldest = i
     return spend, orders, oldest
 
 
-def _days(now: datetime, then: datetime | str | None) -> float:
+def _days(now: datetime, then: datetime | None) -> float:
     if then is None:
         return NEVER
-    t = datetime.fromisoformat(then) if isinstance(then, str) else then
-    return (now - t).total_seconds() / DAY_S
+    return (now - then).total_seconds() / DAY_S
 
 
 def _profile(state: CustomerState, name: str) -> Any:
@@ -105,7 +105,7 @@ def compute_features(
     f = state.features
     n = state.purchases_lifetime
     if window is None:
-        window = window_sums(f.get("months", {}), at, int(params.get("window_months", 12)))
+        window = window_sums(f.months, at, int(params.get("window_months", 12)))
     spend_w, orders_w, _ = window
     rhythm_min = int(params.get("rhythm_min_purchases", 3))
     if n >= rhythm_min and state.first_purchase_at and state.last_purchase_at:
@@ -117,12 +117,8 @@ def compute_features(
         rhythm = float(params.get("default_rhythm_days", 90.0))
     recent = state.recent_purchases
     gap_before_last = (recent[0] - recent[1]).total_seconds() / DAY_S if len(recent) >= 2 else 0.0
-    kinds: Mapping[str, int] = f.get("interactions", {})
-    complaints: Mapping[str, Mapping[str, str]] = f.get("complaints", {})
-    open_since = [
-        c["opened_at"] for c in complaints.values() if "opened_at" in c and "resolved_at" not in c
-    ]
-    sat_count = int(f.get("satisfaction_count", 0))
+    open_since = f.open_since()
+    sat_count = f.satisfaction_count
     region = _profile(state, "region") or {}
     return {
         **population_features(state, at, float(spend_w), orders_w, population),
@@ -141,26 +137,21 @@ def compute_features(
         else 0.0,
         "rhythm_days": rhythm,
         "gap_before_last_purchase_days": gap_before_last,
-        "discount_share": int(f.get("discounted_purchases", 0)) / n if n else 0.0,
-        "support_contacts": int(kinds.get("support_contact", 0)) + int(kinds.get("inquiry", 0)),
-        "support_contacts_per_order": (
-            int(kinds.get("support_contact", 0))
-            + int(kinds.get("inquiry", 0))
-            + int(kinds.get("complaint", 0))
-        )
+        "discount_share": f.discounted_purchases / n if n else 0.0,
+        "support_contacts": f.interactions_of("support_contact", "inquiry"),
+        "support_contacts_per_order": f.interactions_of("support_contact", "inquiry", "complaint")
         / max(n, 1),
-        "product_interest": int(kinds.get("visit", 0))
-        + int(kinds.get("message_click", 0))
-        + int(kinds.get("email_open", 0))
-        + int(kinds.get("trial_start", 0)),
-        "referrals": int(f.get("referrals", 0)),
-        "care_contacts": int(kinds.get("revisit_done", 0)),
-        "days_since_contact": _days(at, f.get("last_contact_at")),
-        "complaints_total": len(complaints),
+        "product_interest": f.interactions_of(
+            "visit", "message_click", "email_open", "trial_start"
+        ),
+        "referrals": f.referrals,
+        "care_contacts": f.interactions_of("revisit_done"),
+        "days_since_contact": _days(at, f.last_contact_at),
+        "complaints_total": len(f.complaints),
         "open_complaints": len(open_since),
         "oldest_open_complaint_days": max((_days(at, o) for o in open_since), default=0.0),
-        "satisfaction_latest": int(f.get("satisfaction_latest", 0)),
-        "satisfaction_avg": int(f.get("satisfaction_sum", 0)) / sat_count if sat_count else 0.0,
+        "satisfaction_latest": f.satisfaction_latest or 0,
+        "satisfaction_avg": f.satisfaction_sum / sat_count if sat_count else 0.0,
         "country": str(region.get("country") or ""),
         "province": str(region.get("province") or ""),
         "city": str(region.get("city") or ""),
@@ -170,10 +161,4 @@ def compute_features(
 
 
 def oldest_open_complaint(state: CustomerState) -> datetime | None:
-    complaints: Mapping[str, Mapping[str, str]] = state.features.get("complaints", {})
-    opened = [
-        datetime.fromisoformat(c["opened_at"])
-        for c in complaints.values()
-        if "opened_at" in c and "resolved_at" not in c
-    ]
-    return min(opened) if opened else None
+    return min(state.features.open_since(), default=None)

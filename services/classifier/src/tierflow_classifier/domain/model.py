@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from tierflow_classifier.domain.customer_features import NO_FEATURES, CustomerFeatures
+
 T = TypeVar("T")
 
 
@@ -38,8 +40,9 @@ class Assignment:
 
 @dataclass(frozen=True)
 class CustomerState:
-    """Everything the rules read. `features` holds counters that are facts merged by event time
-    (so any delivery order gives the same state); `profile` holds each field with its time."""
+    """Everything the rules read. `features` holds the facts its events left, merged by event
+    time (so any delivery order gives the same state); `profile` holds each field with its
+    time."""
 
     customer_id: str
     purchases_lifetime: int = 0
@@ -52,7 +55,7 @@ class CustomerState:
     # The two latest distinct purchase times: the gap between them tells a reactivation.
     recent_purchases: tuple[datetime, ...] = ()
     dimensions: Mapping[str, Assignment] = field(default_factory=dict)
-    features: Mapping[str, Any] = field(default_factory=dict)
+    features: CustomerFeatures = NO_FEATURES
     profile: Mapping[str, Any] = field(default_factory=dict)
     next_review_at: datetime | None = None
     rule_set_version: str = ""

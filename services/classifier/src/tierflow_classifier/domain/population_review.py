@@ -86,7 +86,7 @@ def after_refresh(state: CustomerState, rules: RuleSet, outside: Outside, at: da
         # The population dimensions read only population features and params (the default
         # rule set): evaluate just those, ~20x cheaper than every feature of the customer.
         window = int(rules.params.get("window_months", 12))
-        spend, orders, _ = window_sums(state.features.get("months", {}), when, window)
+        spend, orders, _ = window_sums(state.features.months, when, window)
         features = population_features(state, when, float(spend), orders, stats)
         variables = {
             **rules.params,

@@ -118,8 +118,8 @@ def customer_out(state: CustomerState, rules: RuleSet | None = None) -> Customer
 
 def _features(state: CustomerState) -> FeaturesOut:
     f = state.features
-    count = int(f.get("satisfaction_count", 0))
-    average = _decimal(Decimal(int(f["satisfaction_sum"])) / count) if count else None
+    count = f.satisfaction_count
+    average = _decimal(Decimal(f.satisfaction_sum) / count) if count else None
     return FeaturesOut(
         purchases_lifetime=state.purchases_lifetime,
         net_spend_lifetime=_decimal(state.net_spend_lifetime),
@@ -127,12 +127,12 @@ def _features(state: CustomerState) -> FeaturesOut:
         last_purchase_at=state.last_purchase_at,
         refunds_lifetime=state.refunds_lifetime,
         refunded_lifetime=_decimal(state.refunded_lifetime),
-        discounted_purchases=int(f.get("discounted_purchases", 0)),
-        interactions=dict(f.get("interactions", {})),
-        last_interaction_at=f.get("last_interaction_at"),
-        open_complaints=int(f.get("open_complaints", 0)),
-        referrals=int(f.get("referrals", 0)),
-        satisfaction_latest=f.get("satisfaction_latest"),
+        discounted_purchases=f.discounted_purchases,
+        interactions=dict(f.interactions),
+        last_interaction_at=f.last_interaction_at,
+        open_complaints=f.open_complaints,
+        referrals=f.referrals,
+        satisfaction_latest=f.satisfaction_latest,
         satisfaction_average=average,
     )
 
