@@ -94,7 +94,8 @@ def watch_drain(
             while True:
                 consumed = await conn.fetchval(APPLIED, group)
                 outbox = await conn.fetchval(
-                    "SELECT count(*) FROM outbox WHERE producer = $1", producer
+                    "SELECT coalesce(sum(record_count), 0) FROM outbox WHERE producer = $1",
+                    producer,
                 )
                 now = time.monotonic() - t0
                 drain.samples.append(Sample(now, int(consumed), int(outbox)))

@@ -439,7 +439,9 @@ async def progress(engine: AsyncEngine, kafka: KafkaSettings, topic: str) -> Pro
             )
         }
         pending = await conn.scalar(
-            select(func.count()).select_from(outbox).where(outbox.c.producer == CLASSIFIER_PRODUCER)
+            select(func.coalesce(func.sum(outbox.c.record_count), 0)).where(
+                outbox.c.producer == CLASSIFIER_PRODUCER
+            )
         )
         watermark = await read_watermark(conn)
         model = (

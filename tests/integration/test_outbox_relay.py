@@ -16,7 +16,7 @@ from tierflow_common.contract.kafka_binding import KafkaRecord
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.tables import outbox
 from tierflow_common.kafka import make_consumer
-from tierflow_common.outbox import OutboxRelay, enqueue
+from tierflow_common.outbox import RECORDS_PER_ROW, OutboxRelay, enqueue
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 pytestmark = pytest.mark.integration
@@ -117,14 +117,15 @@ async def test_the_backlog_gauge_counts_down_to_zero_as_the_relay_publishes(
     database: DatabaseSettings, kafka_settings: KafkaSettings, topics: TopicSettings
 ) -> None:
     """tierflow_outbox_backlog (the console's and the Grafana dashboard's outbox backlog) is
-    the number of rows still unpublished after each round, whether counted or not."""
+    the number of records still unpublished after each round, whether counted or not (the
+    records one transaction enqueued are taken in rows of RECORDS_PER_ROW)."""
     engine = create_engine(database)
     producer = unique("backlog")
     items = [
         (topics.customer_events, KafkaRecord(key=b"k", value=str(i).encode(), headers=[]))
-        for i in range(2_500)
+        for i in range(5 * RECORDS_PER_ROW)
     ]
-    relay = OutboxRelay(engine, kafka_settings, producer=producer, batch=1_000)
+    relay = OutboxRelay(engine, kafka_settings, producer=producer, batch=2 * RECORDS_PER_ROW)
     relay.kafka_producer = plain_producer(kafka_settings)
     await relay.kafka_producer.start()
     try:
@@ -134,7 +135,7 @@ async def test_the_backlog_gauge_counts_down_to_zero_as_the_relay_publishes(
         for _ in range(4):
             await relay.relay_once()
             seen.append(backlog_gauge(producer))
-        assert seen == [1_500, 500, 0, 0]
+        assert seen == [3 * RECORDS_PER_ROW, RECORDS_PER_ROW, 0, 0]
     finally:
         await relay.kafka_producer.stop()
         await engine.dispose()

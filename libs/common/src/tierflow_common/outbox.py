@@ -1,5 +1,10 @@
 """Transactional outbox: enqueue records with the state change, relay them to Kafka afterwards.
 
+One outbox row holds every record one transaction enqueued (for one producer), in order, as a
+MessagePack array of [topic, key, value, headers] (migration 0023): a batch of a thousand
+changes is one row to insert, select and delete, where it was a thousand, each with its
+indexes, its JSONB headers to parse and print, and its dead tuple to vacuum.
+
 At-least-once on the wire: a crash between the broker's ack and the delete re-sends a batch.
 Every record carries a stable CloudEvents id, so consumers dedupe.
 """
@@ -15,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import orjson
+import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -27,27 +32,35 @@ from tierflow_common.db.raw import raw_connection
 from tierflow_common.kafka import make_producer, partition_for
 from tierflow_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from tierflow_common.settings import KafkaSettings
-from tierflow_common.trace_context import KAFKA_TRACEPARENT, TraceContext, from_json
+from tierflow_common.trace_context import KAFKA_TRACEPARENT, TraceContext
 
 log = structlog.get_logger(__name__)
 
 
+# One record as a row's `records` array holds it: [topic, key, value, [[name, value], ...]].
+StoredRecord = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+_encode_records = msgspec.msgpack.Encoder().encode
+_decode_records = msgspec.msgpack.Decoder(list[StoredRecord]).decode
+
+# A row holds at most this many records: a relay round (`batch` records) then takes whole rows
+# and stays near its size, whatever one transaction enqueued.
+RECORDS_PER_ROW = 500
 _ENQUEUE = (
-    "INSERT INTO outbox (producer, topic, key, value, headers, trace_context) "
-    "SELECT $1, u.topic, u.key, u.value, u.headers::jsonb, u.trace::jsonb "
-    "FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[]) "
-    "WITH ORDINALITY AS u(topic, key, value, headers, trace, n) ORDER BY u.n"
+    "INSERT INTO outbox (producer, records, record_count) "
+    "SELECT $1, u.records, u.n FROM unnest($2::bytea[], $3::integer[]) "
+    "WITH ORDINALITY AS u(records, n, i) ORDER BY u.i"
 )
-
-
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
-# JSONB columns as text, decoded by orjson in _send_batches (the driver's json.loads is slower).
+# The oldest rows up to `$2` records (at least one row, however many it holds); the running
+# sum is over at most `$2` rows, each holding one record or more.
 _SELECT = (
-    "SELECT id, topic, key, value, headers::text AS headers, "
-    "trace_context::text AS trace_context FROM outbox WHERE producer = $1 ORDER BY id LIMIT $2"
+    "SELECT id, records FROM (SELECT id, records, record_count, "
+    "sum(record_count) OVER (ORDER BY id) AS upto FROM (SELECT id, records, record_count "
+    "FROM outbox WHERE producer = $1 ORDER BY id LIMIT $2) AS oldest) AS r "
+    "WHERE upto - record_count < $2 ORDER BY id"
 )
 _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-_COUNT = "SELECT count(*) FROM outbox WHERE producer = $1"
+_COUNT = "SELECT coalesce(sum(record_count), 0) FROM outbox WHERE producer = $1"
 
 
 def with_traces(
@@ -70,46 +83,37 @@ def with_traces(
 async def enqueue(
     conn: AsyncConnection, producer: str, items: Sequence[tuple[str, EmittedEvent | KafkaRecord]]
 ) -> None:
-    """Write (topic, event-or-record) pairs to the outbox inside the caller's transaction.
-
-    One array-parameter statement per batch; rows get ids in the order given (ORDER BY the
-    ordinality), which is the order the relay publishes them in. An event's trace context
-    goes to the row's `trace_context` (the relay writes it as `ce_traceparent`).
-    """
+    """Write (topic, event-or-record) pairs to the outbox inside the caller's transaction: one
+    row per RECORDS_PER_ROW, the records in the order given, which is the order the relay
+    publishes them in. An event's trace context becomes its record's CloudEvents
+    distributed-tracing headers (`ce_traceparent`, `ce_tracestate`)."""
     if not items:
         return
-    topics: list[str] = []
-    keys: list[bytes | None] = []
-    values: list[bytes] = []
-    headers: list[str] = []
-    traces: list[str | None] = []
+    records: list[StoredRecord] = []
     for topic, item in items:
         if isinstance(item, EmittedEvent):
             record = encode_event(item)
-            traces.append(None if item.trace is None else item.trace.json())
+            headers = record.headers
+            if item.trace is not None:
+                headers = with_trace_headers(headers, item.trace)
         else:
             record = item
-            traces.append(None)
-        topics.append(topic)
-        keys.append(record.key)
-        values.append(record.value)
-        headers.append(
-            orjson.dumps(
-                [[k, v.decode("utf-8", "backslashreplace")] for k, v in record.headers]
-            ).decode()
-        )
+            headers = record.headers
+        records.append((topic, record.key, record.value, headers))
+    rows = [records[i : i + RECORDS_PER_ROW] for i in range(0, len(records), RECORDS_PER_ROW)]
     raw = await raw_connection(conn)
-    await raw.execute(_ENQUEUE, producer, topics, keys, values, headers, traces)
+    await raw.execute(
+        _ENQUEUE, producer, [_encode_records(r) for r in rows], [len(r) for r in rows]
+    )
 
 
 def with_trace_headers(
-    headers: list[tuple[str, bytes]], trace_json: str
+    headers: list[tuple[str, bytes]], trace: TraceContext
 ) -> list[tuple[str, bytes]]:
-    """A record's headers with its row's trace context as the CloudEvents distributed-tracing
+    """A record's headers with its cause's trace context as the CloudEvents distributed-tracing
     extension (`ce_traceparent`, `ce_tracestate`), sorted as `binary_headers` sorts them; a
     record that carries its own keeps it."""
-    trace = from_json(trace_json)
-    if trace is None or any(name == KAFKA_TRACEPARENT for name, _ in headers):
+    if any(name == KAFKA_TRACEPARENT for name, _ in headers):
         return headers
     return sorted([*headers, *trace.kafka_headers()])
 
@@ -205,11 +209,11 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wakeup.wait(), self._poll)
 
     async def _send_batches(
-        self, kafka: AIOKafkaProducer, rows: Sequence[Any]
+        self, kafka: AIOKafkaProducer, records: Sequence[StoredRecord]
     ) -> list[asyncio.Future[Any]]:
-        """Send `rows` (as _SELECT reads them) as one record batch per partition (or more where
-        one fills up), each partition's records in row order; the futures resolve on the
-        broker's acks.
+        """Send `records` (in the rows' order) as one record batch per partition (or more where
+        one fills up), each partition's records in order; the futures resolve on the broker's
+        acks.
 
         Building the batches here costs a fraction of a send() per record (which schedules
         and tracks each one), and they are partitioned as send() would: by the default
@@ -223,17 +227,12 @@ class OutboxRelay:
             batch.close()
             futures.append(await kafka.send_batch(batch, topic, partition=partition))
 
-        for row in rows:
-            topic = row["topic"]
+        for topic, key, value, headers in records:
             if topic not in partitions:
                 partitions[topic] = sorted(await kafka.partitions_for(topic))
             every = partitions[topic]
             # As send() would: by key; a record without one on any partition.
-            key, value, trace = row["key"], row["value"], row["trace_context"]
             partition = random.choice(every) if key is None else partition_for(key, every)
-            headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
-            if trace is not None:
-                headers = with_trace_headers(headers, trace)
             batch = open_batches.get((topic, partition))
             if batch is not None:
                 added = batch.append(key=key, value=value, timestamp=None, headers=headers)
@@ -242,7 +241,7 @@ class OutboxRelay:
                 await submit(topic, partition)  # full: send it, start the next
             batch = open_batches[(topic, partition)] = kafka.create_batch()
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                raise ValueError(f"outbox row {row['id']} does not fit in a record batch")
+                raise ValueError(f"an outbox record for {topic} does not fit in a record batch")
         for topic, partition in list(open_batches):
             await submit(topic, partition)
         return futures
@@ -261,19 +260,21 @@ class OutboxRelay:
                 self._backlog.set(0)  # another process relays this producer and reports it
                 return 0
             rows = await raw.fetch(_SELECT, self._producer, self._batch)
-            await self._measure_backlog(raw, len(rows))
+            records = [r for row in rows for r in _decode_records(row["records"])]
+            await self._measure_backlog(raw, len(records))
             if not rows:
                 return 0
-            await asyncio.gather(*await self._send_batches(kafka, rows))
+            await asyncio.gather(*await self._send_batches(kafka, records))
             await raw.execute(_DELETE, [row["id"] for row in rows])
-        OUTBOX_PUBLISHED.labels(producer=self._producer).inc(len(rows))
-        self._backlog.dec(len(rows))
-        return len(rows)
+        OUTBOX_PUBLISHED.labels(producer=self._producer).inc(len(records))
+        self._backlog.dec(len(records))
+        return len(records)
 
     async def _measure_backlog(self, raw: Any, selected: int) -> None:
-        """Set the backlog gauge before publishing (so a broker that refuses the batch leaves
-        it showing). A round that selected less than a batch saw the whole backlog; behind
-        that, the rows are counted, at most once a second (a count walks the index)."""
+        """Set the backlog gauge (records) before publishing (so a broker that refuses the
+        batch leaves it showing). A round that selected less than a batch saw the whole
+        backlog; behind that, the records are counted, at most once a second (a count walks
+        the index)."""
         if selected < self._batch:
             self._backlog.set(selected)
             return

@@ -47,19 +47,17 @@ consumer_offsets = Table(
     PrimaryKeyConstraint("group_id", "topic", "partition"),
 )
 
-# Transactional outbox: records to publish, written with the state change that caused them.
+# Transactional outbox: records to publish, written with the state change that caused them;
+# one row per enqueue, its records in order as one MessagePack array (tierflow_common/outbox.py,
+# migration 0023).
 outbox = Table(
     "outbox",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("producer", Text, nullable=False),
-    Column("topic", Text, nullable=False),
-    Column("key", LargeBinary, nullable=True),
-    Column("value", LargeBinary, nullable=False),
-    Column("headers", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # The cause's W3C trace context, written as ce_traceparent/ce_tracestate (migration 0016).
-    Column("trace_context", JSONB, nullable=True),
+    Column("records", LargeBinary, nullable=False),
+    Column("record_count", Integer, nullable=False),
     Index("ix_outbox_producer_id", "producer", "id"),
 )
 
