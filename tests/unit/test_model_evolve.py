@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tierflow_classifier.adapters.repository import _assignments_from_json, _dimensions_json
 from tierflow_classifier.domain.customer_features import CustomerFeatures
 from tierflow_classifier.domain.model import Assignment, Change, CustomerState, assemble, evolve
+from tierflow_classifier.domain.rules import rule_reason
 
 changes = st.fixed_dictionaries(
     {},
@@ -90,6 +91,18 @@ def test_assemble_builds_what_the_dataclasses_build(
 
 
 versions = st.text(max_size=8).map(lambda v: "rs_" + v)
+# A matched rule's inputs: what CEL variables hold, and values JSON does not give back as they
+# were (a tuple comes back a list; NaN and infinities null).
+inputs = st.dictionaries(
+    texts,
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | texts
+    | st.tuples(st.integers(0, 9)),
+    max_size=3,
+)
 
 
 @st.composite
@@ -101,6 +114,19 @@ def judged_states(draw: st.DrawFn) -> CustomerState:
     names = draw(st.lists(st.text(min_size=1, max_size=8), max_size=6, unique=True))
     dims: dict[str, Assignment] = {}
     for name in names:
+        if draw(st.booleans()):
+            # A matched rule: its reason implied by its explanation as often as not.
+            expression, read = draw(texts), draw(inputs)
+            implied = rule_reason(expression, read)
+            dims[name] = Assignment(
+                draw(texts),
+                draw(instants),
+                f"{name}.rules[0]",
+                implied if draw(st.booleans()) else draw(texts),
+                {"expression": expression, "inputs": read},
+                draw(st.just(row_version) | versions),
+            )
+            continue
         default = draw(st.booleans())
         dims[name] = Assignment(
             draw(texts),
@@ -127,7 +153,47 @@ def test_stored_assignments_load_as_they_were_saved(state: CustomerState) -> Non
         default = a.rule.endswith(".default") and (
             not a.explanation or set(a.explanation) == {"evaluated"}
         )
-        assert loaded[name] == (replace(a, explanation={}) if default else a)
+        expected = replace(a, explanation={}) if default else a
+        assert loaded[name].reason == expected.reason
+        assert loaded[name].label == expected.label
+        assert loaded[name].since == expected.since
+        assert loaded[name].rule == expected.rule
+        assert loaded[name].rule_set_version == expected.rule_set_version
+        # As JSON gives it back (a tuple as a list, NaN as null): what the row always held.
+        assert loaded[name].explanation == orjson.loads(orjson.dumps(expected.explanation))
+
+
+def test_a_matched_rule_is_stored_without_the_reason_its_explanation_implies() -> None:
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    read = {"spend_window": 1111.05}
+    why: dict[str, Any] = {"expression": "spend_window >= 1000.0", "inputs": read}
+    reason = rule_reason("spend_window >= 1000.0", read)
+    matched = Assignment("important", since, "value_tier.rules[1]", reason, why, "rs_a")
+    told = replace(matched, reason="set by hand")
+    state = CustomerState(
+        "c1", rule_set_version="rs_a", dimensions={"value_tier": matched, "other": told}
+    )
+    stored = orjson.loads(_dimensions_json(state))
+    assert "reason" not in stored["value_tier"]
+    assert stored["other"]["reason"] == "set by hand"
+    loaded = _assignments_from_json(stored, "rs_a")
+    assert loaded["value_tier"].reason == "spend_window >= 1000.0  [spend_window=1111.05]"
+    assert loaded == {"value_tier": matched, "other": told}
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), (1, 2), [1.5], {"a": 1}, 2.5, None, True, "x'y"]
+)
+def test_a_reason_reads_back_whatever_json_makes_of_the_inputs(value: Any) -> None:
+    """Left out only where the explanation, as JSON gives it back, implies it again."""
+    read = {"x": value}
+    a = Assignment("l", datetime(2026, 1, 1, tzinfo=UTC), "d.rules[0]", "", {}, "rs_a")
+    a = replace(
+        a, reason=rule_reason("x > 1", read), explanation={"expression": "x > 1", "inputs": read}
+    )
+    state = CustomerState("c1", rule_set_version="rs_a", dimensions={"d": a})
+    loaded = _assignments_from_json(orjson.loads(_dimensions_json(state)), "rs_a")
+    assert loaded["d"].reason == a.reason
 
 
 def test_a_default_label_is_stored_as_its_label_and_instant() -> None:

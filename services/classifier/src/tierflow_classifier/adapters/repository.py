@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from tierflow_classifier.domain.model import (
     assemble,
     field_names,
 )
-from tierflow_classifier.domain.rules import NO_RULE_MATCHED, default_rule
+from tierflow_classifier.domain.rules import NO_RULE_MATCHED, default_rule, rule_reason
 from tierflow_classifier.settings import ClassifierSettings
 from tierflow_common.db.ledger_partitions import (
     LedgerPartitionMissing,
@@ -70,9 +71,13 @@ def _assignments_from_json(
         if since is None:
             since = instants[text] = _instant(text)
         d["since"] = since
-        if "rule" not in d and "reason" not in d:
-            d["rule"] = default_rule(name)
-            d["reason"] = NO_RULE_MATCHED
+        if "reason" not in d:
+            if "rule" not in d:
+                d["rule"] = default_rule(name)
+                d["reason"] = NO_RULE_MATCHED
+            else:  # a matched rule's, implied by its explanation
+                why = d["explanation"]
+                d["reason"] = rule_reason(why["expression"], why["inputs"])
         if "explanation" not in d or d["explanation"] is None:
             d["explanation"] = {}  # a default label's, implied by its rule set
         version = d.get("rule_set_version")
@@ -277,7 +282,8 @@ def _dimensions_json(s: CustomerState, stored: Mapping[str, Assignment] | None =
     """The row's `dimensions`, as short as _assignments_from_json can read back: a default
     label's explanation (the list of the dimension's rules, none of which matched) is implied
     by its rule set and left out, and so are its rule and reason when they are the
-    dimension's default ones (the API shows them again, entrypoints/api.py); an assignment's
+    dimension's default ones (the API shows them again, entrypoints/api.py); a matched rule's
+    reason is left out where its explanation implies it (rules.rule_reason); an assignment's
     rule-set version is left out where it is the row's, and is only its "+pop<n>" suffix
     where it is the row's plus the population it was judged by (versions are content ids,
     `rs_…`, never beginning with "+"). `stored`: the assignments the row
@@ -296,13 +302,9 @@ def _dimensions_json(s: CustomerState, stored: Mapping[str, Assignment] | None =
             else:
                 d = {"label": a.label, "since": a.since, "rule": a.rule, "reason": a.reason}
         else:
-            d = {
-                "label": a.label,
-                "since": a.since,
-                "rule": a.rule,
-                "reason": a.reason,
-                "explanation": a.explanation,
-            }
+            d = {"label": a.label, "since": a.since, "rule": a.rule, "explanation": a.explanation}
+            if not _reason_implied(a):
+                d["reason"] = a.reason
         version = a.rule_set_version
         if version != row_version:
             if version.startswith(row_prefix):
@@ -314,6 +316,22 @@ def _dimensions_json(s: CustomerState, stored: Mapping[str, Assignment] | None =
     # "Z" for UTC: 5 bytes less per instant, and both readers (fromisoformat, ::timestamptz)
     # take it.
     return orjson.dumps(dims, option=orjson.OPT_UTC_Z).decode()
+
+
+def _reason_implied(a: Assignment) -> bool:
+    """Whether the assignment's reason is its explanation's rule_reason, read back from JSON as
+    it was written: inputs of JSON scalars only (a tuple comes back a list, a NaN null)."""
+    why = a.explanation
+    expression, inputs = why.get("expression"), why.get("inputs")
+    if not isinstance(expression, str) or not isinstance(inputs, dict) or len(why) != 2:
+        return False
+    for value in inputs.values():
+        if type(value) is float:
+            if not math.isfinite(value):
+                return False
+        elif value is not None and type(value) not in (str, int, bool):
+            return False
+    return a.reason == rule_reason(expression, inputs)
 
 
 # customers' columns in the order of state_record(): for COPY (bench/timelag.py) and saves.

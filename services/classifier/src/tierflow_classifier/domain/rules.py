@@ -203,13 +203,19 @@ def explain(dimension: Dimension, index: int, variables: Mapping[str, Any]) -> D
         return _default_decision(dimension)
     rule = dimension.rules[index]
     inputs = _explain(rule, variables)
-    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items())
     return Decision(
         rule.label,
         f"{dimension.name}.rules[{index}]",
-        f"{rule.when}  [{shown}]",
+        rule_reason(rule.when, inputs),
         {"expression": rule.when, "inputs": inputs},
     )
+
+
+def rule_reason(expression: str, inputs: Mapping[str, Any]) -> str:
+    """The reason of a matched rule: its expression and the inputs it read, with their values
+    (what its explanation holds, so the stored state can leave the reason out)."""
+    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items())
+    return f"{expression}  [{shown}]"
 
 
 @once_per_object
