@@ -34,6 +34,9 @@ class DrainPlan:
     consume_baseline: bool = False
     profile_dir: Path | None = None
     profile_seconds: int = 15
+    # Processes of the service in one consumer group (`tierflow run --classifiers N`); the
+    # costs are their sum, the peak RSS the largest one's; a profile follows the first.
+    processes: int = 1
 
 
 def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
@@ -69,6 +72,7 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
     infra0 = stack.infra_cpu()
     wall0 = time.monotonic()
     svc = stack.start_service(plan.name, scenario)
+    others = [stack.start_service(plan.name, scenario) for _ in range(plan.processes - 1)]
     try:
         prof: Profile | None = None
         applied_at_start = 0
@@ -93,6 +97,7 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
             on_first_progress=start_profile,
         )
         result.update(drain.summary())
+        result["processes"] = plan.processes
         if svc.proc is not None and (svc.proc.poll() is not None or not result["consumed"]):
             # It died or never committed a batch: keep the reason with the figure.
             result["log_tail"] = tail(svc.log_file, 15)[-1500:]
@@ -107,6 +112,12 @@ def run_drain(stack: Stack, plan: DrainPlan) -> dict[str, Any]:
     finally:
         wall = time.monotonic() - wall0
         used = stack.stop_service(svc)
+        for other in others:
+            more = stack.stop_service(other)
+            used = {
+                "cpu_s": used["cpu_s"] + more["cpu_s"],
+                "peak_rss_mib": max(used["peak_rss_mib"], more["peak_rss_mib"]),
+            }
     consumed = int(result["consumed"])
     result["completed"] = result["drained_after_s"] is not None
     result.update(service_costs(plan.name, used, (infra0, stack.infra_cpu()), consumed, wall))
