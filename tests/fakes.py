@@ -15,7 +15,7 @@ from typing import Self
 from tierflow_classifier.adapters.clock import Watermarks
 from tierflow_classifier.adapters.erasure import ErasedRows
 from tierflow_classifier.adapters.population_store import SweepProgress
-from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of
+from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of, new_changes
 from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_classifier.domain.rule_versions import Activation, StoredRuleSet
 from tierflow_classifier.service_layer.unit_of_work import (
@@ -103,13 +103,11 @@ class _History:
         self._db = db
 
     async def record(self, changes: Sequence[tuple[str, Change]]) -> list[ChangeRecord]:
-        new: dict[str, Change] = {}
-        for change_id, c in changes:
+        for _, c in changes:
             self._db.labels[(c.customer_id, c.dimension)] = c.to.label
-            if change_id not in self._db.history:
-                self._db.history[change_id] = c
-                new[change_id] = c
-        return change_records_of(list(new.items()))
+        new = new_changes(changes, self._db.history)
+        self._db.history.update(new)
+        return change_records_of(new)
 
 
 class _Ledger:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.test_change_payload import changes
-from tierflow_classifier.domain.change_ids import change_id
+from tierflow_classifier.domain.change_ids import change_id, new_changes
 from tierflow_classifier.domain.model import Assignment, Change
 from tierflow_classifier.service_layer.reclassify import change_records
 from tierflow_common.contract import EmittedEvent
@@ -30,13 +30,9 @@ def published(rounds: list[list[Change]]) -> list[tuple[str, EmittedEvent]]:
     recorded: set[str] = set()
     out: list[tuple[str, EmittedEvent]] = []
     for changed in rounds:
-        fresh: dict[str, Change] = {}
-        for c in changed:
-            cid = change_id(c)
-            if cid not in recorded:
-                recorded.add(cid)
-                fresh[cid] = c
-        for topic, event in change_records(list(fresh.items()), TOPICS):
+        fresh = new_changes(((change_id(c), c) for c in changed), recorded)
+        recorded.update(cid for cid, _ in fresh)
+        for topic, event in change_records(fresh, TOPICS):
             assert isinstance(event, EmittedEvent)
             out.append((topic, event))
     return out
@@ -109,3 +105,17 @@ def test_erasures_and_completions_have_ids_of_their_own() -> None:
     # Not a UUID: never a care action's id (uuid5) on the same source, tierflow/notifier.
     assert completion is not None
     assert completion["id"] == "care-action-a-1-revisit_done"
+
+
+@given(st.lists(colliding_changes(), max_size=12), st.data())
+def test_a_history_records_each_change_id_once_in_first_seen_order(
+    changed: list[Change], data: st.DataObject
+) -> None:
+    identified = [(change_id(c), c) for c in changed]
+    ids = [cid for cid, _ in identified]
+    known = set(data.draw(st.lists(st.sampled_from(ids))) if ids else ())
+    new = new_changes(identified, known)
+    expected = [cid for i, cid in enumerate(ids) if cid not in known and cid not in ids[:i]]
+    assert [cid for cid, _ in new] == expected
+    # Each the change of its id's first occurrence.
+    assert all(change is changed[ids.index(cid)] for cid, change in new)

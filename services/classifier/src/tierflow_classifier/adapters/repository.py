@@ -15,7 +15,7 @@ from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of
+from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of, new_changes
 from tierflow_classifier.domain.customer_features import (
     CustomerFeatures,
     decode_features,
@@ -467,11 +467,7 @@ async def record_changes(
     )
     asked = list({(c.customer_id, c.cause) for _, c in changes})
     known = {r[0] for r in await raw.fetch(_RECORDED, [a[0] for a in asked], [a[1] for a in asked])}
-    fresh: dict[str, Change] = {}
-    for change_id, c in changes:
-        if change_id not in known and change_id not in fresh:
-            fresh[change_id] = c
-    records = change_records_of(list(fresh.items()))
+    records = change_records_of(new_changes(changes, known))
     rows = await raw.fetch(
         _HISTORY,
         [r.record_id for r in records],

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from tierflow_classifier.adapters.clock import Watermarks
 from tierflow_classifier.adapters.population_store import SweepProgress
 from tierflow_classifier.adapters.rule_store import SqlRuleSets
-from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of
+from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of, new_changes
 from tierflow_classifier.domain.model import Change, CustomerState
 from tierflow_classifier.service_layer.unit_of_work import (
     ChangeHistory,
@@ -58,10 +58,7 @@ class SnapshotHistory:
     """Every change counts as new (the history of a simulation is its own)."""
 
     async def record(self, changes: Sequence[tuple[str, Change]]) -> list[ChangeRecord]:
-        first: dict[str, Change] = {}
-        for cid, change in changes:
-            first.setdefault(cid, change)
-        return change_records_of(list(first.items()))
+        return change_records_of(new_changes(changes))
 
 
 class _NoLedger:

@@ -5,7 +5,7 @@ on. The derivation is documented in docs/cloudevents.md, "Event ids"."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,6 +45,18 @@ def by_record(
         key = (change.customer_id, change.cause, change.effective_at)
         groups.setdefault(key, []).append((cid, change))
     return groups
+
+
+def new_changes(
+    changes: Iterable[tuple[str, Change]], known: Container[str] = ()
+) -> list[tuple[str, Change]]:
+    """The (change id, change) pairs a history records: each id's first occurrence, without
+    those `known` to it already (the same cause, customer and dimension computed again)."""
+    first: dict[str, Change] = {}
+    for cid, change in changes:
+        if cid not in known and cid not in first:
+            first[cid] = change
+    return list(first.items())
 
 
 @dataclass(frozen=True)
