@@ -1,7 +1,7 @@
-"""A customer's features are typed facts: any delivery order of the same events gives the same
-features, they survive the stored form unchanged, and a row written before the type existed
-(instants with "+00:00", amounts as plain strings, a stored open-complaint count) reads back
-as the same facts."""
+"""A customer's features (and profile) are typed facts: any delivery order of the same events
+gives the same features, they survive the stored form unchanged, and a row written before the
+type existed (instants with "+00:00", amounts as plain strings, a stored open-complaint count)
+reads back as the same facts."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ from tierflow_classifier.domain.customer_features import (
     Complaint,
     CustomerFeatures,
     MonthBucket,
+    ProfileField,
     decode_features,
+    decode_profile,
     encode_features,
+    encode_profile,
 )
 from tierflow_classifier.domain.features import compute_features, window_sums
 from tierflow_classifier.domain.model import (
@@ -29,6 +32,7 @@ from tierflow_classifier.domain.model import (
     CustomerState,
     Feedback,
     Interaction,
+    ProfilePatch,
     Purchase,
     Refund,
 )
@@ -44,7 +48,7 @@ def histories(draw: st.DrawFn) -> list[CustomerEvent]:
     left: dict[str, Decimal] = {}  # what each order may still be refunded
     days = st.integers(0, 800)
     for n in range(draw(st.integers(1, 25))):
-        kind = draw(st.sampled_from(("buy", "refund", "interaction", "feedback")))
+        kind = draw(st.sampled_from(("buy", "refund", "interaction", "feedback", "profile")))
         m = meta(n, draw(days) + draw(st.integers(0, 86_399)) / 86_400)
         if kind == "buy" or not events:
             amount = Decimal(draw(st.integers(1, 99_999))) / 100
@@ -62,8 +66,21 @@ def histories(draw: st.DrawFn) -> list[CustomerEvent]:
                 draw(st.sampled_from(("k1", "k2"))) if what.startswith("complaint") else None
             )
             events.append(Interaction(m, what, complaint_id=complaint))
-        else:
+        elif kind == "feedback":
             events.append(Feedback(m, satisfaction=draw(st.integers(1, 5)), nps=None))
+        else:
+            # As the contract has them: region an object, the others strings.
+            fields = draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "industry": st.sampled_from(("retail", "software")),
+                        "company_size": st.sampled_from(("SME", "enterprise")),
+                        "region": st.fixed_dictionaries({"country": st.sampled_from(("CN", "DE"))}),
+                    },
+                ).filter(bool)
+            )
+            events.append(ProfilePatch(m, fields))
     return events
 
 
@@ -80,9 +97,11 @@ def fold(events: list[CustomerEvent]) -> CustomerState:
 def test_any_delivery_order_gives_the_same_typed_features(
     events: list[CustomerEvent], data: st.DataObject
 ) -> None:
-    features = fold(events).features
-    again = fold(data.draw(st.permutations(events))).features
-    assert again == features
+    state = fold(events)
+    features = state.features
+    again = fold(data.draw(st.permutations(events)))
+    assert again.features == features
+    assert again.profile == state.profile
     purchases = [e for e in events if isinstance(e, Purchase)]
     assert set(features.orders) == {e.order_id for e in purchases}
     assert all(type(v) is Decimal for v in features.orders.values())
@@ -104,6 +123,7 @@ def test_the_stored_form_reads_back_as_the_same_features(events: list[CustomerEv
     row["recent_purchases"] = list(state.recent_purchases)
     back = state_from_row(row, orjson.loads)
     assert back.features == state.features
+    assert back.profile == state.profile
     at = T0 + timedelta(days=900)
     assert compute_features(back, at, RULES.params) == compute_features(state, at, RULES.params)
 
@@ -158,3 +178,17 @@ def test_features_are_values_no_one_can_change_in_place() -> None:
     f = CustomerFeatures(referrals=1)
     with pytest.raises(AttributeError):
         f.referrals = 2  # type: ignore[misc]
+
+
+def test_a_profile_written_before_the_type_reads_as_the_same_fields() -> None:
+    stored = b'{"region": {"value": {"country": "CN", "city": "Hangzhou"},'
+    stored += b' "at": "2025-03-01T09:00:00+00:00"}, "industry": {"value": "retail",'
+    stored += b' "at": "2025-03-02T09:00:00+00:00"}}'
+    profile = decode_profile(stored)
+    assert profile["region"] == ProfileField(
+        {"country": "CN", "city": "Hangzhou"}, datetime.fromisoformat("2025-03-01T09:00:00+00:00")
+    )
+    state = CustomerState("c", profile=profile)
+    computed = compute_features(state, T0, RULES.params)
+    assert (computed["city"], computed["industry"]) == ("Hangzhou", "retail")
+    assert decode_profile(encode_profile(profile)) == profile

@@ -23,6 +23,7 @@ import xlsxwriter
 from xlsxwriter.worksheet import Worksheet
 
 from tierflow_classifier.adapters.customer_search import CustomerRow, criteria, labels_of
+from tierflow_classifier.domain.customer_features import ProfileField
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -64,9 +65,9 @@ def header(dimensions: Sequence[str]) -> list[str]:
     return ["customer_id", *profile, *CRITERIA_COLUMNS, *dimensions]
 
 
-def _profile_value(profile: Mapping[str, Any], name: str, key: str | None) -> Any:
+def _profile_value(profile: Mapping[str, ProfileField], name: str, key: str | None) -> Any:
     entry = profile.get(name)
-    value = entry.get("value") if isinstance(entry, Mapping) else None
+    value = entry.value if entry is not None else None
     if key is not None:
         value = value.get(key) if isinstance(value, Mapping) else None
     return value

@@ -18,8 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tierflow_classifier.domain.change_ids import ChangeRecord, change_records_of, new_changes
 from tierflow_classifier.domain.customer_features import (
     CustomerFeatures,
+    ProfileField,
     decode_features,
+    decode_profile,
     encode_features,
+    encode_profile,
 )
 from tierflow_classifier.domain.model import (
     Assignment,
@@ -222,6 +225,13 @@ def _features(stored: Any) -> CustomerFeatures:
     return msgspec.convert(stored, CustomerFeatures)
 
 
+def _profile(stored: Any) -> dict[str, ProfileField]:
+    """The row's `profile`, as _features reads `features`."""
+    if isinstance(stored, str | bytes):
+        return decode_profile(stored)
+    return msgspec.convert(stored, dict[str, ProfileField])
+
+
 def state_from_row(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerState:
     """A customer's state from its `customers` row, as either driver returns it (a
     SQLAlchemy row's `_mapping`, an asyncpg record); `json` decodes its JSONB columns when
@@ -234,7 +244,7 @@ def state_from_row(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerSta
         refunds_lifetime=row["refunds_lifetime"],
         refunded_lifetime=Decimal(row["refunded_lifetime"]),
         features=_features(row["features"]),
-        profile=json(row["profile"]),
+        profile=_profile(row["profile"]),
         first_seen_at=row["first_seen_at"],
         recent_purchases=tuple(row["recent_purchases"] or ()),
         next_review_at=row["next_review_at"],
@@ -367,7 +377,7 @@ def state_record(
         s.refunds_lifetime,
         s.refunded_lifetime,
         encode_features(s.features).decode(),
-        orjson.dumps(dict(s.profile)).decode(),
+        encode_profile(s.profile).decode(),
         s.first_seen_at,
         list(s.recent_purchases),
         s.next_review_at,

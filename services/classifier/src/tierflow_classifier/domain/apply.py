@@ -21,7 +21,7 @@ from tierflow_classifier.domain.classify import (
     effective_version,
     labelled_version,
 )
-from tierflow_classifier.domain.customer_features import Complaint, MonthBucket
+from tierflow_classifier.domain.customer_features import Complaint, MonthBucket, ProfileField
 from tierflow_classifier.domain.features import month_key
 from tierflow_classifier.domain.model import (
     Change,
@@ -208,17 +208,13 @@ def _apply_feedback(state: CustomerState, e: Feedback) -> CustomerState:
 
 def _apply_profile(state: CustomerState, e: ProfilePatch) -> CustomerState:
     profile = dict(state.profile)
+    t = e.meta.time
     for name, value in e.fields.items():
         current = profile.get(name)
         # Latest event time wins per field; ties break on the value so order never matters.
-        candidate = {"value": value, "at": e.meta.time.isoformat()}
-        if current is None or _profile_key(candidate) > _profile_key(current):
-            profile[name] = candidate
+        if current is None or (t, repr(value)) > (current.at, repr(current.value)):
+            profile[name] = ProfileField(value, t)
     return evolve(state, profile=profile)
-
-
-def _profile_key(entry: Mapping[str, Any]) -> tuple[datetime, str]:
-    return datetime.fromisoformat(entry["at"]), repr(entry["value"])
 
 
 def apply(

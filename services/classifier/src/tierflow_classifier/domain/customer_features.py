@@ -1,4 +1,4 @@
-"""A customer's stored features: the facts its events leave, typed. Pure.
+"""A customer's stored features and profile: the facts its events leave, typed. Pure.
 
 Each field is a merge of facts keyed by event time or by id (domain/apply.py writes them, and
 nothing else does), so any delivery order gives the same value. What the rules read is derived
@@ -12,8 +12,10 @@ ISO 8601. Rows written before this type have the same shape and decode as they a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
@@ -82,9 +84,19 @@ class CustomerFeatures(msgspec.Struct, frozen=True, omit_defaults=True):
 
 NO_FEATURES = CustomerFeatures()
 
+
+class ProfileField(msgspec.Struct, frozen=True):
+    """A profile field's latest value (as the event sent it: any JSON value) and the event
+    time it was set at (the latest wins; domain/apply.py). Stored as {"value", "at"}."""
+
+    value: Any
+    at: datetime
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(CustomerFeatures)
 _months_decoder = msgspec.json.Decoder(dict[str, MonthBucket])
+_profile_decoder = msgspec.json.Decoder(dict[str, ProfileField])
 
 
 def encode_features(features: CustomerFeatures) -> bytes:
@@ -99,3 +111,12 @@ def decode_features(stored: bytes | str) -> CustomerFeatures:
 def decode_months(stored: bytes | str | None) -> dict[str, MonthBucket]:
     """The stored `months` member alone (as text; SQL NULL where the row has none)."""
     return {} if stored is None else _months_decoder.decode(stored)
+
+
+def encode_profile(profile: Mapping[str, ProfileField]) -> bytes:
+    return _encoder.encode(profile)
+
+
+def decode_profile(stored: bytes | str) -> dict[str, ProfileField]:
+    """The stored `customers.profile` object (as text) as typed fields."""
+    return _profile_decoder.decode(stored)

@@ -68,7 +68,7 @@ def _days(now: datetime, then: datetime | None) -> float:
 
 def _profile(state: CustomerState, name: str) -> Any:
     entry = state.profile.get(name)
-    return entry["value"] if entry else None
+    return entry.value if entry else None
 
 
 def population_features(

@@ -8,7 +8,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from tierflow_classifier.domain.customer_features import NO_FEATURES, CustomerFeatures
+from tierflow_classifier.domain.customer_features import (
+    NO_FEATURES,
+    CustomerFeatures,
+    ProfileField,
+)
 
 T = TypeVar("T")
 
@@ -56,7 +60,7 @@ class CustomerState:
     recent_purchases: tuple[datetime, ...] = ()
     dimensions: Mapping[str, Assignment] = field(default_factory=dict)
     features: CustomerFeatures = NO_FEATURES
-    profile: Mapping[str, Any] = field(default_factory=dict)
+    profile: Mapping[str, ProfileField] = field(default_factory=dict)
     next_review_at: datetime | None = None
     rule_set_version: str = ""
     # P(churn) by the churn model, as of the last classification (None: not scored): what the

@@ -111,7 +111,7 @@ def customer_out(state: CustomerState, rules: RuleSet | None = None) -> Customer
             for name, a in state.dimensions.items()
         },
         features=_features(state),
-        profile={k: v["value"] for k, v in state.profile.items()},
+        profile={k: v.value for k, v in state.profile.items()},
         next_review_at=state.next_review_at,
     )
 

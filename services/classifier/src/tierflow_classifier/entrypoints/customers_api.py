@@ -151,7 +151,7 @@ def _invalid(problems: list[FieldProblem]) -> JSONResponse:
 def _row(row: CustomerRow, defaults: dict[str, str]) -> CustomerRowOut:
     return CustomerRowOut(
         customer_id=row.state.customer_id,
-        profile={k: v["value"] for k, v in row.state.profile.items()},
+        profile={k: v.value for k, v in row.state.profile.items()},
         criteria=CriteriaOut.model_validate(customer_search.criteria(row)),
         dimensions=customer_search.labels_of(row.state, defaults),
     )
