@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_classification import RULES, T0, meta
+from tests.unit.test_natural_keys import fold
 from tierflow_classifier.adapters.repository import STATE_COLUMNS, state_from_row, state_record
-from tierflow_classifier.domain.apply import apply
 from tierflow_classifier.domain.customer_features import (
     Complaint,
     CustomerFeatures,
@@ -82,14 +82,6 @@ def histories(draw: st.DrawFn) -> list[CustomerEvent]:
             )
             events.append(ProfilePatch(m, fields))
     return events
-
-
-def fold(events: list[CustomerEvent]) -> CustomerState:
-    state: CustomerState | None = None
-    for e in events:
-        state, _ = apply(state, e, RULES)
-    assert state is not None
-    return state
 
 
 @settings(max_examples=150, deadline=None)
