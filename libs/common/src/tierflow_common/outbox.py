@@ -1,9 +1,10 @@
 """Transactional outbox: enqueue records with the state change, relay them to Kafka afterwards.
 
-One outbox row holds every record one transaction enqueued (for one producer), in order, as a
-MessagePack array of [topic, key, value, headers] (migration 0023): a batch of a thousand
-changes is one row to insert, select and delete, where it was a thousand, each with its
-indexes, its JSONB headers to parse and print, and its dead tuple to vacuum.
+One outbox row holds up to RECORDS_PER_ROW of the records one transaction enqueued (for one
+producer), in order, as a MessagePack array of [topic, key, value, headers] (migration 0023):
+a batch of a thousand changes is two rows to insert, select and delete, where it was a
+thousand, each with its indexes, its JSONB headers to parse and print, and its dead tuple to
+vacuum.
 
 At-least-once on the wire: a crash between the broker's ack and the delete re-sends a batch.
 Every record carries a stable CloudEvents id, so consumers dedupe.
