@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
-import msgspec
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select
@@ -18,19 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tierflow_classifier.domain.churn.fit import CustomerSummary
 from tierflow_classifier.domain.churn.history import WEEK_DAYS, ChurnHistory
-from tierflow_classifier.domain.customer_features import Complaint
+from tierflow_classifier.domain.customer_features import Complaint, decode_member
 from tierflow_classifier.domain.purchase_days import (
     day_number,
     instant_day,
     satisfaction_entries,
 )
 from tierflow_common.db.tables import customers
-
-# The three members of a customer's features the fit reads (domain/customer_features.py),
-# each read as text.
-_days = msgspec.json.Decoder(dict[str, Decimal])
-_complaints = msgspec.json.Decoder(dict[str, Complaint])
-_answers = msgspec.json.Decoder(dict[str, int])
 
 
 class _Columns:
@@ -129,9 +122,9 @@ async def collect_history(engine: AsyncEngine, at: datetime) -> ChurnHistory:
         async for n, first, last, spend, days, complaints, answers in result:
             if days:
                 columns.dated(
-                    _days.decode(days),
-                    _complaints.decode(complaints) if complaints else {},
-                    _answers.decode(answers) if answers else {},
+                    decode_member("purchase_days", days),
+                    decode_member("complaints", complaints),
+                    decode_member("satisfaction_log", answers),
                     at_day,
                 )
                 continue

@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
-from tierflow_classifier.domain.customer_features import CustomerFeatures, decode_months
+from tierflow_classifier.domain.customer_features import CustomerFeatures, decode_member
 from tierflow_classifier.domain.features import DAY_S, window_sums
 from tierflow_classifier.domain.model import Assignment, CustomerState
 from tierflow_classifier.domain.population import PopulationStats, abc_thresholds
@@ -157,7 +157,7 @@ async def outlines(
                 last_purchase_at=r.last_purchase_at,
                 next_review_at=r.next_review_at,
                 rule_set_version=r.rule_set_version,
-                features=CustomerFeatures(months=decode_months(r.months)),
+                features=CustomerFeatures(months=decode_member("months", r.months)),
                 dimensions={
                     d: Assignment(label, since, "", "", {}, "")
                     for i, d in enumerate(dimensions)
@@ -230,7 +230,7 @@ async def rebuild(
             .execution_options(yield_per=5_000)
         )
         async for last_purchase_at, months in result:
-            spend, orders, _ = window_sums(decode_months(months), at, window)
+            spend, orders, _ = window_sums(decode_member("months", months), at, window)
             # A partition ahead of the replay watermark may hold later purchases: recency 0.
             recency = (
                 max((at - last_purchase_at).total_seconds() / DAY_S, 0.0)

@@ -7,7 +7,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -97,6 +97,7 @@ def _assignments_from_json(
 
 
 _instant = datetime.fromisoformat
+T = TypeVar("T")
 
 
 # Sent through asyncpg itself: through SQLAlchemy's text() the four arrays of a batch cost
@@ -217,19 +218,13 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-def _features(stored: Any) -> CustomerFeatures:
-    """The row's `features`, read as text (load_states) or decoded already (a SQLAlchemy row
-    of the whole table)."""
+def _typed(stored: Any, decode: Callable[[str | bytes], T], kind: Any) -> T:
+    """A typed JSONB column (features, profile): read as text (load_states) by its decoder,
+    or converted where the driver decoded it already (a SQLAlchemy row of the whole table)."""
     if isinstance(stored, str | bytes):
-        return decode_features(stored)
-    return msgspec.convert(stored, CustomerFeatures)
-
-
-def _profile(stored: Any) -> dict[str, ProfileField]:
-    """The row's `profile`, as _features reads `features`."""
-    if isinstance(stored, str | bytes):
-        return decode_profile(stored)
-    return msgspec.convert(stored, dict[str, ProfileField])
+        return decode(stored)
+    converted: T = msgspec.convert(stored, kind)
+    return converted
 
 
 def state_from_row(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerState:
@@ -243,8 +238,8 @@ def state_from_row(row: Any, json: Callable[[Any], Any] = _as_is) -> CustomerSta
         net_spend_lifetime=Decimal(row["net_spend_lifetime"]),
         refunds_lifetime=row["refunds_lifetime"],
         refunded_lifetime=Decimal(row["refunded_lifetime"]),
-        features=_features(row["features"]),
-        profile=_profile(row["profile"]),
+        features=_typed(row["features"], decode_features, CustomerFeatures),
+        profile=_typed(row["profile"], decode_profile, dict[str, ProfileField]),
         first_seen_at=row["first_seen_at"],
         recent_purchases=tuple(row["recent_purchases"] or ()),
         next_review_at=row["next_review_at"],

@@ -95,7 +95,11 @@ class ProfileField(msgspec.Struct, frozen=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(CustomerFeatures)
-_months_decoder = msgspec.json.Decoder(dict[str, MonthBucket])
+# One per member, of the member's own type: for readers of a member alone (the population
+# statistics read `months`, the churn fit the dated history).
+_member_decoders = {
+    f.name: msgspec.json.Decoder(f.type) for f in msgspec.structs.fields(CustomerFeatures)
+}
 _profile_decoder = msgspec.json.Decoder(dict[str, ProfileField])
 
 
@@ -108,9 +112,12 @@ def decode_features(stored: bytes | str) -> CustomerFeatures:
     return _decoder.decode(stored)
 
 
-def decode_months(stored: bytes | str | None) -> dict[str, MonthBucket]:
-    """The stored `months` member alone (as text; SQL NULL where the row has none)."""
-    return {} if stored is None else _months_decoder.decode(stored)
+def decode_member(name: str, stored: bytes | str | None) -> Any:
+    """One member of the stored object alone, read as text, as its field's type (SQL NULL,
+    where the row has none: the field's default)."""
+    if stored is None:
+        return getattr(CustomerFeatures(), name)
+    return _member_decoders[name].decode(stored)
 
 
 def encode_profile(profile: Mapping[str, ProfileField]) -> bytes:
