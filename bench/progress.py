@@ -15,6 +15,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from tierflow_common.outbox import backlog
+
 PY_SPY_ENV = "BENCH_PY_SPY"
 
 
@@ -93,10 +95,7 @@ def watch_drain(
             t0 = time.monotonic()
             while True:
                 consumed = await conn.fetchval(APPLIED, group)
-                outbox = await conn.fetchval(
-                    "SELECT coalesce(sum(record_count), 0) FROM outbox WHERE producer = $1",
-                    producer,
-                )
+                outbox = await backlog(conn, producer)
                 now = time.monotonic() - t0
                 drain.samples.append(Sample(now, int(consumed), int(outbox)))
                 if notify is not None and consumed > 0:

@@ -55,19 +55,20 @@ from tierflow_classifier.domain.rules import decide
 from tierflow_common.auth import Role
 from tierflow_common.db.engine import create_engine
 from tierflow_common.db.migrate import upgrade_head
+from tierflow_common.db.raw import raw_connection
 from tierflow_common.db.tables import (
     churn_models,
     classification_changes,
     consumer_offsets,
     customer_labels,
     customers,
-    outbox,
     processed_events,
 )
 from tierflow_common.embedded import EmbeddedPostgres, EmbeddedTansu, free_port
 from tierflow_common.embedded.process import spawn, stop_process, tail
 from tierflow_common.kafka import ensure_topics, make_consumer, wait_for_broker
 from tierflow_common.keys import create_key_sync
+from tierflow_common.outbox import backlog
 from tierflow_common.settings import DatabaseSettings, KafkaSettings, TopicSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -438,11 +439,7 @@ async def progress(engine: AsyncEngine, kafka: KafkaSettings, topic: str) -> Pro
                 )
             )
         }
-        pending = await conn.scalar(
-            select(func.coalesce(func.sum(outbox.c.record_count), 0)).where(
-                outbox.c.producer == CLASSIFIER_PRODUCER
-            )
-        )
+        pending = await backlog(await raw_connection(conn), CLASSIFIER_PRODUCER)
         watermark = await read_watermark(conn)
         model = (
             await conn.execute(

@@ -61,7 +61,13 @@ _SELECT = (
     "WHERE upto - record_count < $2 ORDER BY id"
 )
 _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-_COUNT = "SELECT coalesce(sum(record_count), 0) FROM outbox WHERE producer = $1"
+_BACKLOG = "SELECT coalesce(sum(record_count), 0) FROM outbox WHERE producer = $1"
+
+
+async def backlog(raw: Any, producer: str) -> int:
+    """Records `producer`'s outbox holds unpublished (`raw`: an asyncpg connection, or one
+    of db/raw.py's): the relay's gauge, and what the bench and scripts wait to see drained."""
+    return int(await raw.fetchval(_BACKLOG, producer) or 0)
 
 
 def with_traces(
@@ -283,5 +289,4 @@ class OutboxRelay:
         if now - self._counted_at < 1.0:
             return
         self._counted_at = now
-        total = await raw.fetchval(_COUNT, self._producer)
-        self._backlog.set(int(total or 0))
+        self._backlog.set(await backlog(raw, self._producer))
